@@ -418,7 +418,19 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
     for item in overrides or []:
         apply_override(data, item)
-    return parse_config(data, path)
+    config = parse_config(data, path)
+    _resolve_relative_paths(config, path.parent)
+    return config
+
+
+def _resolve_relative_paths(config: ExperimentConfig, base: Path) -> None:
+    """Local data files named by a relative path are looked up beside the config file first, so
+    a config and its data can travel together; otherwise the path stays relative to the CWD."""
+    for source in config.data.sources:
+        if isinstance(source, LocalSource) and not Path(source.path).is_absolute():
+            beside = base / source.path
+            if beside.exists() and not Path(source.path).exists():
+                source.path = str(beside.resolve())
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

