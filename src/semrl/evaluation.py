@@ -168,15 +168,15 @@ def evaluate_run(
     force: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate every available method of a run; returns {method: evaluation dict}."""
-    from accelerate import PartialState
-
     from semrl.benchmarks import evaluate_general, general_texts, measure_drift
     from semrl.data import build_prompt, load_splits
     from semrl.encoders import build_encoder
     from semrl.models import load_policy
 
     run_dir = Path(run_dir)
-    if not PartialState().is_main_process:
+    from semrl.training import is_main_process
+
+    if not is_main_process():
         return {}  # evaluation runs once, on the main process
     ev = config.evaluation
     test = load_splits(run_dir)["test"]

@@ -33,6 +33,7 @@ from typing import Any
 from semrl.config import STAGE_ORDER, ExperimentConfig
 from semrl.errors import ConfigError
 from semrl.io import write_json, write_text
+from semrl.training import is_main_process, last_checkpoint, wait_for_everyone
 
 # Which stage's output each stage starts from (None: the base model).
 STAGE_PARENT: dict[str, str | None] = {"cold_start": None, "sft": None, "grpo": "cold_start"}
@@ -137,25 +138,13 @@ def downstream_of(stage: str) -> list[str]:
     return out
 
 
-def _is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
-
-
-def _wait_for_everyone() -> None:
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
-
-
 def prepare_run_data(config: ExperimentConfig, paths: RunPaths) -> dict[str, list]:
     """Write the document-level splits once per run (main process), then read them everywhere."""
     from semrl import data
 
     manifest = read_manifest(paths.splits / "manifest.json")
     wanted = config.hash("seed", "task", "data")
-    if _is_main_process():
+    if is_main_process():
         if manifest is None:
             data.prepare_data(config, paths.root)
         elif manifest.get("config_hash") != wanted:
@@ -164,7 +153,7 @@ def prepare_run_data(config: ExperimentConfig, paths: RunPaths) -> dict[str, lis
                 f"(hash {manifest.get('config_hash')} vs {wanted}). Use a new --out directory, or "
                 f"delete {paths.splits} to re-split (finished stages would then be stale)."
             )
-    _wait_for_everyone()
+    wait_for_everyone()
     return data.load_splits(paths.root)
 
 
@@ -197,9 +186,9 @@ def run_stage_in_dir(
         "extra": result.extra,
         "versions": package_versions(),
     }
-    if _is_main_process():
+    if is_main_process():
         write_json(paths.stage_manifest(stage), manifest)
-    _wait_for_everyone()
+    wait_for_everyone()
     log(f"[{stage}] finished in {manifest['wall_time_s']:.1f}s (peak RSS {manifest['peak_rss_mb']:.0f} MiB)")
     return manifest
 
@@ -228,7 +217,7 @@ def tax_meter_callbacks(config: ExperimentConfig, paths: RunPaths) -> list[Any]:
         model, tokenizer = load_policy(config.model, resolve_model(config.model.name))
         base_nll = base_nll_for(model, tokenizer, texts)
         del model
-        if _is_main_process():
+        if is_main_process():
             write_json(cache, {"texts": texts, "base_nll": base_nll})
     return [TaxMeterCallback(texts, tokenizer, steps, base_nll)]
 
@@ -259,7 +248,7 @@ def run_experiment(
             raise ConfigError(f"--force {stage!r}: unknown stage; stages are {', '.join(STAGE_ORDER)}")
         forced.update(downstream_of(stage))
 
-    if _is_main_process():
+    if is_main_process():
         write_text(paths.config, config.to_yaml())
     splits = prepare_run_data(config, paths)
     summary = RunSummary(run_dir=paths.root)
@@ -278,9 +267,9 @@ def run_experiment(
             summary.actions[stage] = "skipped"
             summary.manifests[stage] = manifest
             continue
-        if stage in forced and _is_main_process() and paths.stage(stage).exists():
+        if stage in forced and is_main_process() and paths.stage(stage).exists():
             shutil.rmtree(paths.stage(stage))
-        _wait_for_everyone()
+        wait_for_everyone()
 
         parent = STAGE_PARENT[stage]
         init_model: str | Path | None = None
@@ -292,7 +281,7 @@ def run_experiment(
                     f"{paths.root}. Run `semrl run CONFIG --out {paths.root}` (or --only {parent}) first."
                 )
             init_model = paths.stage_model(parent)
-        resumed = (paths.stage(stage) / "checkpoints").is_dir() and any((paths.stage(stage) / "checkpoints").iterdir())
+        resumed = last_checkpoint(paths.stage(stage) / "checkpoints") is not None
         log(f"[{stage}] {'resuming from its last checkpoint' if resumed else 'starting'}")
         summary.manifests[stage] = run_stage_in_dir(
             stage, config, splits, paths, init_model, callbacks=tax_meter_callbacks(config, paths), log=log
@@ -313,6 +302,6 @@ def evaluate_and_report(config: ExperimentConfig, paths: RunPaths, log: Callable
         log("evaluation and report: not available in this version; training outputs are in " + str(paths.root))
         return None
     evaluate_run(config, paths.root, log=log)
-    if _is_main_process():
+    if is_main_process():
         return write_report(paths.root)
     return None

@@ -239,7 +239,7 @@ def _monitored_grpo_trainer_class() -> type:
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
-def _state() -> Any:
+def distributed_state() -> Any:
     """accelerate's process state. The first construction in a process decides it for good, and
     on a machine without a GPU only `cpu=True` recognises a multi-process (gloo) launch, so say
     so here; the trainer's own `use_cpu=True` then finds the same state."""
@@ -249,16 +249,16 @@ def _state() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def _is_main_process() -> bool:
-    return _state().is_main_process
+def is_main_process() -> bool:
+    return distributed_state().is_main_process
 
 
-def _wait_for_everyone() -> None:
-    _state().wait_for_everyone()
+def wait_for_everyone() -> None:
+    distributed_state().wait_for_everyone()
 
 
 def _world_size() -> int:
-    return _state().num_processes
+    return distributed_state().num_processes
 
 
 def last_checkpoint(checkpoints_dir: str | Path) -> Path | None:
@@ -430,7 +430,7 @@ def _calibrate_tau(
     calibration = resolve_tau(rewards, encoder, [ex.reference for ex in examples], dev_similarity=dev_sim, seed=config.seed)
     if calibration.origin == "cold_start_dev":
         calibration.details.setdefault("n_dev_examples", len(dev))
-    if _is_main_process():
+    if is_main_process():
         write_json(tau_path, asdict(calibration))
     return calibration
 
@@ -488,7 +488,7 @@ def _grpo_trainer(
         tau = calibration.value
         extra["tau"] = asdict(calibration)
         logger.info("GRPO semantic floor tau = %.4f (origin: %s)", tau, calibration.origin)
-        if _is_main_process():
+        if is_main_process():
             print(f"[grpo] semantic floor tau = {tau:.4f} ({calibration.origin})", flush=True)
     funcs, weights = build_reward_functions(rewards, config.task.target_lang, encoder, tau)
 
@@ -535,7 +535,7 @@ def _prepare_stage_dir(stage_dir: Path, resume: bool) -> Path | None:
     checkpoints = stage_dir / CHECKPOINTS_DIR
     log_path = stage_dir / LOG_FILE
     resume_from = last_checkpoint(checkpoints) if resume else None
-    if _is_main_process():
+    if is_main_process():
         if resume_from is None:
             shutil.rmtree(checkpoints, ignore_errors=True)
             for name in (LOG_FILE, TAU_FILE):
@@ -544,7 +544,7 @@ def _prepare_stage_dir(stage_dir: Path, resume: bool) -> Path | None:
             step = _checkpoint_step(resume_from)
             kept = [row for row in read_log(log_path) if int(row.get("step", 0)) <= step]
             write_jsonl(log_path, kept)
-    _wait_for_everyone()
+    wait_for_everyone()
     return resume_from
 
 
@@ -608,7 +608,7 @@ def train_stage(
     model_dir = stage_dir / MODEL_DIR
     if trainer.accelerator.is_main_process:
         save_merged(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir)
-    _wait_for_everyone()
+    wait_for_everyone()
     metrics = {k: _json_safe(v) for k, v in output.metrics.items()}
     metrics["global_step"] = trainer.state.global_step
     # The accelerator keeps references to the model and optimizer; drop them so that the next
