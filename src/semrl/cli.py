@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SemrlError as err:
-        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return err.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -11,6 +11,7 @@ Stage folder::
       checkpoints/checkpoint-N/   trainer checkpoints (resume points; TensorBoard logs under runs/)
       log.jsonl                   one JSON object per trainer log (step, epoch, time, metrics)
       tau.json                    GRPO only: the semantic floor tau and where it came from
+      reward_stats.rank<N>.json   GRPO only: process N's reward calls, completions scored, seconds
       model/                      the stage's output
 
 GRPO logs carry TRL's own metrics (``rewards/<name>/mean``, ``frac_reward_zero_std``, completion
@@ -65,6 +66,7 @@ CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 LOG_FILE = "log.jsonl"
 TAU_FILE = "tau.json"
+REWARD_STATS_FILE = "reward_stats.rank{rank}.json"
 # Resuming needs only the newest checkpoint; one older is kept in case the newest is damaged.
 SAVE_TOTAL_LIMIT = 2
 
@@ -146,19 +148,50 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------
 class TimedReward:
     """A reward function that also logs its own wall time per call (`timing/reward/<name>_s`)
-    through TRL's `log_metric` hook. Keeps the wrapped function's `__name__`, which TRL logs."""
+    through TRL's `log_metric` hook. Keeps the wrapped function's `__name__`, which TRL logs.
+
+    It also counts, in this process, its calls, the completions it scored and the seconds it took
+    (`stats()`): TRL scores each process's own share of a generation batch, so under a
+    multi-process launch these show how the reward load is spread (see `write_reward_stats`).
+    """
 
     def __init__(self, func: Callable[..., list[float]]) -> None:
         self.func = func
         self.__name__ = getattr(func, "__name__", type(func).__name__)
+        self.calls = 0
+        self.completions = 0
+        self.seconds = 0.0
 
     def __call__(self, prompts: Any, completions: Any, completion_ids: Any = None, **kwargs: Any) -> list[float]:
         start = time.perf_counter()
         scores = self.func(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        elapsed = time.perf_counter() - start
+        self.calls += 1
+        self.completions += len(completions)
+        self.seconds += elapsed
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
-            log_metric(f"timing/reward/{self.__name__}_s", time.perf_counter() - start)
+            log_metric(f"timing/reward/{self.__name__}_s", elapsed)
         return scores
+
+    def stats(self) -> dict[str, float | int]:
+        """This process's totals so far: calls, completions scored, seconds."""
+        return {"calls": self.calls, "completions": self.completions, "seconds": round(self.seconds, 4)}
+
+
+def write_reward_stats(stage_dir: str | Path, reward_funcs: Sequence[Any]) -> Path:
+    """Write this process's reward load to ``stage_dir/reward_stats.rank<N>.json``.
+
+    Every process writes its own file (rank, world_size and, per reward function, the calls,
+    completions scored and seconds of its `TimedReward`), so a multi-process run shows whether
+    every process scored its share. The counts cover this invocation only, not the steps before a
+    resume.
+    """
+    state = distributed_state()
+    stats = {f.__name__: f.stats() for f in reward_funcs if isinstance(f, TimedReward)}
+    path = Path(stage_dir) / REWARD_STATS_FILE.format(rank=state.process_index)
+    write_json(path, {"rank": state.process_index, "world_size": state.num_processes, "rewards": stats})
+    return path
 
 
 def _frac_groups_equal(values: np.ndarray, tol: float = 1e-6) -> float:
@@ -536,6 +569,9 @@ def _prepare_stage_dir(stage_dir: Path, resume: bool) -> Path | None:
     log_path = stage_dir / LOG_FILE
     resume_from = last_checkpoint(checkpoints) if resume else None
     if is_main_process():
+        # Each run writes these again at its end; old ones may be from a different process count.
+        for stale in stage_dir.glob(REWARD_STATS_FILE.format(rank="*")):
+            stale.unlink(missing_ok=True)
         if resume_from is None:
             shutil.rmtree(checkpoints, ignore_errors=True)
             for name in (LOG_FILE, TAU_FILE):
@@ -588,7 +624,8 @@ def train_stage(
     if stage == "grpo" and init_model is None:
         logger.warning("GRPO starts from the base model (no cold-start checkpoint given)")
     model, tokenizer = load_policy(config.model, init_model)
-    all_callbacks = [JsonlLogCallback(stage_dir / LOG_FILE), *callbacks]
+    # User callbacks first: one that adds to the logs (the tax meter) must run before the writer.
+    all_callbacks = [*callbacks, JsonlLogCallback(stage_dir / LOG_FILE)]
     extra: dict[str, Any] = {
         "init_model": str(init_model) if init_model is not None else config.model.name,
         "num_examples": len(examples),
@@ -605,6 +642,8 @@ def train_stage(
 
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
+    if stage == "grpo":
+        write_reward_stats(stage_dir, trainer.reward_funcs)
     model_dir = stage_dir / MODEL_DIR
     if trainer.accelerator.is_main_process:
         save_merged(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir)

@@ -1,0 +1,124 @@
+"""Integration: `semrl run configs/tiny.yaml` end to end through the CLI, then what a user sees:
+splits, stage manifests, reward logs, evaluations, metrics.json, report.md/html and plots;
+a second run skips finished stages and `--force` reruns a stage and its dependents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from general_data import write_general_data_dir
+from semrl.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    data_dir = write_general_data_dir(root / "data")
+    run_dir = root / "run"
+    code = main(["run", str(CONFIGS / "tiny.yaml"), "--out", str(run_dir), "--data-dir", str(data_dir),
+                 "--set", "evaluation.tax_meter_steps=1"])
+    assert code == 0
+    return run_dir
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_splits_are_by_document(tiny_run: Path) -> None:
+    docs = {}
+    for split in ("cold_start", "rl", "dev", "test"):
+        rows = _jsonl(tiny_run / "splits" / f"{split}.jsonl")
+        assert rows, split
+        docs[split] = {r["doc_id"] for r in rows}
+    names = list(docs)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not docs[a] & docs[b], (a, b)
+
+
+def test_every_stage_has_model_manifest_and_log(tiny_run: Path) -> None:
+    for stage in ("cold_start", "sft", "grpo"):
+        d = tiny_run / "stages" / stage
+        manifest = json.loads((d / "manifest.json").read_text())
+        assert manifest["stage"] == stage and manifest["wall_time_s"] > 0 and manifest["peak_rss_mb"] > 0
+        assert "torch" in manifest["versions"] and manifest["config_hash"]
+        assert list((d / "model").glob("*.safetensors"))
+        assert (d / "log.jsonl").is_file()
+    grpo = json.loads((tiny_run / "stages" / "grpo" / "manifest.json").read_text())
+    assert grpo["init_model"].endswith("cold_start/model")
+    assert grpo["extra"]["tau"]["origin"] == "shuffled"
+
+
+def test_grpo_log_holds_each_reward_component_and_monitors(tiny_run: Path) -> None:
+    rows = [r for r in _jsonl(tiny_run / "stages" / "grpo" / "log.jsonl") if "rewards/semantic/mean" in r]
+    assert rows
+    keys = set().union(*rows)
+    assert {"rewards/semantic/mean", "rewards/language/mean", "frac_reward_zero_std"} <= keys
+    assert {"monitor/language_pass_rate", "monitor/length_ratio", "monitor/frac_groups_equal_reward"} <= keys
+
+
+def test_tax_meter_logged_during_training(tiny_run: Path) -> None:
+    rows = [r for r in _jsonl(tiny_run / "stages" / "sft" / "log.jsonl") if "tax/nll_drift" in r]
+    assert rows and all(isinstance(r["tax/nll_drift"], float) for r in rows)
+
+
+def test_metrics_json_schema(tiny_run: Path) -> None:
+    m = json.loads((tiny_run / "metrics.json").read_text(encoding="utf-8"))
+    assert set(m["methods"]) == {"base", "cold_start", "sft", "grpo"}
+    for method, entry in m["methods"].items():
+        assert {"bleu", "chrf", "semantic", "lang_rate"} <= set(entry["task"])
+        assert set(entry["general"]) == {"cmrc2018", "mmlu", "gsm8k"}
+        assert set(entry["tax"]) == {"cmrc2018", "mmlu", "gsm8k", "mean"}
+        if method == "base":
+            assert entry["drift"] is None and entry["tax"]["mean"] == 0.0
+        else:
+            assert set(entry["drift"]) == {"nll_mean", "nll_p90", "kl_mean", "kl_p90"}
+    assert "grpo-sft" in m["intervals"]["differences"]
+    iv = m["intervals"]["differences"]["grpo-sft"]["semantic"]
+    assert iv["low"] <= iv["estimate"] <= iv["high"]
+    assert m["signatures"]["bleu"].startswith("nrefs:1") and "tok:zh" in m["signatures"]["bleu"]
+    assert m["scale"]["split_sizes"]["test"] == 6 and m["scale"]["model"] == "tiny"
+    assert {"config", "versions"} <= set(m)
+
+
+def test_report_has_every_section_and_plot(tiny_run: Path) -> None:
+    md = (tiny_run / "report.md").read_text(encoding="utf-8")
+    for section in ("## Scale", "## Verdict", "## Task quality", "## Alignment tax", "## Drift", "## Training", "## Plots", "## Sample outputs"):
+        assert section in md, section
+    for plot in ("gain_vs_tax.png", "reward_components.png", "nll_drift.png", "tax_meter.png"):
+        assert (tiny_run / "plots" / plot).stat().st_size > 1000, plot
+        assert f"plots/{plot}" in md
+    html = (tiny_run / "report.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") == 4 and "<table>" in html
+
+
+def test_rerun_skips_finished_stages_and_force_reruns_dependents(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tiny_run / "config.yaml"
+    before = {s: json.loads((tiny_run / "stages" / s / "manifest.json").read_text())["finished_at"] for s in ("cold_start", "sft", "grpo")}
+    assert main(["run", str(config), "--out", str(tiny_run), "--no-eval"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("already finished: skipped") == 3
+    # a stage finished under another config is not silently reused
+    assert main(["run", str(config), "--out", str(tiny_run), "--no-eval", "--set", "stages.grpo.temperature=0.5"]) == 2
+    assert "different config" in capsys.readouterr().err
+    assert main(["run", str(config), "--out", str(tiny_run), "--no-eval", "--only", "grpo", "--force", "grpo"]) == 0
+    after = {s: json.loads((tiny_run / "stages" / s / "manifest.json").read_text())["finished_at"] for s in ("cold_start", "sft", "grpo")}
+    assert after["cold_start"] == before["cold_start"] and after["sft"] == before["sft"]
+    assert (tiny_run / "stages" / "grpo" / "manifest.json").is_file()
+
+
+def test_report_command_rewrites_the_report(tiny_run: Path) -> None:
+    (tiny_run / "report.md").unlink()
+    assert main(["report", str(tiny_run)]) == 0
+    assert (tiny_run / "report.md").is_file()
+
+
+def test_report_on_a_non_run_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a semrl run directory" in capsys.readouterr().err
