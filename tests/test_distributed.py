@@ -54,3 +54,22 @@ def test_grpo_stage_under_two_process_accelerate_launch(tmp_path: Path) -> None:
         assert all(s["rewards"][name]["calls"] == GRPO_STEPS for s in stats)
         # Between them the processes scored every completion of every step, each exactly once.
         assert sum(per_rank) == GRPO_STEPS * GRPO_BATCH, (name, per_rank)
+
+
+def test_timed_reward_counts_calls_and_completions(tmp_path: Path) -> None:
+    from semrl.training import TimedReward, write_reward_stats
+
+    def length(prompts, completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    reward = TimedReward(length)
+    assert reward(prompts=["a", "b", "c"], completions=["x", "yy", "zzz"]) == [1.0, 2.0, 3.0]
+    reward(prompts=["a"], completions=["x"])
+    assert reward.stats()["calls"] == 2 and reward.stats()["completions"] == 4
+
+    path = write_reward_stats(tmp_path, [reward, length])  # unwrapped functions have no counts
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert path.name == "reward_stats.rank0.json"
+    assert data["rank"] == 0 and data["world_size"] == 1
+    assert list(data["rewards"]) == ["length"]
+    assert data["rewards"]["length"]["completions"] == 4

@@ -47,7 +47,7 @@ from semrl.config import (
     TaskConfig,
 )
 from semrl.errors import ConfigError, DataError, ModelError
-from semrl.io import atomic_path
+from semrl.io import atomic_path, parse_jsonl_line
 from semrl.lang import language_name
 
 if TYPE_CHECKING:
@@ -290,15 +290,9 @@ def _local_format(path: Path, fmt: str, where: str) -> str:
 
 def _iter_jsonl(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
     for lineno, line in enumerate(_lines(text), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
-        yield lineno, obj
+        obj = parse_jsonl_line(path, lineno, line)
+        if obj is not None:
+            yield lineno, obj
 
 
 def _iter_delimited(

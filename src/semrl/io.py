@@ -76,13 +76,20 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 raise DataError(
                     f"{path}:{lineno}: invalid UTF-8 ({err.reason} at byte {err.start}); re-save the file as UTF-8"
                 ) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
-            rows.append(obj)
+            obj = parse_jsonl_line(path, lineno, line)
+            if obj is not None:
+                rows.append(obj)
     return rows
+
+
+def parse_jsonl_line(path: str | Path, lineno: int, line: str) -> dict[str, Any] | None:
+    """One JSONL line as a dict (None for a blank line); DataError naming file and line otherwise."""
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
+    return obj

@@ -230,12 +230,18 @@ class BleuReward(RewardFunction):
         self.metric = BLEU(tokenize=self.tokenize, effective_order=True)
 
     def _score(self, completions: list[str], columns: dict[str, Any]) -> list[float]:
-        refs = _column(columns, "reference", len(completions), self.name)
-        norm = L.normalize_text
-        return [
-            min(1.0, self.metric.sentence_score(norm(h, self.target_lang), [norm(r, self.target_lang)]).score / 100.0)
-            for h, r in zip(completions, refs)
-        ]
+        return _sentence_scores(self.metric, completions, columns, self.target_lang, self.name)
+
+
+def _sentence_scores(metric: Any, completions: list[str], columns: dict[str, Any], target_lang: str, name: str) -> list[float]:
+    """A sacrebleu sentence metric per completion against its reference, scaled to 0..1, on
+    language-normalised text."""
+    refs = _column(columns, "reference", len(completions), name)
+    norm = L.normalize_text
+    return [
+        min(1.0, metric.sentence_score(norm(h, target_lang), [norm(r, target_lang)]).score / 100.0)
+        for h, r in zip(completions, refs)
+    ]
 
 
 class ChrfReward(RewardFunction):
@@ -253,12 +259,7 @@ class ChrfReward(RewardFunction):
         self.metric = CHRF()
 
     def _score(self, completions: list[str], columns: dict[str, Any]) -> list[float]:
-        refs = _column(columns, "reference", len(completions), self.name)
-        norm = L.normalize_text
-        return [
-            min(1.0, self.metric.sentence_score(norm(h, self.target_lang), [norm(r, self.target_lang)]).score / 100.0)
-            for h, r in zip(completions, refs)
-        ]
+        return _sentence_scores(self.metric, completions, columns, self.target_lang, self.name)
 
 
 # --------------------------------------------------------------------------------------------
