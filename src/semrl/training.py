@@ -584,6 +584,43 @@ def _prepare_stage_dir(stage_dir: Path, resume: bool) -> Path | None:
     return resume_from
 
 
+def _weights_are_sharded(accelerator: Any) -> bool:
+    """DeepSpeed ZeRO-3 and FSDP keep a slice of each weight per process."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
+def _save_stage_model(trainer: Any, tokenizer: Any, stage_dir: Path, model_dir: Path) -> None:
+    """Write the stage's full, merged checkpoint. With sharded weights every process first takes
+    part in the trainer's gathering save (adapters or full weights); the main process then
+    reloads that on CPU and merges, so no process ever saves only its own shard."""
+    from semrl.models import save_merged
+
+    if not _weights_are_sharded(trainer.accelerator):
+        if trainer.accelerator.is_main_process:
+            save_merged(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir)
+        wait_for_everyone()
+        return
+    gathered = stage_dir / "gathered"
+    trainer.save_model(str(gathered))  # collective: all processes must call it
+    if trainer.accelerator.is_main_process:
+        if (gathered / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(str(gathered), torch_dtype="auto")
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(gathered), torch_dtype="auto")
+        save_merged(model, tokenizer, model_dir)
+        shutil.rmtree(gathered, ignore_errors=True)
+    wait_for_everyone()
+
+
 def train_stage(
     stage: Stage,
     config: ExperimentConfig,
@@ -645,9 +682,7 @@ def train_stage(
     if stage == "grpo":
         write_reward_stats(stage_dir, trainer.reward_funcs)
     model_dir = stage_dir / MODEL_DIR
-    if trainer.accelerator.is_main_process:
-        save_merged(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir)
-    wait_for_everyone()
+    _save_stage_model(trainer, tokenizer, stage_dir, model_dir)
     metrics = {k: _json_safe(v) for k, v in output.metrics.items()}
     metrics["global_step"] = trainer.state.global_step
     # The accelerator keeps references to the model and optimizer; drop them so that the next
