@@ -188,6 +188,7 @@ def _plot_gain_vs_tax(metrics: dict[str, Any], path: Path) -> None:
 
 def _plot_reward_components(run_dir: Path, path: Path) -> bool:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = [r for r in _read_jsonl(run_dir / "stages" / "grpo" / "log.jsonl") if "step" in r]
     keys = sorted({k for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")})
@@ -199,6 +200,7 @@ def _plot_reward_components(run_dir: Path, path: Path) -> bool:
         ax.text(0.5, 0.5, "no GRPO reward logs in this run", ha="center", va="center", transform=ax.transAxes)
     else:
         ax.legend()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward")
     ax.set_title("Reward components over GRPO steps")
@@ -229,6 +231,7 @@ def _plot_drift(run_dir: Path, path: Path) -> bool:
 
 def _plot_tax_meter(run_dir: Path, path: Path) -> bool:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     found = False
@@ -242,6 +245,7 @@ def _plot_tax_meter(run_dir: Path, path: Path) -> bool:
         ax.axhline(0, color="grey", lw=0.5)
     else:
         ax.text(0.5, 0.5, "tax meter off (evaluation.tax_meter_steps: 0)", ha="center", va="center", transform=ax.transAxes)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training step")
     ax.set_ylabel("mean NLL increase over base")
     ax.set_title("Tax meter during training")
