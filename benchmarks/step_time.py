@@ -1,11 +1,11 @@
 """Seconds per SFT and GRPO optimizer step, peak RSS, and the share of a GRPO step spent in
 reward functions, for the tiny model and (with --gemma) the packaged Gemma 3 270M.
 
-Runs semrl's own stages (`train_stage`) on configs/tiny.yaml's data (or NTREX when the data
-directory holds it), reading the per-step timings the stage logs (`step_time_s`,
+Runs semrl's own stages (`train_stage`) on NTREX-128 sentences (configs/tiny.yaml's source, read
+from --data-dir / $SEMRL_DATA_DIR), reading the per-step timings the stage logs (`step_time_s`,
 `timing/reward_share`). The first step of each stage is reported apart: it includes warm-up.
 
-    python benchmarks/step_time.py [--gemma] [--steps 3] --out benchmarks/results/step_time.json
+    python benchmarks/step_time.py [--gemma] [--steps 3] --data-dir ../shared/data
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ def measure(model: str, steps: int, data_dir: str | None) -> dict:
     config = load_config(CONFIGS / "tiny.yaml", overrides=overrides)
     if data_dir:
         config.data_dir = data_dir
-        config.data.sources = [{"kind": "ntrex"}]  # real Tibetan sentences
-        config.data.splits = {"cold_start": 100, "rl": 100, "dev": 10, "test": 10}
+    config.data.splits = {"cold_start": 100, "rl": 100, "dev": 10, "test": 10}
     splits = split_examples(load_examples(config), config.data.splits, config.seed)
     out: dict = {"model": model, "steps": steps}
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,3 +21,12 @@ def shared_data_dir() -> Path:
     if not value or not Path(value).is_dir():
         pytest.skip("SEMRL_DATA_DIR is not set or does not exist: shared-data test skipped")
     return Path(value)
+
+
+@pytest.fixture(scope="session")
+def fixture_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory the tests write themselves: an NTREX-shaped corpus and CMRC/MMLU/GSM8K
+    files (see tests/fixture_data.py). Read-only for tests: it is shared by the session."""
+    from fixture_data import write_fixture_data_dir
+
+    return write_fixture_data_dir(tmp_path_factory.mktemp("fixture-data") / "data")

@@ -16,7 +16,7 @@ from semrl import benchmarks as B
 from semrl.config import BenchmarkConfig
 from semrl.errors import ConfigError, DataError
 
-from general_data import CMRC_ARTICLES, GSM8K_ROWS, MMLU_SUBJECTS, write_general_data_dir as _write_data_dir  # noqa: F401
+from fixture_data import CMRC_ARTICLES, GSM8K_ROWS, MMLU_SUBJECTS, write_general_data_dir as _write_data_dir  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: a data directory in the layout of ../shared/data, and a tiny model

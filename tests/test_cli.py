@@ -55,8 +55,8 @@ def test_score_bad_line_names_file_and_line(tmp_path: Path, capsys: pytest.Captu
     assert "bad.jsonl" in err and ":2" in err
 
 
-def test_data_prepare_tiny_prints_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["data", "prepare", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path)]) == 0
+def test_data_prepare_tiny_prints_counts(tmp_path: Path, fixture_data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "prepare", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path), "--data-dir", str(fixture_data_dir)]) == 0
     assert "cold_start" in capsys.readouterr().out
     assert (tmp_path / "splits" / "manifest.json").is_file()
 

@@ -81,9 +81,12 @@ def test_overrides(tmp_path: Path) -> None:
     assert c.stages.grpo.max_steps == 2 and c.model.name == "tiny"
 
 
-def test_relative_local_path_resolves_beside_config() -> None:
-    c = load_config(CONFIGS / "tiny.yaml")
-    assert Path(c.data.sources[0].path).is_file()
+def test_relative_local_path_resolves_beside_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pairs.jsonl").write_text('{"source": "a", "reference": "b"}\n', encoding="utf-8")
+    config = _write(tmp_path, "data:\n  sources:\n    - {kind: local, path: pairs.jsonl}\n")
+    monkeypatch.chdir(tmp_path.parent)  # the path is not relative to the working directory
+    c = load_config(config)
+    assert Path(c.data.sources[0].path) == (tmp_path / "pairs.jsonl").resolve()
 
 
 def test_cli_config_init_then_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

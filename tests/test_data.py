@@ -578,10 +578,11 @@ def test_load_splits_errors(tmp_path: Path, local_config: ExperimentConfig) -> N
         data.load_splits(out)
 
 
-def test_packaged_tiny_config_prepares(tmp_path: Path) -> None:
+def test_packaged_tiny_config_prepares(tmp_path: Path, fixture_data_dir: Path) -> None:
     from semrl.config import load_config
 
     config = load_config(Path(data.__file__).parent / "configs" / "tiny.yaml")
+    config.data_dir = str(fixture_data_dir)
     splits = data.prepare_data(config, tmp_path)
     assert {k: len(v) for k, v in splits.items()} == {"cold_start": 9, "rl": 18, "dev": 3, "test": 6}
 

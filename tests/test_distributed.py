@@ -22,14 +22,15 @@ GRPO_STEPS = 2
 GRPO_BATCH = 8  # 4 completions per process per step: 2 processes x 4, one group of G=4 each
 
 
-def test_grpo_stage_under_two_process_accelerate_launch(tmp_path: Path) -> None:
+def test_grpo_stage_under_two_process_accelerate_launch(tmp_path: Path, fixture_data_dir: Path) -> None:
     config = packaged_config("tiny.yaml")
-    assert main(["train", "cold_start", str(config), "--out", str(tmp_path)]) == 0
+    data_args = ["--data-dir", str(fixture_data_dir)]
+    assert main(["train", "cold_start", str(config), "--out", str(tmp_path), *data_args]) == 0
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
-        "-m", "semrl.cli", "train", "grpo", str(config), "--out", str(tmp_path),
+        "-m", "semrl.cli", "train", "grpo", str(config), "--out", str(tmp_path), *data_args,
         "--set", f"stages.grpo.max_steps={GRPO_STEPS}",
         "--set", f"stages.grpo.batch_size={GRPO_BATCH}",
         "--set", "stages.grpo.num_generations=4",

@@ -9,18 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from general_data import write_general_data_dir
 from semrl.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pipeline")
-    data_dir = write_general_data_dir(root / "data")
-    run_dir = root / "run"
-    code = main(["run", str(CONFIGS / "tiny.yaml"), "--out", str(run_dir), "--data-dir", str(data_dir),
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, fixture_data_dir: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("pipeline") / "run"
+    code = main(["run", str(CONFIGS / "tiny.yaml"), "--out", str(run_dir), "--data-dir", str(fixture_data_dir),
                  "--set", "evaluation.tax_meter_steps=1"])
     assert code == 0
     return run_dir
