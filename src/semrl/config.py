@@ -369,8 +369,13 @@ class ExperimentConfig(_Section):
         data = self.to_dict()
         if sections:
             data = {k: data[k] for k in sections}
-        blob = json.dumps(data, sort_keys=True, ensure_ascii=False).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return digest(data)
+
+
+def digest(data: Any) -> str:
+    """A short, stable hash of JSON-serialisable data (key order does not matter)."""
+    blob = json.dumps(data, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _format_validation_error(err: ValidationError, path: str | Path) -> str:

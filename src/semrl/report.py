@@ -37,6 +37,7 @@ from semrl.config import METHODS, ExperimentConfig, load_config
 from semrl.errors import SemrlError
 from semrl.evaluation import load_evaluations
 from semrl.io import atomic_path, write_json, write_text
+from semrl.training import read_log
 
 SCHEMA_VERSION = 1
 # Per-example task metrics that get intervals, and the corpus metrics that get paired bootstrap.
@@ -50,14 +51,9 @@ def _interval_dict(iv: Any) -> dict[str, float]:
     return {"estimate": float(iv.estimate), "low": float(iv.low), "high": float(iv.high)}
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def build_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """Assemble metrics.json's content from a run directory's evaluations and manifests."""
+def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Assemble metrics.json's content from a run directory's evaluations (read from
+    `RUN_DIR/eval` unless given) and manifests."""
     from semrl import metrics as M
 
     run_dir = Path(run_dir)
@@ -65,7 +61,8 @@ def build_metrics(run_dir: str | Path) -> dict[str, Any]:
     if not config_path.is_file():
         raise SemrlError(f"{run_dir}: not a semrl run directory (no config.yaml). Run `semrl run CONFIG --out {run_dir}` first.")
     config = load_config(config_path)
-    evals = load_evaluations(run_dir)
+    if evals is None:
+        evals = load_evaluations(run_dir)
     if not evals:
         raise SemrlError(f"{run_dir}: no evaluations in {run_dir / 'eval'}; `semrl run` evaluates after training.")
     ev = config.evaluation
@@ -142,9 +139,6 @@ def build_metrics(run_dir: str | Path) -> dict[str, Any]:
         "steps": {s: (t.get("metrics") or {}).get("global_step") for s, t in training.items()},
         "encoder": config.rewards.encoder.name or config.rewards.encoder.backend,
     }
-    versions = {}
-    for t in training.values():
-        versions = (t.get("extra") or {}).get("versions", versions)
     from semrl.runner import package_versions
 
     return {
@@ -190,7 +184,7 @@ def _plot_reward_components(run_dir: Path, path: Path) -> bool:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    rows = [r for r in _read_jsonl(run_dir / "stages" / "grpo" / "log.jsonl") if "step" in r]
+    rows = [r for r in read_log(run_dir / "stages" / "grpo" / "log.jsonl") if "step" in r]
     keys = sorted({k for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")})
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for k in keys:
@@ -210,10 +204,9 @@ def _plot_reward_components(run_dir: Path, path: Path) -> bool:
     return bool(keys)
 
 
-def _plot_drift(run_dir: Path, path: Path) -> bool:
+def _plot_drift(evals: dict[str, dict[str, Any]], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
-    evals = load_evaluations(run_dir)
     data = {m: e["drift"]["nll_increase"] for m, e in evals.items() if e.get("drift")}
     fig, ax = plt.subplots(figsize=(5.5, 4))
     if data:
@@ -236,7 +229,7 @@ def _plot_tax_meter(run_dir: Path, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     found = False
     for stage in ("cold_start", "sft", "grpo"):
-        rows = [r for r in _read_jsonl(run_dir / "stages" / stage / "log.jsonl") if "tax/nll_drift" in r]
+        rows = [r for r in read_log(run_dir / "stages" / stage / "log.jsonl") if "tax/nll_drift" in r]
         if rows:
             found = True
             ax.plot([r["step"] for r in rows], [r["tax/nll_drift"] for r in rows], marker=".", label=stage)
@@ -312,7 +305,7 @@ def verdict(metrics: dict[str, Any]) -> str:
     return "At this scale, " + tax_part + drift_part
 
 
-def render_markdown(metrics: dict[str, Any], run_dir: Path, plots: dict[str, str]) -> str:
+def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], plots: dict[str, str]) -> str:
     methods = metrics["methods"]
     sc = metrics["scale"]
     out = [f"# semrl report: {metrics['config']['name']}", ""]
@@ -369,7 +362,6 @@ def render_markdown(metrics: dict[str, Any], run_dir: Path, plots: dict[str, str
         if name in plots:
             out += [f"### {title}", "", f"![{title}](plots/{name})", ""]
     out += ["## Sample outputs", ""]
-    evals = load_evaluations(run_dir)
     first = next(iter(evals.values()))
     rows = []
     for i, o in enumerate(first["outputs"][:8]):
@@ -434,15 +426,16 @@ def _html_table(rows: list[str]) -> str:
 def write_report(run_dir: str | Path) -> Path:
     """Write metrics.json, report.md, report.html and plots/ for a run; returns report.html's path."""
     run_dir = Path(run_dir)
-    metrics = build_metrics(run_dir)
+    evals = load_evaluations(run_dir)
+    metrics = build_metrics(run_dir, evals)
     with atomic_path(run_dir / "plots") as plot_dir:
         plot_dir.mkdir()
         _plot_gain_vs_tax(metrics, plot_dir / "gain_vs_tax.png")
         _plot_reward_components(run_dir, plot_dir / "reward_components.png")
-        _plot_drift(run_dir, plot_dir / "nll_drift.png")
+        _plot_drift(evals, plot_dir / "nll_drift.png")
         _plot_tax_meter(run_dir, plot_dir / "tax_meter.png")
     plots = {p.name: str(p) for p in (run_dir / "plots").glob("*.png")}
-    md = render_markdown(metrics, run_dir, plots)
+    md = render_markdown(metrics, evals, plots)
     write_json(run_dir / "metrics.json", metrics)
     write_text(run_dir / "report.md", md)
     return write_text(run_dir / "report.html", render_html(md, run_dir / "plots"))

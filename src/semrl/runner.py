@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from semrl.config import STAGE_ORDER, ExperimentConfig
+from semrl.config import STAGE_ORDER, ExperimentConfig, digest
 from semrl.errors import ConfigError
 from semrl.io import write_json, write_text
 from semrl.training import is_main_process, last_checkpoint, wait_for_everyone
@@ -72,10 +72,7 @@ def stage_config_hash(config: ExperimentConfig, stage: str) -> str:
     data = config.to_dict()
     keyed = {k: data[k] for k in STAGE_SECTIONS[stage]}
     keyed["stage"] = data["stages"][stage]
-    blob = json.dumps(keyed, sort_keys=True, ensure_ascii=False).encode()
-    import hashlib
-
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return digest(keyed)
 
 
 @dataclass
