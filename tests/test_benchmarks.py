@@ -193,6 +193,20 @@ def test_prepare_task_writes_a_self_contained_task(data_dir: Path, tmp_path: Pat
     assert not {r["question"] for r in test} & {r["question"] for r in fewshot}  # no answer leaks
 
 
+def test_max_gen_toks_caps_generation_but_keeps_the_stop_sequences(data_dir: Path, tmp_path: Path) -> None:
+    bench = BenchmarkConfig(name="gsm8k", limit=2, max_gen_toks=32)
+    _, folder = B.prepare_task(bench, data_dir, seed=0, out_dir=tmp_path / "gsm8k")
+    config = yaml.safe_load((folder / "semrl_gsm8k.yaml").read_text(encoding="utf-8"))
+    # `include` would replace the whole generation_kwargs, so the shipped stop sequences must be copied
+    assert config["generation_kwargs"]["max_gen_toks"] == 32
+    assert config["generation_kwargs"]["until"] == ["Question:", "\n\n"]
+
+
+def test_max_gen_toks_on_a_loglikelihood_task_is_an_error(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="log-likelihood"):
+        B.prepare_task(BenchmarkConfig(name="mmlu", limit=2, max_gen_toks=8), data_dir, seed=0, out_dir=tmp_path / "m")
+
+
 def test_evaluate_general_on_a_tiny_model(tiny, data_dir: Path, tmp_path: Path) -> None:
     model, tokenizer = tiny
     model.train()

@@ -350,6 +350,13 @@ def _preserved_state(model: Any) -> Iterator[None]:
         model.train(was_training)
 
 
+def _shipped_task(yaml_name: str) -> dict[str, Any]:
+    """A shipped task YAML as a dict (lm-eval's `!function` tags read as plain strings)."""
+    loader = type("_TaskLoader", (yaml.SafeLoader,), {})
+    loader.add_constructor("!function", lambda ld, node: ld.construct_scalar(node))
+    return yaml.load((TASKS_DIR / yaml_name).read_text(encoding="utf-8"), Loader=loader)
+
+
 def prepare_task(bench: BenchmarkConfig, data_dir: str | Path | None, seed: int, out_dir: str | Path) -> tuple[str, Path]:
     """Write a semrl benchmark's seeded subset (test.jsonl, plus fewshot.jsonl when few-shot
     examples are asked for) and a task YAML that includes the shipped one; returns the lm-eval
@@ -384,6 +391,16 @@ def prepare_task(bench: BenchmarkConfig, data_dir: str | Path | None, seed: int,
         fewshot_path = write_jsonl(out_dir / "fewshot.jsonl", (rows[i] for i in sorted(pool)))
         config["dataset_kwargs"]["data_files"]["fewshot"] = str(fewshot_path.resolve())
         config["fewshot_split"] = "fewshot"
+    if bench.max_gen_toks is not None:
+        # lm-eval's `include` replaces a whole top-level key, so the shipped generation_kwargs are
+        # copied and only the cap changed.
+        shipped = _shipped_task(yaml_name).get("generation_kwargs")
+        if shipped is None:
+            raise ConfigError(
+                f"evaluation.benchmarks[{bench.name}].max_gen_toks: {bench.name} is scored by log-likelihood and "
+                f"generates nothing; remove max_gen_toks"
+            )
+        config["generation_kwargs"] = {**shipped, "max_gen_toks": bench.max_gen_toks}
     write_text(out_dir / f"{task_name}.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return task_name, out_dir
 
@@ -477,7 +494,8 @@ def _evaluate_harness_task(lm: Any, bench: BenchmarkConfig, seed: int, task_mana
             f"nor an lm-evaluation-harness task or group.{hint}"
         )
     try:
-        out = _run(lm, [bench.name], task_manager, seed, num_fewshot=bench.num_fewshot, limit=bench.limit)
+        gen_kwargs = {"max_gen_toks": bench.max_gen_toks} if bench.max_gen_toks is not None else None
+        out = _run(lm, [bench.name], task_manager, seed, num_fewshot=bench.num_fewshot, limit=bench.limit, gen_kwargs=gen_kwargs)
     except OSError as err:  # ConnectionError/FileNotFoundError from datasets and the hub client
         raise DataError(
             f"lm-eval task {bench.name!r}: its dataset could not be loaded ({err}). lm-eval's own tasks "

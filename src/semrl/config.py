@@ -317,6 +317,9 @@ class BenchmarkConfig(_Section):
     name: str = Field(description="'cmrc2018', 'mmlu', 'gsm8k', or any lm-evaluation-harness task name.")
     limit: int | None = Field(100, ge=1, description="Examples per benchmark (fixed seeded subset). None: all.")
     num_fewshot: int = Field(0, ge=0)
+    max_gen_toks: int | None = Field(
+        None, ge=1, description="Cap on generated tokens for generation tasks (cmrc2018, gsm8k, lm-eval's). None: the task's own."
+    )
 
 
 class EvaluationConfig(_Section):

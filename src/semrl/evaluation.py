@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from semrl import lang
 from semrl.config import ExperimentConfig, GenerationConfig
@@ -57,9 +58,12 @@ def generate_completions(
             batch = rendered[start : start + generation.batch_size]
             enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not any(chat))
             enc = {k: v.to(model.device) for k, v in enc.items()}
+            one_line = not any(chat[start : start + len(batch)])
+            stop = [FirstLineDone(tokenizer, enc["input_ids"].shape[1])] if one_line else []
             with torch.no_grad():
                 out = model.generate(
                     **enc,
+                    stopping_criteria=StoppingCriteriaList(stop),
                     max_new_tokens=generation.max_new_tokens,
                     do_sample=generation.do_sample,
                     temperature=generation.temperature if generation.do_sample else None,
@@ -76,6 +80,19 @@ def generate_completions(
         tokenizer.padding_side = previous_side
         model.train(was_training)
     return texts
+
+
+class FirstLineDone(StoppingCriteria):
+    """Stops a row once its first non-empty line is complete: only that line is kept, so decoding
+    on (often a whole repeated prompt pattern) would cost time and change nothing."""
+
+    def __init__(self, tokenizer: Any, prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor(["\n" in t.lstrip() for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
 def clean_completion(text: str, one_line: bool = True) -> str:

@@ -302,7 +302,24 @@ def verdict(metrics: dict[str, Any]) -> str:
             f"{ds['nll_mean']:+.3f} (P90 {ds['nll_p90']:+.3f}): "
             + ("lower for GRPO." if dg["nll_mean"] < ds["nll_mean"] else "not lower for GRPO.")
         )
-    return "At this scale, " + tax_part + drift_part
+    return "At this scale, " + tax_part + drift_part + _learning_part(metrics, conf)
+
+
+def _learning_part(metrics: dict[str, Any], conf: int) -> str:
+    """Did GRPO learn the task beyond its cold-start starting point? (semantic similarity on test)"""
+    d = metrics["intervals"]["differences"].get("grpo-cold_start", {}).get("semantic")
+    if d is None:
+        return ""
+    if d["low"] > 0:
+        outcome = "GRPO learned beyond its cold-start model (the interval lies above zero)."
+    elif d["high"] < 0:
+        outcome = "GRPO ended below its cold-start model (the interval lies below zero)."
+    else:
+        outcome = "the interval includes zero, so this run does not show that GRPO learned beyond its cold-start model."
+    return (
+        f" Test semantic similarity, GRPO minus cold-start: {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
+        f"({conf}% paired interval): " + outcome
+    )
 
 
 def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], plots: dict[str, str]) -> str:
