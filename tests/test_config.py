@@ -102,3 +102,31 @@ def test_cli_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     code = main(["config", "show", str(_write(tmp_path, "evaluation:\n  confidence: 2\n"))])
     assert code == 2
     assert "evaluation.confidence" in capsys.readouterr().err
+
+
+def test_reward_preset_fills_components_and_a_resolved_config_reloads(tmp_path: Path) -> None:
+    c = load_config(_write(tmp_path, "rewards:\n  preset: bleu_emb_lang\n"))
+    assert [(x.name, x.weight) for x in c.rewards.components] == [("semantic", 0.75), ("bleu", 0.75), ("language", 1.0)]
+    again = load_config(_write(tmp_path, c.to_yaml()))  # a run's config.yaml holds both keys
+    assert again.rewards == c.rewards
+
+
+def test_reward_preset_conflicts_and_unknown_names_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="disagree"):
+        load_config(_write(tmp_path, "rewards:\n  preset: emb\n  components: [{name: bleu, weight: 1.0}]\n"))
+    with pytest.raises(ConfigError, match="emb_lang, bleu_lang"):
+        load_config(_write(tmp_path, "rewards:\n  preset: embb\n"))
+    with pytest.raises(ConfigError, match="sweep.rewards"):
+        load_config(_write(tmp_path, "sweep:\n  rewards: [emb, emb_lang, emb]\n"))
+
+
+def test_ablation_configs_differ_only_in_their_reward_set() -> None:
+    configs = {p.stem: load_config(p).to_dict() for p in sorted((CONFIGS / "ablations").glob("*.yaml"))}
+    assert set(configs) == {"emb_lang", "bleu_lang", "bleu_emb_lang", "emb"}
+    for name, data in configs.items():
+        assert data["rewards"]["preset"] == name and data["name"] == f"ablation-{name}"
+        comparable = {k: v for k, v in data.items() if k not in ("name", "output_dir")}
+        comparable["rewards"] = {k: v for k, v in data["rewards"].items() if k not in ("preset", "components")}
+        reference = {k: v for k, v in configs["emb_lang"].items() if k not in ("name", "output_dir")}
+        reference["rewards"] = {k: v for k, v in reference["rewards"].items() if k not in ("preset", "components")}
+        assert comparable == reference, name

@@ -139,14 +139,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from semrl.sweep import parse_vary, run_sweep
+
+    config = _load(args)
+    summary = run_sweep(
+        config, variants=parse_vary(args.vary or []), out_dir=args.out,
+        log=lambda m: console.print(m, markup=False, highlight=False),
+    )
+    if summary.report:
+        console.print(summary.report.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
+        console.print(f"sweep report: [bold]{summary.report}[/] ({summary.wall_time_s:.1f}s)")
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from semrl.transfer import run_transfer
+
+    config = _load(args)
+    summary = run_transfer(config, out_dir=args.out, log=lambda m: console.print(m, markup=False, highlight=False))
+    if summary.report:
+        console.print(summary.report.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
+        console.print(f"transfer report: [bold]{summary.report}[/]")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from semrl.runner import RunPaths, prepare_run_data, run_stage_in_dir
+    from semrl.runner import RunPaths, prepare_run_data, read_manifest, run_stage_in_dir
 
     config = _load(args)
     paths = RunPaths(Path(args.out or config.output_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     splits = prepare_run_data(config, paths)
     init = args.init
+    parent = None
     if init is None and args.stage == "grpo":
         init = paths.stage_model("cold_start")
         if not init.is_dir():
@@ -154,7 +180,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"grpo starts from a cold-start model: none in {init}. Pass --init MODEL_DIR, or run "
                 f"`semrl train cold_start CONFIG --out {paths.root}` first."
             )
-    run_stage_in_dir(args.stage, config, splits, paths, init, log=lambda m: console.print(m, markup=False))
+        parent = read_manifest(paths.stage_manifest("cold_start"))
+    run_stage_in_dir(args.stage, config, splits, paths, init, log=lambda m: console.print(m, markup=False), parent_manifest=parent)
     return 0
 
 
@@ -243,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", choices=STAGE_ORDER, help="rerun this stage (and what depends on it)")
     p.add_argument("--no-eval", action="store_true", help="train only; skip evaluation and the report")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="one experiment per reward preset, sharing the cold start; one comparison report")
+    with_config(p)
+    p.add_argument("--vary", action="append", metavar="rewards=P1,P2,...",
+                   help="reward presets to compare, e.g. rewards=emb_lang,bleu_lang,bleu_emb_lang,emb (default: the config's sweep.rewards)")
+    p.add_argument("--out", type=Path, help="sweep directory (default: the config's output_dir + '-sweep')")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("transfer", help="few-shot transfer: fine-tune an earlier run's checkpoints on N examples of this task")
+    with_config(p)
+    p.add_argument("--out", type=Path, help="transfer directory (default: the config's output_dir)")
+    p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("train", help="run one training stage alone")
     p.add_argument("stage", choices=STAGE_ORDER)

@@ -262,7 +262,30 @@ class RewardComponent(_Section):
     )
 
 
+def _components(*items: tuple[str, float]) -> list[dict[str, Any]]:
+    return [{"name": name, "weight": weight} for name, weight in items]
+
+
+# Named reward sets for the paper's reward ablations (`rewards.preset`, `semrl sweep --vary
+# rewards=...`). The paper publishes the Emb+Lang weights only; in the other sets an n-gram term
+# takes the semantic term's weight 1.5 (shared equally when both appear), so the total weight of
+# the task-quality terms, and hence their balance against the language term, stays the same.
+REWARD_PRESETS: dict[str, list[dict[str, Any]]] = {
+    "emb_lang": _components(("semantic", 1.5), ("language", 1.0)),  # the paper's default
+    "bleu_lang": _components(("bleu", 1.5), ("language", 1.0)),
+    "bleu_emb_lang": _components(("semantic", 0.75), ("bleu", 0.75), ("language", 1.0)),
+    "emb": _components(("semantic", 1.5)),  # without the language reward
+    "bleu_emb": _components(("semantic", 0.75), ("bleu", 0.75)),  # METHOD.md's "BLEU+Emb (no Lang)"
+}
+
+
 class RewardsConfig(_Section):
+    preset: str | None = Field(
+        None,
+        description="A named reward set that fills `components`: "
+        + ", ".join(REWARD_PRESETS)
+        + " (weights other than emb_lang's not published). None: `components` as written.",
+    )
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     tau: float | Literal["auto"] = Field(
         "auto",
@@ -283,6 +306,31 @@ class RewardsConfig(_Section):
             RewardComponent(name="language", weight=1.0, mode="binary"),
         ]
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        # A preset fills `components` when they are not written out; written-out components must
+        # then equal the preset's (so a resolved config, which holds both, reloads).
+        if isinstance(data, dict) and data.get("preset") is not None and data.get("components") is None:
+            preset = data["preset"]
+            if preset in REWARD_PRESETS:
+                data = {**data, "components": [dict(c) for c in REWARD_PRESETS[preset]]}
+        return data
+
+    @model_validator(mode="after")
+    def _preset_matches(self) -> RewardsConfig:
+        if self.preset is None:
+            return self
+        if self.preset not in REWARD_PRESETS:
+            raise ValueError(f"preset {self.preset!r} is unknown; presets are {', '.join(REWARD_PRESETS)}")
+        expected = [RewardComponent(**c) for c in REWARD_PRESETS[self.preset]]
+        if self.components != expected:
+            raise ValueError(
+                f"preset {self.preset!r} and the components written beside it disagree; keep one of "
+                f"rewards.preset or rewards.components (set the other to null)"
+            )
+        return self
 
     @field_validator("tau")
     @classmethod
@@ -340,6 +388,56 @@ class EvaluationConfig(_Section):
 
 
 # --------------------------------------------------------------------------------------------
+# Sweeps and few-shot transfer
+# --------------------------------------------------------------------------------------------
+class SweepConfig(_Section):
+    """`semrl sweep`: one experiment per variant, all sharing the data split, the base evaluation
+    and the cold-start (and strong-SFT) stage; only GRPO and its evaluation differ."""
+
+    rewards: list[str] = Field(
+        default_factory=list,
+        description="Reward presets to compare (see rewards.preset), e.g. [emb_lang, bleu_lang, "
+        "bleu_emb_lang, emb]; `semrl sweep --vary rewards=...` overrides it.",
+    )
+
+    @field_validator("rewards")
+    @classmethod
+    def _known_presets(cls, v: list[str]) -> list[str]:
+        unknown = [p for p in v if p not in REWARD_PRESETS]
+        if unknown:
+            raise ValueError(f"unknown reward preset(s) {unknown}; presets are {', '.join(REWARD_PRESETS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"each preset may appear once; got {v}")
+        return v
+
+
+class TransferConfig(_Section):
+    """`semrl transfer`: fine-tune checkpoints of an earlier run on N examples of this config's
+    task and data, and compare them (the paper's few-shot transfer: MT-RL vs MT-SFT on 1k
+    headline examples)."""
+
+    from_run: str | None = Field(
+        None, description="Run directory whose stage models (RUN/stages/<stage>/model) start the transfer."
+    )
+    from_stages: list[StageName] = Field(
+        default_factory=lambda: ["grpo", "sft"], description="Stages of `from_run` to start from (paper: grpo and sft)."
+    )
+    n: int | None = Field(
+        1000, ge=1, description="Training examples of the new task (paper: 1k); fewer if fewer exist. None: all."
+    )
+    stage: StrongSFTConfig = Field(
+        default_factory=StrongSFTConfig, description="SFT hyperparameters of the transfer fine-tuning (not published)."
+    )
+
+    @field_validator("from_stages")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"from_stages needs one or more distinct stages; got {v}")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
 # The experiment
 # --------------------------------------------------------------------------------------------
 class ExperimentConfig(_Section):
@@ -355,6 +453,8 @@ class ExperimentConfig(_Section):
     stages: StagesConfig = Field(default_factory=StagesConfig)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
 
     def resolved_data_dir(self) -> Path | None:
         """The data directory: the config's, else $SEMRL_DATA_DIR, else None (download)."""

@@ -24,7 +24,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from semrl import lang
-from semrl.config import ExperimentConfig, GenerationConfig
+from semrl.config import ExperimentConfig, GenerationConfig, digest
 from semrl.io import write_json
 
 EVAL_DIR = "eval"
@@ -169,13 +169,52 @@ def method_model_dirs(config: ExperimentConfig, run_dir: Path) -> dict[str, str 
     return dirs
 
 
-def _eval_key(config: ExperimentConfig, run_dir: Path, method: str) -> str:
-    """Identity of an evaluation: the evaluation config, the rewards encoder and the model."""
+def eval_key(config: ExperimentConfig, run_dir: Path, method: str) -> str:
+    """Identity of an evaluation: the evaluation config, the rewards encoder (not the reward
+    components: runs that differ only in them, as in a sweep, share their base evaluation) and
+    the model."""
     stamp = ""
     manifest = run_dir / "stages" / method / "manifest.json"
     if manifest.is_file():
         stamp = json.loads(manifest.read_text(encoding="utf-8")).get("finished_at", "")
-    return f"{config.hash('evaluation', 'rewards', 'task', 'data', 'model', 'seed')}:{stamp}"
+    data = config.to_dict()
+    keyed = {k: data[k] for k in ("evaluation", "task", "data", "model", "seed")}
+    keyed["encoder"] = data["rewards"]["encoder"]
+    return f"{digest(keyed)}:{stamp}"
+
+
+def evaluation_examples(config: ExperimentConfig, run_dir: str | Path) -> list[Any]:
+    """The run's test split, cut to `evaluation.test_limit`."""
+    from semrl.data import load_splits
+
+    test = load_splits(Path(run_dir))["test"]
+    limit = config.evaluation.test_limit
+    return test[:limit] if limit else test
+
+
+def evaluate_task(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Any],
+    config: ExperimentConfig,
+    encoder: Any,
+    second_encoder: Any | None = None,
+) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[str, str]]]:
+    """Generate on `examples` with the evaluation's decoding settings and score the outputs.
+
+    Returns the corpus metrics, the per-example values (see `task_metrics`) and the outputs
+    (`id`, `source`, `reference`, `output` per example).
+    """
+    from semrl.data import build_prompt
+
+    prompts = [build_prompt(e.source, config.task, tokenizer) for e in examples]
+    hyps = generate_completions(model, tokenizer, prompts, config.evaluation.generation)
+    summary, per = task_metrics(
+        hyps, [e.reference for e in examples], [e.source for e in examples],
+        config.task.target_lang, config.task.kind, encoder, second_encoder,
+    )
+    outputs = [{"id": e.id, "source": e.source, "reference": e.reference, "output": h} for e, h in zip(examples, hyps)]
+    return summary, per, outputs
 
 
 def evaluate_run(
@@ -186,7 +225,6 @@ def evaluate_run(
 ) -> dict[str, dict[str, Any]]:
     """Evaluate every available method of a run; returns {method: evaluation dict}."""
     from semrl.benchmarks import evaluate_general, general_texts, measure_drift
-    from semrl.data import build_prompt, load_splits
     from semrl.encoders import build_encoder
     from semrl.models import load_policy
 
@@ -196,11 +234,7 @@ def evaluate_run(
     if not is_main_process():
         return {}  # evaluation runs once, on the main process
     ev = config.evaluation
-    test = load_splits(run_dir)["test"]
-    if ev.test_limit:
-        test = test[: ev.test_limit]
-    sources = [e.source for e in test]
-    references = [e.reference for e in test]
+    test = evaluation_examples(config, run_dir)
     encoder = build_encoder(config.rewards.encoder)
     second = build_encoder(ev.second_encoder) if ev.second_encoder else None
     data_dir = config.resolved_data_dir()
@@ -210,7 +244,7 @@ def evaluate_run(
     base_model = None
     for method, model_dir in method_model_dirs(config, run_dir).items():
         out_path = run_dir / EVAL_DIR / f"{method}.json"
-        key = _eval_key(config, run_dir, method)
+        key = eval_key(config, run_dir, method)
         if out_path.is_file() and not force:
             cached = json.loads(out_path.read_text(encoding="utf-8"))
             if cached.get("eval_key") == key:
@@ -219,10 +253,8 @@ def evaluate_run(
                 continue
         started = time.time()
         model, tokenizer = load_policy(config.model, model_dir)
-        prompts = [build_prompt(s, config.task, tokenizer) for s in sources]
-        log(f"[eval:{method}] generating {len(prompts)} test outputs")
-        hyps = generate_completions(model, tokenizer, prompts, ev.generation)
-        summary, per = task_metrics(hyps, references, sources, config.task.target_lang, config.task.kind, encoder, second)
+        log(f"[eval:{method}] generating {len(test)} test outputs")
+        summary, per, outputs = evaluate_task(model, tokenizer, test, config, encoder, second)
         log(f"[eval:{method}] general benchmarks: {', '.join(b.name for b in ev.benchmarks)}")
         general = evaluate_general(model, tokenizer, ev.benchmarks, data_dir, config.seed, batch_size=ev.generation.batch_size)
         if method == "base":
@@ -239,10 +271,7 @@ def evaluate_run(
             "eval_key": key,
             "task": summary,
             "per_example": per,
-            "outputs": [
-                {"id": e.id, "source": e.source, "reference": e.reference, "output": h}
-                for e, h in zip(test, hyps)
-            ],
+            "outputs": outputs,
             "general": {name: _benchmark_dict(r) for name, r in general.items()},
             "drift": _drift_dict(drift) if drift is not None else None,
             "wall_time_s": round(time.time() - started, 2),

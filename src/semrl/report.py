@@ -51,6 +51,40 @@ def _interval_dict(iv: Any) -> dict[str, float]:
     return {"estimate": float(iv.estimate), "low": float(iv.low), "high": float(iv.high)}
 
 
+def task_intervals(per_example: dict[str, list[float]], boot: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Bootstrap intervals of the per-example task metrics of one evaluation."""
+    from semrl import metrics as M
+
+    return {
+        PER_TO_SUMMARY.get(k, k): _interval_dict(M.bootstrap_ci(per_example[k], **boot))
+        for k in PER_EXAMPLE_METRICS
+        if per_example.get(k)
+    }
+
+
+def paired_differences(ea: dict[str, Any], eb: dict[str, Any], target_lang: str, boot: dict[str, Any]) -> dict[str, Any]:
+    """Paired bootstrap intervals of evaluation a minus evaluation b on the same test examples:
+    per-example task metrics, and corpus BLEU/chrF."""
+    from semrl import metrics as M
+
+    d: dict[str, Any] = {}
+    for k in PER_EXAMPLE_METRICS:
+        if k in ea["per_example"] and k in eb["per_example"] and ea["per_example"][k]:
+            d[PER_TO_SUMMARY.get(k, k)] = _interval_dict(M.paired_bootstrap(ea["per_example"][k], eb["per_example"][k], **boot))
+    hyps_a = [o["output"] for o in ea["outputs"]]
+    hyps_b = [o["output"] for o in eb["outputs"]]
+    refs = [o["reference"] for o in ea["outputs"]]
+    for k in CORPUS_METRICS:
+        d[k] = _interval_dict(M.paired_corpus_bootstrap(k, hyps_a, hyps_b, refs, target_lang, **boot))
+    return d
+
+
+def bootstrap_args(config: ExperimentConfig) -> dict[str, Any]:
+    """The bootstrap settings of a config's evaluation (resamples, confidence, seed)."""
+    ev = config.evaluation
+    return {"n_resamples": ev.bootstrap_samples, "confidence": ev.confidence, "seed": config.seed}
+
+
 def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Assemble metrics.json's content from a run directory's evaluations (read from
     `RUN_DIR/eval` unless given) and manifests."""
@@ -66,7 +100,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
     if not evals:
         raise SemrlError(f"{run_dir}: no evaluations in {run_dir / 'eval'}; `semrl run` evaluates after training.")
     ev = config.evaluation
-    boot = {"n_resamples": ev.bootstrap_samples, "confidence": ev.confidence, "seed": config.seed}
+    boot = bootstrap_args(config)
     target = config.task.target_lang
 
     methods: dict[str, Any] = {}
@@ -78,11 +112,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
         entry: dict[str, Any] = {"task": e["task"], "general": general, "drift": None}
         if e.get("drift"):
             entry["drift"] = {k: e["drift"][k] for k in ("nll_mean", "nll_p90", "kl_mean", "kl_p90")}
-        iv_task[method] = {
-            PER_TO_SUMMARY.get(k, k): _interval_dict(M.bootstrap_ci(e["per_example"][k], **boot))
-            for k in PER_EXAMPLE_METRICS
-            if k in e["per_example"] and e["per_example"][k]
-        }
+        iv_task[method] = task_intervals(e["per_example"], boot)
         if base is not None:
             tax: dict[str, float] = {}
             tax_iv: dict[str, Any] = {}
@@ -108,17 +138,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
     for a, b in COMPARISONS:
         if a not in evals or b not in evals:
             continue
-        ea, eb = evals[a], evals[b]
-        d: dict[str, Any] = {}
-        for k in PER_EXAMPLE_METRICS:
-            if k in ea["per_example"] and k in eb["per_example"] and ea["per_example"][k]:
-                d[PER_TO_SUMMARY.get(k, k)] = _interval_dict(M.paired_bootstrap(ea["per_example"][k], eb["per_example"][k], **boot))
-        hyps_a = [o["output"] for o in ea["outputs"]]
-        hyps_b = [o["output"] for o in eb["outputs"]]
-        refs = [o["reference"] for o in ea["outputs"]]
-        for k in CORPUS_METRICS:
-            d[k] = _interval_dict(M.paired_corpus_bootstrap(k, hyps_a, hyps_b, refs, target, **boot))
-        differences[f"{a}-{b}"] = d
+        differences[f"{a}-{b}"] = paired_differences(evals[a], evals[b], target, boot)
 
     training: dict[str, Any] = {}
     for stage in ("cold_start", "sft", "grpo"):

@@ -24,6 +24,7 @@ import resource
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -162,18 +163,29 @@ def run_stage_in_dir(
     init_model: str | Path | None,
     callbacks: Iterable[Any] = (),
     log: Callable[[str], None] = print,
+    parent_manifest: dict[str, Any] | None = None,
+    stage_dir: Path | None = None,
+    config_hash: str | None = None,
 ) -> dict[str, Any]:
-    """Train one stage into its folder and write its manifest last (atomically)."""
+    """Train one stage into its folder and write its manifest last (atomically).
+
+    `parent_manifest` is the manifest of the stage whose model `init_model` is; its id is recorded
+    so that a later run notices when that parent was retrained (see `check_parent_current`).
+    `stage_dir` and `config_hash` default to the run's folder for `stage` and `stage_config_hash`
+    (the few-shot transfer trains SFT stages into folders of its own).
+    """
     from semrl.training import train_stage
 
-    stage_dir = paths.stage(stage)
+    stage_dir = stage_dir or paths.stage(stage)
     stage_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     result = train_stage(stage, config, splits, stage_dir, init_model=init_model, callbacks=list(callbacks), resume=True)
     manifest = {
         "stage": stage,
-        "config_hash": stage_config_hash(config, stage),
+        "id": uuid.uuid4().hex,
+        "config_hash": config_hash or stage_config_hash(config, stage),
         "init_model": str(init_model) if init_model is not None else None,
+        "parent_id": (parent_manifest or {}).get("id"),
         "model_dir": str(result.model_dir),
         "seed": config.seed,
         "wall_time_s": round(time.time() - started, 2),
@@ -184,10 +196,35 @@ def run_stage_in_dir(
         "versions": package_versions(),
     }
     if is_main_process():
-        write_json(paths.stage_manifest(stage), manifest)
+        write_json(stage_dir / "manifest.json", manifest)
     wait_for_everyone()
-    log(f"[{stage}] finished in {manifest['wall_time_s']:.1f}s (peak RSS {manifest['peak_rss_mb']:.0f} MiB)")
+    log(f"[{stage_dir.name}] finished in {manifest['wall_time_s']:.1f}s (peak RSS {manifest['peak_rss_mb']:.0f} MiB)")
     return manifest
+
+
+def check_parent_current(paths: RunPaths, stage: str, manifest: dict[str, Any]) -> None:
+    """ConfigError when a finished stage was trained from a parent model that has since been
+    retrained or removed (e.g. a sweep's shared cold-start stage rerun with --force)."""
+    parent = STAGE_PARENT[stage]
+    recorded = manifest.get("parent_id")
+    if parent is None or recorded is None:  # from the base model, or a manifest from before ids
+        return
+    current = read_manifest(paths.stage_manifest(parent))
+    if current is None or current.get("id") != recorded:
+        raise ConfigError(
+            f"{paths.stage_manifest(stage)}: stage '{stage}' was trained from a '{parent}' model that "
+            f"{'is gone' if current is None else 'has since been retrained'} ({paths.stage(parent)}). "
+            f"Rerun it with --force {stage}, or use a new --out directory."
+        )
+
+
+def remove_stage(paths: RunPaths, stage: str) -> None:
+    """Delete a stage's folder; a linked (shared) stage loses only the link, never the original."""
+    folder = paths.stage(stage)
+    if folder.is_symlink():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
 
 
 def tax_meter_callbacks(config: ExperimentConfig, paths: RunPaths) -> list[Any]:
@@ -260,16 +297,18 @@ def run_experiment(
                     f"(hash {manifest.get('config_hash')} vs {want}). Rerun it with --force {stage}, "
                     f"or use a new --out directory."
                 )
+            check_parent_current(paths, stage, manifest)
             log(f"[{stage}] already finished: skipped (use --force {stage} to rerun)")
             summary.actions[stage] = "skipped"
             summary.manifests[stage] = manifest
             continue
-        if stage in forced and is_main_process() and paths.stage(stage).exists():
-            shutil.rmtree(paths.stage(stage))
+        if stage in forced and is_main_process():
+            remove_stage(paths, stage)
         wait_for_everyone()
 
         parent = STAGE_PARENT[stage]
         init_model: str | Path | None = None
+        parent_manifest = None
         if parent is not None:
             parent_manifest = read_manifest(paths.stage_manifest(parent))
             if parent_manifest is None:
@@ -281,7 +320,8 @@ def run_experiment(
         resumed = last_checkpoint(paths.stage(stage) / "checkpoints") is not None
         log(f"[{stage}] {'resuming from its last checkpoint' if resumed else 'starting'}")
         summary.manifests[stage] = run_stage_in_dir(
-            stage, config, splits, paths, init_model, callbacks=tax_meter_callbacks(config, paths), log=log
+            stage, config, splits, paths, init_model, callbacks=tax_meter_callbacks(config, paths), log=log,
+            parent_manifest=parent_manifest,
         )
         summary.actions[stage] = "resumed" if resumed else "ran"
 
