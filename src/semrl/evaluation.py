@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from semrl import lang
-from semrl.config import ExperimentConfig, GenerationConfig
+from semrl.config import ExperimentConfig, GenerationConfig, digest
 from semrl.io import write_json
 
 EVAL_DIR = "eval"
@@ -153,12 +153,15 @@ def method_model_dirs(config: ExperimentConfig, run_dir: Path) -> dict[str, str 
 
 
 def _eval_key(config: ExperimentConfig, run_dir: Path, method: str) -> str:
-    """Identity of an evaluation: the evaluation config, the rewards encoder and the model."""
+    """Identity of an evaluation: the evaluation config (less the judge's section: judging reads
+    the outputs, it does not change them), the rewards encoder and the model."""
     stamp = ""
     manifest = run_dir / "stages" / method / "manifest.json"
     if manifest.is_file():
         stamp = json.loads(manifest.read_text(encoding="utf-8")).get("finished_at", "")
-    return f"{config.hash('evaluation', 'rewards', 'task', 'data', 'model', 'seed')}:{stamp}"
+    data = config.to_dict()
+    data["evaluation"].pop("judge")
+    return f"{digest({k: data[k] for k in ('evaluation', 'rewards', 'task', 'data', 'model', 'seed')})}:{stamp}"
 
 
 def evaluate_run(
