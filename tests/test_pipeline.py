@@ -84,6 +84,21 @@ def test_metrics_json_schema(tiny_run: Path) -> None:
     assert {"config", "versions"} <= set(m)
 
 
+def test_judge_pass_in_metrics_and_report(tiny_run: Path) -> None:
+    """configs/tiny.yaml enables the tiny model as judge: eval/judge.json, metrics.json's judge
+    section and the report's table are written after evaluation."""
+    judged = json.loads((tiny_run / "eval" / "judge.json").read_text(encoding="utf-8"))
+    m = json.loads((tiny_run / "metrics.json").read_text(encoding="utf-8"))["judge"]
+    assert set(m["pairs"]) == {"grpo-sft", "grpo-cold_start"} and m["stale"] is False
+    for name, pair in m["pairs"].items():
+        c = pair["counts"]
+        assert c["win"] + c["tie"] + c["loss"] == pair["n"] == 6
+        assert pair["judge_prompts"] == 2 * (pair["n"] - c["identical"])
+        assert len(judged["pairs"][name]["per_example"]) == 6
+    md = (tiny_run / "report.md").read_text(encoding="utf-8")
+    assert "## LLM judge: pairwise preference" in md and "| grpo vs sft | 6 |" in md
+
+
 def test_report_has_every_section_and_plot(tiny_run: Path) -> None:
     md = (tiny_run / "report.md").read_text(encoding="utf-8")
     for section in ("## Scale", "## Verdict", "## Task quality", "## Alignment tax", "## Drift", "## Training", "## Plots", "## Sample outputs"):

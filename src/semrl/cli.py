@@ -193,6 +193,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    from semrl.judge import run_judge
+
+    run_dir = Path(args.run_dir)
+    config_path = args.config or run_dir / "config.yaml"
+    if not Path(config_path).is_file():
+        raise SemrlError(f"{run_dir}: not a semrl run directory (no config.yaml); pass --config CONFIG")
+    # Asking for a judge pass enables the judge; the config (or --set) names it.
+    config = load_config(config_path, overrides=["evaluation.judge.enabled=true", *(args.set or [])])
+    record = run_judge(config, run_dir, log=lambda m: console.print(m, markup=False, highlight=False), force=args.force)
+    if record is None:
+        raise SemrlError(
+            f"{run_dir / 'eval'}: no pair in evaluation.judge.pairs has both methods evaluated; evaluate the run "
+            f"(`semrl run`) or set evaluation.judge.pairs"
+        )
+    table = Table(title=f"judge {record['judge']['model']}: rates from the first method's side, both orders asked")
+    for col in ("comparison", "n", "win", "tie", "loss", "inconsistent"):
+        table.add_column(col, justify="left" if col == "comparison" else "right")
+    for p in record["pairs"].values():
+        r = p["rates"]
+        table.add_row(
+            f"{p['first']} vs {p['second']}", str(p["n"]),
+            *(f"{r[k]['estimate']:.3f} [{r[k]['low']:.3f}, {r[k]['high']:.3f}]" for k in ("win", "tie", "loss")),
+            str(p["counts"]["inconsistent"]),
+        )
+    console.print(table)
+    if (run_dir / "metrics.json").is_file():  # the run was reported: add the judge section to it
+        from semrl.report import write_report
+
+        console.print(f"report: [bold]{write_report(run_dir)}[/]")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from semrl.runner import run_experiment
 
@@ -293,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.md, report.html and metrics.json for a run directory")
     p.add_argument("run_dir", type=Path)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("judge", help="LLM-judge pairwise win rates for a run's evaluated outputs (writes eval/judge.json)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--config", type=Path, help="take the judge settings from this config (default: RUN_DIR/config.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. evaluation.judge.model=gemma-3-270m")
+    p.add_argument("--force", action="store_true", help="judge again even if eval/judge.json is up to date")
+    p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("demo", help="run the offline demo experiment (--quick: the tiny model, about a minute)")
     p.add_argument("--out", type=Path)

@@ -868,19 +868,26 @@ def load_splits(out_dir: Path) -> dict[str, list[Example]]:
 # ----------------------------------------------------------------------------------------------
 # Prompts
 # ----------------------------------------------------------------------------------------------
-def prompt_template(task: TaskConfig) -> str:
-    """The task's completion-style template (its own or semrl's default), checked for fields."""
-    template = task.prompt_template or DEFAULT_TEMPLATES[task.kind]
+def check_template(template: str, key: str, allowed: frozenset[str], required: tuple[str, ...]) -> str:
+    """Check a str.format template: valid syntax, only `allowed` placeholders, every `required`
+    one present; ConfigError naming the config `key` otherwise. Returns the template."""
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as err:
-        raise ConfigError(f"task.prompt_template: not a valid format string ({err}); write literal braces as {{{{ }}}}") from None
-    unknown = sorted(fields - TEMPLATE_FIELDS)
+        raise ConfigError(f"{key}: not a valid format string ({err}); write literal braces as {{{{ }}}}") from None
+    unknown = sorted(fields - allowed)
     if unknown:
-        raise ConfigError(f"task.prompt_template: unknown placeholder(s) {unknown}; allowed: {sorted(TEMPLATE_FIELDS)}")
-    if "source" not in fields:
-        raise ConfigError("task.prompt_template: must contain {source}")
+        raise ConfigError(f"{key}: unknown placeholder(s) {unknown}; allowed: {sorted(allowed)}")
+    missing = [f"{{{name}}}" for name in required if name not in fields]
+    if missing:
+        raise ConfigError(f"{key}: must contain {', '.join(missing)}")
     return template
+
+
+def prompt_template(task: TaskConfig) -> str:
+    """The task's completion-style template (its own or semrl's default), checked for fields."""
+    template = task.prompt_template or DEFAULT_TEMPLATES[task.kind]
+    return check_template(template, "task.prompt_template", TEMPLATE_FIELDS, ("source",))
 
 
 def prompt_text(source: str, task: TaskConfig) -> str:

@@ -170,14 +170,15 @@ def method_model_dirs(config: ExperimentConfig, run_dir: Path) -> dict[str, str 
 
 
 def eval_key(config: ExperimentConfig, run_dir: Path, method: str) -> str:
-    """Identity of an evaluation: the evaluation config, the rewards encoder (not the reward
-    components: runs that differ only in them, as in a sweep, share their base evaluation) and
-    the model."""
+    """Identity of an evaluation: the evaluation config (less the judge's section: judging reads
+    the outputs, it does not change them), the rewards encoder (not the reward components: runs
+    that differ only in them, as in a sweep, share their base evaluation) and the model."""
     stamp = ""
     manifest = run_dir / "stages" / method / "manifest.json"
     if manifest.is_file():
         stamp = json.loads(manifest.read_text(encoding="utf-8")).get("finished_at", "")
     data = config.to_dict()
+    data["evaluation"].pop("judge")
     keyed = {k: data[k] for k in ("evaluation", "task", "data", "model", "seed")}
     keyed["encoder"] = data["rewards"]["encoder"]
     return f"{digest(keyed)}:{stamp}"

@@ -14,13 +14,24 @@
           "differences": {"<a>-<b>": {"<metric>": {"estimate", "low", "high"}}},
           "tax": {"<method>": {"<benchmark>" | "mean": {"estimate", "low", "high"}}}},
       "signatures": {"bleu": "...", "chrf": "..."},
+      "judge": {                                      # only when RUN_DIR/eval/judge.json exists
+          "judge": {"kind": "local" | "endpoint", "model", "mode", "url"?},
+          "confidence": 0.95,
+          "stale": bool,                              # a compared method was re-evaluated since
+          "pairs": {"<a>-<b>": {                      # rates from a's side: win = a preferred
+              "first": a, "second": b, "n", "judge_prompts",
+              "counts": {"win", "tie", "loss", "inconsistent", "identical", "unparsed"},
+              "rates": {"win" | "tie" | "loss": {"estimate", "low", "high"}},
+              "inconsistent_rate", "first_position_rate"}}},
       "scale": {"model", "train_examples", "test_examples", "steps", ...},
       "training": {"<stage>": {"wall_time_s", "peak_rss_mb", "tau", ...}},
       "config": {...}, "versions": {...}
     }
 
 Intervals are bootstrap percentile intervals at `evaluation.confidence` over test examples
-(task) or benchmark items (tax), paired where two methods are compared.
+(task, judge) or benchmark items (tax), paired where two methods are compared. Judge pairs are
+asked in both orders: a win needs both orders to prefer a, a loss both to prefer b, anything else
+is a tie; `inconsistent` counts pairs whose two orders preferred opposite outputs (see semrl.judge).
 """
 
 from __future__ import annotations
@@ -159,13 +170,16 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
         "steps": {s: (t.get("metrics") or {}).get("global_step") for s, t in training.items()},
         "encoder": config.rewards.encoder.name or config.rewards.encoder.backend,
     }
+    from semrl.judge import judge_summary, load_judge
     from semrl.runner import package_versions
 
+    judged = load_judge(run_dir)
     return {
         "schema_version": SCHEMA_VERSION,
         "methods": methods,
         "intervals": {"task": iv_task, "differences": differences, "tax": iv_tax, "confidence": ev.confidence},
         "signatures": {k: any_eval["task"].get(f"{k}_signature") for k in CORPUS_METRICS},
+        **({"judge": judge_summary(judged, evals)} if judged is not None else {}),
         "scale": scale,
         "training": training,
         "config": config.to_dict(),
@@ -374,6 +388,8 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
         out += [f"### Differences between methods (paired bootstrap, {conf}% intervals)", ""]
         out.append(_md_table(["comparison"] + cols, [[k] + [_fmt_iv(d.get(c)) for c in cols] for k, d in diffs.items()]))
         out.append("")
+    if "judge" in metrics:
+        out += _judge_section(metrics["judge"])
     out += ["## Alignment tax", "", "Tax = score(base) − score(method); positive means the method lost general competence.", ""]
     benches = sorted({b for m in methods.values() for b in m["general"]})
     rows = []
@@ -410,6 +426,35 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
     out.append(_md_table(["source", "reference"] + list(evals), rows))
     out += ["", "## Versions", "", "`" + json.dumps(metrics["versions"]) + "`", ""]
     return "\n".join(out)
+
+
+def _judge_section(judge: dict[str, Any]) -> list[str]:
+    """The report's judge table: win/tie/loss rates with intervals per compared pair."""
+    who = judge["judge"]
+    conf = int(round((judge.get("confidence") or 0.95) * 100))
+    out = [
+        "## LLM judge: pairwise preference",
+        "",
+        f"Judge `{who['model']}` ({who['kind']}{', ' + who['url'] if who.get('url') else ''}; verdicts by {who['mode']}). "
+        "Each pair was shown in both orders: a win needs both orders to prefer the first method's output, a loss both "
+        "to prefer the second's; anything else is a tie. Inconsistent: the two orders preferred opposite outputs "
+        f"(position bias). Rates from the first method's side, with {conf}% bootstrap intervals over examples.",
+        "",
+    ]
+    if judge.get("stale"):
+        out += ["Stale: a compared method was evaluated again after this judge pass; rerun `semrl judge RUN_DIR`.", ""]
+
+    def rate(iv: dict[str, float]) -> str:
+        return f"{iv['estimate']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
+
+    rows = [
+        [f"{p['first']} vs {p['second']}", str(p["n"]), rate(p["rates"]["win"]), rate(p["rates"]["tie"]), rate(p["rates"]["loss"]),
+         f"{p['counts']['inconsistent']} ({p['inconsistent_rate']:.2f})", str(p["counts"]["identical"]),
+         _fmt(p.get("first_position_rate"), 2)]
+        for p in judge["pairs"].values()
+    ]
+    out.append(_md_table(["comparison", "n", "win", "tie", "loss", "inconsistent", "identical outputs", "verdicts for position A"], rows))
+    return out + [""]
 
 
 def _short(text: str, n: int = 60) -> str:

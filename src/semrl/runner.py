@@ -331,7 +331,8 @@ def run_experiment(
 
 
 def evaluate_and_report(config: ExperimentConfig, paths: RunPaths, log: Callable[[str], None] = print) -> Path | None:
-    """Evaluate every method of the run and write the report (see semrl.evaluation / semrl.report)."""
+    """Evaluate every method of the run, judge method pairs when `evaluation.judge.enabled`, and
+    write the report (see semrl.evaluation, semrl.judge, semrl.report)."""
     try:
         from semrl.evaluation import evaluate_run
         from semrl.report import write_report
@@ -340,5 +341,9 @@ def evaluate_and_report(config: ExperimentConfig, paths: RunPaths, log: Callable
         return None
     evaluate_run(config, paths.root, log=log)
     if is_main_process():
+        if config.evaluation.judge.enabled:
+            from semrl.judge import run_judge
+
+            run_judge(config, paths.root, log=log)
         return write_report(paths.root)
     return None
