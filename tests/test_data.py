@@ -225,6 +225,24 @@ def test_hub_rows_map_columns(monkeypatch: pytest.MonkeyPatch) -> None:
         data.load_hub(HubSource(id="org/pairs", columns={"source": "tib", "reference": "zh"}))
 
 
+def test_hub_cmhg_tibetan_part_by_config_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper's headline set: KEVVVV/CMHG keeps one CSV per language (bo/bo-all.csv, columns id,
+    title, content, ...); `data_files` selects the Tibetan part, `columns` maps article -> headline."""
+    import datasets
+
+    calls = []
+
+    def fake_load(path: str, name: str | None = None, **kwargs: Any) -> datasets.Dataset:
+        calls.append((path, kwargs.get("data_files")))
+        return datasets.Dataset.from_dict({"id": ["a1", "a2"], "title": BO[:2], "content": BO[2:4], "average_score": [4.5, 3.0]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    source = HubSource(id="KEVVVV/CMHG", data_files="bo/bo-all.csv", columns={"source": "content", "reference": "title"})
+    examples = data.load_hub(source)
+    assert calls == [("KEVVVV/CMHG", "bo/bo-all.csv")]
+    assert [(ex.source, ex.reference) for ex in examples] == [(BO[2], BO[0]), (BO[3], BO[1])]
+
+
 # ----------------------------------------------------------------------------------------------
 # NTREX
 # ----------------------------------------------------------------------------------------------
@@ -273,6 +291,10 @@ def test_ntrex_headline_pairs(ntrex_data_dir: Path) -> None:
     assert dm.doc_id == dm.id.removeprefix("ntrex-headlines:") == "dm.3"
     assert dm.reference == f"{BO[0]} dm.3"  # first line: the headline
     assert dm.source == "\n".join(f"{BO[k]} dm.3" for k in (1, 2, 3))  # the rest: the body
+    lead = data.load_ntrex(NtrexSource(headlines=True, lead_lines=2), task, ntrex_data_dir)[2]
+    assert lead.source == "\n".join(f"{BO[k]} dm.3" for k in (1, 2)) and lead.metadata["body_lines"] == 2
+    with pytest.raises(ValueError, match="headline pairs only"):
+        NtrexSource(lead_lines=2)
 
 
 def test_ntrex_config_and_alignment_errors(ntrex_data_dir: Path) -> None:

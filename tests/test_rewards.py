@@ -15,8 +15,12 @@ from semrl.errors import ConfigError, DataError, ModelError
 from semrl.rewards import (
     BleuReward,
     ChrfReward,
+    LanguageGate,
     LanguageReward,
+    LengthPenalty,
+    RepetitionPenalty,
     SemanticReward,
+    SourceCopyPenalty,
     TauCalibration,
     build_reward_functions,
     calibrate_tau_shuffled,
@@ -369,3 +373,143 @@ def test_load_completions(tmp_path) -> None:
         load_completions(empty)
     with pytest.raises(DataError, match="no such file"):
         load_completions(tmp_path / "absent.jsonl")
+
+
+# --------------------------------------------------------------------------------------------
+# guards against reward hacking
+# --------------------------------------------------------------------------------------------
+ARTICLE = "ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།\nདེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག\nཁོང་གིས་དཔེ་ཆ་གསར་པ་ཞིག་ཉོས་སོང་།"
+
+
+def test_language_gate_outweighs_a_high_score_in_the_wrong_script(caplog: pytest.LogCaptureFixture) -> None:
+    ref = "研究人员发现了一种新的恐龙化石。"
+    cheat = ref + "ལྷ་ས"  # the reference with a Tibetan word: high chrF, wrong script
+    honest = "股市今天下跌了。"  # right script, unrelated
+    assert LanguageGate("zh")(prompts=None, completions=[ref, cheat, honest, ""]) == [0.0, -1.0, 0.0, -1.0]
+    components = [
+        RewardComponent(name="chrf", weight=1.5),
+        RewardComponent(name="language", weight=1.0),
+        RewardComponent(name="language_gate", weight=2.5),  # >= 1.5 + 1.0: a hard gate
+    ]
+    funcs, weights = build_reward_functions(RewardsConfig(components=components), "zh", None, None)
+    rows = [{"source": "-", "reference": ref, "completion": c} for c in (cheat, honest)]
+    cheat_s, honest_s = score_completions(rows, "zh", funcs, weights)
+    assert cheat_s["chrf"] > 0.7 > honest_s["chrf"]
+    assert cheat_s["total"] < honest_s["total"]
+    # without the gate the cheat wins: the comparison above is not vacuous
+    ungated = build_reward_functions(RewardsConfig(components=components[:2]), "zh", None, None)
+    cheat_u, honest_u = score_completions(rows, "zh", *ungated)
+    assert cheat_u["total"] > honest_u["total"]
+    with caplog.at_level(logging.WARNING, logger="semrl.rewards"):
+        weak = [*components[:2], RewardComponent(name="language_gate", weight=1.0)]
+        build_reward_functions(RewardsConfig(components=weak), "zh", None, None)
+    assert "does not act as a hard gate" in caplog.text
+
+
+def test_length_penalty_against_batch_group_and_reference() -> None:
+    lengths = [4, 4, 4, 10, 15, 20]  # Chinese: one metric token per character; batch median 7
+    completions = ["好" * n for n in lengths]
+    batch = LengthPenalty("zh")(prompts=None, completions=completions)
+    # ratio 10/7 and 15/7 (2.14) stay under 2.5; 20/7 = 2.86 lies 0.14 of the way from 2.5 to 5
+    assert batch[:5] == [0.0] * 5 and batch[5] == pytest.approx(-(20 / 7 - 2.5) / 2.5)
+    # groups by prompt: the 10-character completion is 2.5x its group's median (4)
+    prompts = ["p1"] * 4 + ["p2"] * 2
+    group = LengthPenalty("zh", relative_to="group")(prompts=prompts, completions=completions)
+    assert group == [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # 10/4 = 2.5 is the start of the ramp
+    group = LengthPenalty("zh", relative_to="group", ratio_start=2.0, ratio_full=3.0)(prompts=prompts, completions=completions)
+    assert group[3] == pytest.approx(-0.5) and group[:3] == [0.0] * 3 and group[4:] == [0.0, 0.0]
+    # against the reference: the whole batch grew, which a batch median cannot see
+    ref = LengthPenalty("zh", relative_to="reference")(prompts=None, completions=completions, reference=["好好"] * 6)
+    assert ref == [0.0, 0.0, 0.0, -1.0, -1.0, -1.0] and batch[3] == 0.0
+    # Tibetan lengths are syllables
+    assert LengthPenalty("bo", relative_to="reference")(prompts=None, completions=["ཐུགས་" * 10], reference=["ཐུགས་རྗེ་"]) == [-1.0]
+    with pytest.raises(DataError, match="'reference' column"):
+        LengthPenalty("zh", relative_to="reference")(prompts=None, completions=["好"])
+    with pytest.raises(ConfigError, match="ratio_start < ratio_full"):
+        LengthPenalty("zh", ratio_start=3.0, ratio_full=2.0)
+
+
+def test_repetition_penalty_binary_and_continuous() -> None:
+    loop = "去北京了去北京了去北京了"  # 5 of 9 4-grams repeat
+    clean = "我们明天早上坐火车去北京。"
+    assert RepetitionPenalty("zh")(prompts=None, completions=[loop, clean, ""]) == [-1.0, 0.0, 0.0]
+    continuous = RepetitionPenalty("zh", mode="continuous")(prompts=None, completions=[loop, clean])
+    assert continuous == [pytest.approx(-(5 / 9 - 0.15) / 0.85), 0.0]
+    assert RepetitionPenalty("zh", threshold=0.6)(prompts=None, completions=[loop]) == [0.0]
+    bo_loop = "བཀྲ་ཤིས་བདེ་ལེགས་" * 4
+    assert RepetitionPenalty("bo")(prompts=None, completions=[bo_loop, BO_TEXT]) == [-1.0, 0.0]
+
+
+def test_source_copy_penalty_catches_a_copied_lead_not_a_headline() -> None:
+    penalty = SourceCopyPenalty("bo")
+    lead_copy = "ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།"  # the article's first sentence as its headline
+    headline = "ང་ཚོ་ལྷ་སར་ཕྱིན་ནས་དཔེ་ཆ་ཉོས།"  # shares words, not phrases
+    fragment = "ལྷ་སར་འགྲོ་གི"  # a short copied fragment is still a copy
+    scores = penalty(prompts=None, completions=[lead_copy, headline, fragment], source=[ARTICLE] * 3)
+    assert scores == [-1.0, 0.0, -1.0]
+    partial = lead_copy + "ཁྱིམ་ཚང་གི་མི་ཚང་མ་དགའ་པོ་བྱུང་།"  # half copied
+    cont = SourceCopyPenalty("bo", mode="continuous", threshold=0.2)(prompts=None, completions=[partial], source=[ARTICLE])[0]
+    assert -1.0 < cont < 0.0
+    # translation: an output that echoes the Tibetan source is a copy; a translation is not
+    zh = SourceCopyPenalty("zh")(prompts=None, completions=[BO_TEXT, "他买了一本新书。"], source=[BO_TEXT] * 2)
+    assert zh == [-1.0, 0.0]
+    with pytest.raises(DataError, match="'source' column"):
+        penalty(prompts=None, completions=[lead_copy], reference=["x"])
+
+
+def test_guard_config_options_and_assembly() -> None:
+    cfg = RewardsConfig(
+        components=[
+            RewardComponent(name="chrf", weight=1.0),
+            RewardComponent(name="length_penalty", weight=0.2, relative_to="reference", ratio_start=2.0, ratio_full=4.0),
+            RewardComponent(name="repetition_penalty", weight=0.05, mode="continuous", ngram=3),
+            RewardComponent(name="source_copy_penalty", weight=0.5, threshold=0.4),
+        ]
+    )
+    funcs, weights = build_reward_functions(cfg, "bo", None, None)
+    assert [f.__name__ for f in funcs] == ["chrf", "length_penalty", "repetition_penalty", "source_copy_penalty"]
+    assert weights == [1.0, 0.2, 0.05, 0.5]
+    assert (funcs[1].relative_to, funcs[1].ratio_start, funcs[1].ratio_full) == ("reference", 2.0, 4.0)
+    assert (funcs[2].mode, funcs[2].n, funcs[2].threshold) == ("continuous", 3, 0.15)  # null threshold: the default
+    assert funcs[3].threshold == 0.4
+    with pytest.raises(ValueError, match="'threshold' does not apply to the 'semantic' reward"):
+        RewardComponent(name="semantic", threshold=0.3)
+    with pytest.raises(ValueError, match="'mode' does not apply to the 'length_penalty'"):
+        RewardComponent(name="length_penalty", mode="continuous")
+    with pytest.raises(ValueError, match="positive weight"):
+        RewardComponent(name="source_copy_penalty", weight=-0.5)
+    # options at their defaults stay out of dumps, so configs written before the guards keep their hash
+    assert RewardComponent(name="semantic", weight=1.5).model_dump() == {"name": "semantic", "weight": 1.5, "mode": "binary"}
+    assert RewardComponent.model_validate(cfg.components[1].model_dump()) == cfg.components[1]
+
+
+def test_starter_config_guard_example_is_valid() -> None:
+    """The commented, ablation-ready guard set in the starter config parses and builds."""
+    from pathlib import Path
+
+    from semrl.config import parse_config
+
+    text = (Path(__file__).resolve().parents[1] / "configs" / "ntrex-bo-zh.yaml").read_text(encoding="utf-8")
+    lines = [
+        line.replace("# - {name:", "- {name:", 1) if line.lstrip().startswith("# - {name:") else line
+        for line in text.splitlines()
+    ]
+    import yaml
+
+    config = parse_config(yaml.safe_load("\n".join(lines)))
+    names = [c.name for c in config.rewards.components]
+    assert names == ["semantic", "language", "language_gate", "length_penalty", "repetition_penalty", "source_copy_penalty"]
+    funcs, weights = build_reward_functions(config.rewards, "zh", FixedCosineEncoder(), 0.5)
+    assert len(funcs) == 6 and all(w > 0 for w in weights)
+
+
+def test_score_completions_with_guards_uses_the_source_column() -> None:
+    cfg = RewardsConfig(components=[RewardComponent(name="language"), RewardComponent(name="source_copy_penalty")])
+    funcs, weights = build_reward_functions(cfg, "bo", None, None)
+    rows = [
+        {"source": ARTICLE, "reference": "ང་ཚོ་ལྷ་སར་ཕྱིན།", "completion": "ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།"},
+        {"source": ARTICLE, "reference": "ང་ཚོ་ལྷ་སར་ཕྱིན།", "completion": "ང་ཚོ་ལྷ་སར་ཕྱིན་ནས་དཔེ་ཆ་ཉོས།"},
+    ]
+    copied, own = score_completions(rows, "bo", funcs, weights)
+    assert (copied["source_copy_penalty"], own["source_copy_penalty"]) == (-1.0, 0.0)
+    assert copied["total"] == 0.0 and own["total"] == 1.0  # both Tibetan: only the guard separates them

@@ -24,6 +24,7 @@ from semrl.training import (
     _frac_groups_equal,
     _stage_examples,
     batch_arithmetic,
+    completion_monitors,
     last_checkpoint,
     read_log,
     train_stage,
@@ -115,6 +116,28 @@ def test_frac_groups_equal() -> None:
     assert _frac_groups_equal(groups) == 0.75  # rows 0, 2 (one scored value) and 3 (none) carry no signal
 
 
+def test_completion_monitors_on_hand_made_outputs() -> None:
+    source = "ཁོང་གིས་དཔེ་ཆ་གསར་པ་ཞིག་ཉོས་སོང་།"
+    rows = [{"source": source, "reference": "他买了一本新书。"}] * 4
+    texts = [
+        "他买了一本新书。",  # clean
+        source,  # the untranslated source: a copy, and not Chinese
+        "他买了一本书 ཁོང་གིས",  # mixed scripts
+        "买了新书买了新书买了新书买了新书",  # a loop, twice the reference length
+    ]
+    m = completion_monitors(texts, rows, "zh")
+    assert m["monitor/language_pass_rate"] == 0.5
+    assert m["monitor/mixed_script_rate"] == 0.25
+    assert m["monitor/source_copy_rate"] == 0.25
+    assert m["monitor/repetition_rate"] == 0.25
+    assert m["monitor/length_ratio"] == pytest.approx(sum(len(t) / 8 for t in texts) / 4)
+    # rows without reference/source: those monitors are left out, not faked
+    assert set(completion_monitors(texts, [{}] * 4, "zh")) == {
+        "monitor/language_pass_rate", "monitor/mixed_script_rate", "monitor/repetition_rate",
+    }
+    assert math.isnan(completion_monitors([], [], "zh")["monitor/language_pass_rate"])
+
+
 def test_last_checkpoint_skips_incomplete(tmp_path: Path) -> None:
     for step, complete in ((2, True), (4, True), (6, False)):
         d = tmp_path / f"checkpoint-{step}"
@@ -180,6 +203,7 @@ def test_grpo_logs_every_reward_and_the_monitors(cold_start: StageResult, splits
 
     tau = result.extra["tau"]
     assert tau["origin"] == "cold_start_dev" and tau["details"]["n_dev_examples"] == 2
+    assert "represents Chinese" in result.extra["encoder_probe"]  # checked before tau was calibrated
     assert -1.0 <= tau["value"] < 1.0
     assert json.loads((tmp_path / "grpo" / "tau.json").read_text())["value"] == tau["value"]
 
@@ -190,6 +214,7 @@ def test_grpo_logs_every_reward_and_the_monitors(cold_start: StageResult, splits
             "rewards/semantic/mean", "rewards/language/mean", "frac_reward_zero_std",
             "completions/mean_length", "monitor/language_pass_rate", "monitor/length_ratio",
             "monitor/frac_groups_equal_reward", "monitor/semantic/frac_groups_equal",
+            "monitor/mixed_script_rate", "monitor/source_copy_rate", "monitor/repetition_rate",
             "monitor/language/frac_groups_equal", "timing/rewards_s", "timing/reward/semantic_s",
             "timing/reward_share", "step_time_s",
         ):

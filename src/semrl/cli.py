@@ -82,8 +82,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 # score
 # ---------------------------------------------------------------------------------------------
 def cmd_score(args: argparse.Namespace) -> int:
-    from semrl.config import EncoderConfig, RewardComponent, RewardsConfig
-    from semrl.encoders import build_encoder
+    from semrl.config import GUARD_NAMES, EncoderConfig, RewardComponent, RewardsConfig
+    from semrl.encoders import build_encoder, require_representation
     from semrl.rewards import build_reward_functions, load_completions, resolve_tau, score_completions
 
     rows = load_completions(args.completions)
@@ -100,9 +100,10 @@ def cmd_score(args: argparse.Namespace) -> int:
             RewardComponent(name="semantic", weight=1.5),
             RewardComponent(name="language", weight=1.0, mode=args.language_mode),
         ]
-        + [RewardComponent(name=n, weight=0.0) for n in ("bleu", "chrf")],
+        + [RewardComponent(name=n, weight=0.0) for n in ("bleu", "chrf", *GUARD_NAMES)],  # shown, not in the total
     )
     encoder = build_encoder(enc_cfg)
+    require_representation(encoder, args.target_lang)
     tau = resolve_tau(rewards_cfg, encoder, [r["reference"] for r in rows])
     funcs, weights = build_reward_functions(rewards_cfg, args.target_lang, encoder, tau.value)
     scored = score_completions(rows, args.target_lang, funcs, weights)

@@ -12,10 +12,19 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from semrl.errors import ConfigError
 
@@ -28,6 +37,18 @@ class _Section(BaseModel):
     # Unknown keys are errors: a misspelt key silently ignored is the worst kind of bug in a
     # research config.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Keys added after run directories already existed: left out of dumps while at their default,
+    # so the config hashes of existing runs (splits, stage manifests) stay valid.
+    _omit_when_default: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in self._omit_when_default:
+            if key in data and getattr(self, key) == type(self).model_fields[key].default:
+                del data[key]
+        return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +125,14 @@ class HubSource(_Section):
     config_name: str | None = None
     split: str = "train"
     revision: str | None = None
+    data_files: str | list[str] | None = Field(
+        None,
+        description="Files of the dataset repository to read, e.g. 'bo/bo-all.csv' for the Tibetan part of "
+        "KEVVVV/CMHG (null: the dataset's default files).",
+    )
     columns: dict[str, str] = Field(default_factory=lambda: {"source": "source", "reference": "reference"})
+
+    _omit_when_default = ("data_files",)
 
 
 class NtrexSource(_Section):
@@ -114,6 +142,20 @@ class NtrexSource(_Section):
     headlines: bool = Field(
         False, description="Yield (document body -> headline) pairs instead of sentence pairs."
     )
+    lead_lines: int | None = Field(
+        None,
+        ge=1,
+        description="With headlines: the article is its first N body lines (its lead); null: the whole body "
+        "(median about 2,300 characters in Tibetan).",
+    )
+
+    _omit_when_default = ("lead_lines",)
+
+    @model_validator(mode="after")
+    def _lead_needs_headlines(self) -> NtrexSource:
+        if self.lead_lines is not None and not self.headlines:
+            raise ValueError("lead_lines applies to headline pairs only (headlines: true)")
+        return self
 
 
 class LotsawaSource(_Section):
@@ -254,12 +296,73 @@ class EncoderConfig(_Section):
         return self
 
 
+GUARD_NAMES: tuple[str, ...] = ("language_gate", "length_penalty", "repetition_penalty", "source_copy_penalty")
+# Which components read each option; setting an option to a non-default value on another
+# component is an error (it would silently do nothing).
+COMPONENT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mode": ("language", "repetition_penalty", "source_copy_penalty"),
+    "relative_to": ("length_penalty",),
+    "ratio_start": ("length_penalty",),
+    "ratio_full": ("length_penalty",),
+    "threshold": ("repetition_penalty", "source_copy_penalty"),
+    "ngram": ("repetition_penalty", "source_copy_penalty"),
+}
+
+
 class RewardComponent(_Section):
-    name: Literal["semantic", "language", "bleu", "chrf"]
+    """One reward term. TRL sums them: R = sum(weight * reward). The guards (SG-SRL's reward-hacking
+    terms) return 0 for a clean completion and a negative value for a suspect one, so they take a
+    positive weight."""
+
+    name: Literal[
+        "semantic", "language", "bleu", "chrf",
+        "language_gate", "length_penalty", "repetition_penalty", "source_copy_penalty",
+    ] = Field(
+        description="semantic (R_sim), language (R_lang), bleu, chrf; guards: language_gate (-1 unless the "
+        "output is in the target script only), length_penalty, repetition_penalty, source_copy_penalty."
+    )
     weight: float = 1.0
     mode: Literal["binary", "continuous"] = Field(
-        "binary", description="For 'language': binary (paper: target script only) or continuous (script share)."
+        "binary",
+        description="language: binary (paper: target script only) or continuous (script share). "
+        "repetition_penalty / source_copy_penalty: binary (-1 above `threshold`) or continuous "
+        "(0 at `threshold`, falling linearly to -1 at 1).",
     )
+    relative_to: Literal["batch", "group", "reference"] = Field(
+        "batch",
+        description="length_penalty: compare each completion's length (metric tokens: Tibetan syllables, "
+        "Chinese characters, words) with the median of the batch (SG-SRL), of its prompt's group, or with "
+        "its reference's length.",
+    )
+    ratio_start: float = Field(2.5, gt=0, description="length_penalty: 0 up to this length ratio (SG-SRL: 2.5).")
+    ratio_full: float = Field(5.0, gt=0, description="length_penalty: -1 from this length ratio on (SG-SRL: 5).")
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="repetition_penalty: share of repeated n-grams above which it fires (null: 0.15, SG-SRL); "
+        "source_copy_penalty: share of the output's n-grams found verbatim in the source (null: 0.6).",
+    )
+    ngram: int = Field(4, ge=1, description="repetition_penalty / source_copy_penalty: n-gram order (metric tokens).")
+
+    _omit_when_default = ("relative_to", "ratio_start", "ratio_full", "threshold", "ngram")
+
+    @model_validator(mode="after")
+    def _options_apply(self) -> RewardComponent:
+        for option, users in COMPONENT_OPTIONS.items():
+            if self.name not in users and getattr(self, option) != type(self).model_fields[option].default:
+                raise ValueError(
+                    f"option {option!r} does not apply to the {self.name!r} reward (it is read by "
+                    f"{', '.join(users)}); remove it"
+                )
+        if self.ratio_full <= self.ratio_start:
+            raise ValueError(f"ratio_full ({self.ratio_full}) must be larger than ratio_start ({self.ratio_start})")
+        if self.name in GUARD_NAMES and self.weight < 0:
+            raise ValueError(
+                f"the guard {self.name!r} returns 0 or a negative value; a negative weight ({self.weight}) would "
+                f"reward what it guards against. Give it a positive weight"
+            )
+        return self
 
 
 def _components(*items: tuple[str, float]) -> list[dict[str, Any]]:

@@ -367,7 +367,8 @@ def load_hub(source: HubSource, name: str | None = None, where: str = "data.sour
     name = name or source.id.rsplit("/", 1)[-1]
     label = f"hub dataset {source.id!r}" + (f" ({source.config_name})" if source.config_name else "")
     try:
-        ds = datasets.load_dataset(source.id, source.config_name, split=source.split, revision=source.revision)
+        files = {"data_files": source.data_files} if source.data_files is not None else {}
+        ds = datasets.load_dataset(source.id, source.config_name, split=source.split, revision=source.revision, **files)
     except ConnectionError as err:
         raise DataError(
             f"{where}: the Hugging Face hub is unreachable, so {label} cannot be loaded ({err}). "
@@ -528,8 +529,8 @@ def load_ntrex(source: NtrexSource, task: TaskConfig, data_dir: Path | None, nam
     Sentence pairs (`headlines=False`, task.kind 'translation'): line i of the source-language
     file -> line i of the target-language file, doc_id from DOCUMENT_IDS.tsv (1,997 pairs, 123
     documents). Headline pairs (`headlines=True`, task.kind 'headline'): per document, its
-    remaining lines joined by newlines -> its first line (the headline), in the task's language
-    (123 pairs).
+    remaining lines (or its first `lead_lines` of them) joined by newlines -> its first line (the
+    headline), in the task's language (123 pairs).
     """
     if source.headlines and task.kind != "headline":
         raise ConfigError("data.sources: an ntrex source with headlines: true needs task.kind: headline")
@@ -561,9 +562,10 @@ def load_ntrex(source: NtrexSource, task: TaskConfig, data_dir: Path | None, nam
         if len(rows) < 2:
             logger.warning("NTREX document %s has a headline but no body; skipped", doc)
             continue
-        body = "\n".join(src[i].strip() for i in rows[1:])
+        body_rows = rows[1:][: source.lead_lines]  # lead_lines None: the whole body
+        body = "\n".join(src[i].strip() for i in body_rows)
         examples.append(
-            Example(f"{name}:{doc}", body, tgt[rows[0]].strip(), doc, {"headline_line": rows[0] + 1, "body_lines": len(rows) - 1})
+            Example(f"{name}:{doc}", body, tgt[rows[0]].strip(), doc, {"headline_line": rows[0] + 1, "body_lines": len(body_rows)})
         )
     return examples
 

@@ -385,3 +385,27 @@ def can_represent(
         result.reasons.append(f"{unk_rate:.0%} of the tokens are unknown (max {max_unknown_token_rate:.0%})")
     result.passed = not result.reasons
     return result
+
+
+def require_representation(encoder: Encoder, lang: str, purpose: str = "the semantic reward") -> ProbeResult | None:
+    """Refuse an encoder that cannot represent the task's output language (`can_represent`).
+
+    Returns the probe result when it passed, None when semrl has no probe sentences for `lang`
+    (nothing to check), and raises ModelError naming what to configure when it failed: training on
+    cosines of a script the encoder cannot see would optimise noise.
+    """
+    if lang.lower() not in PROBE_SETS:
+        return None
+    result = can_represent(encoder, lang)
+    if not result.passed:
+        name = L.language_name(lang)
+        examples = "sentence-transformers/LaBSE"
+        if L.script_of_language(lang) == "tibetan":
+            examples = "KEVVVV/bo2zh-embedding or " + examples
+        raise ModelError(
+            f"{purpose} compares {name} ({lang}) outputs with their references, but {result.summary()}. "
+            f"Configure rewards.encoder with backend: sentence-transformers and a name for an encoder that reads "
+            f"{name}, e.g. {examples} (a hub id, or a local directory when offline); or drop 'semantic' "
+            f"from rewards.components and train on chrf/bleu + language instead."
+        )
+    return result

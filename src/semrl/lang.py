@@ -165,6 +165,32 @@ def tokenize_for_metrics(text: str, lang: str) -> list[str]:
     return [t.lower() for t in _TOKEN.findall(unicodedata.normalize("NFC", text))]
 
 
+def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def repeated_ngram_share(text: str, lang: str, n: int = 4) -> float:
+    """Share of the text's token n-grams (`tokenize_for_metrics`) that repeat an earlier n-gram of
+    the same text: 0 without repetition, close to 1 for a looping output. A text with fewer than
+    n tokens has no n-grams and scores 0."""
+    grams = _ngrams(tokenize_for_metrics(text, lang), n)
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def source_overlap(text: str, source: str, lang: str, n: int = 4) -> float:
+    """Share of the text's token n-grams that occur verbatim in `source` (both tokenised with
+    `tokenize_for_metrics` for `lang`): 1.0 when the output is copied from the source. A text
+    shorter than n tokens is compared as one n-gram of its own length, so a copied two-syllable
+    fragment still counts as a copy; an empty text scores 0."""
+    tokens = tokenize_for_metrics(text, lang)
+    if not tokens:
+        return 0.0
+    n = min(n, len(tokens))
+    grams = _ngrams(tokens, n)
+    seen = set(_ngrams(tokenize_for_metrics(source, lang), n))
+    return sum(g in seen for g in grams) / len(grams)
+
+
 def sacrebleu_tokenizer(lang: str) -> str:
     """The sacrebleu tokenizer that scores `lang` correctly: 'zh' for Chinese, 'intl' for Tibetan
     (splits on the tsheg, giving syllable-level BLEU), '13a' otherwise. The default '13a' scores

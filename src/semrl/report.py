@@ -25,6 +25,11 @@
               "inconsistent_rate", "first_position_rate"}}},
       "scale": {"model", "train_examples", "test_examples", "steps", ...},
       "training": {"<stage>": {"wall_time_s", "peak_rss_mb", "tau", ...}},
+      "monitors": {                                   # null when the run has no GRPO log
+          "rows": n logged GRPO steps, "window": rows per window,
+          "series": {"<monitor>": {"first", "last", "change"}},
+          "thresholds": {"<name>": value},
+          "flags": [{"monitor", "statistic", "value", "threshold", "message"}]},
       "config": {...}, "versions": {...}
     }
 
@@ -32,6 +37,16 @@ Intervals are bootstrap percentile intervals at `evaluation.confidence` over tes
 (task, judge) or benchmark items (tax), paired where two methods are compared. Judge pairs are
 asked in both orders: a win needs both orders to prefer a, a loss both to prefer b, anything else
 is a tie; `inconsistent` counts pairs whose two orders preferred opposite outputs (see semrl.judge).
+
+(task) or benchmark items (tax), paired where two methods are compared.
+
+Reward-hacking monitors: the GRPO log's ``monitor/*`` values (see `semrl.training`), averaged over
+the first and the last window of logged steps (a quarter of them, at least one). `<monitor>` is
+one of length_ratio, mixed_script_rate, source_copy_rate, repetition_rate, zero_std_group_share
+(``monitor/frac_groups_equal_reward``) and language_pass_rate. A flag is raised when the last
+window's value (or, for the mixed-script rate, its rise) crosses the threshold named in
+`MONITOR_FLAGS`; the report states every threshold. Task summaries carry `semantic_valid: false`
+(and `semantic_note`) when the encoder cannot represent the output language.
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +72,31 @@ PER_EXAMPLE_METRICS = ("semantic", "semantic_2", "lang_pass", "length_ratio", "r
 CORPUS_METRICS = ("bleu", "chrf")
 COMPARISONS = (("grpo", "sft"), ("grpo", "cold_start"), ("sft", "base"), ("grpo", "base"), ("cold_start", "base"))
 PER_TO_SUMMARY = {"lang_pass": "lang_rate"}
+
+# Reward-hacking monitors: report name -> GRPO log key.
+MONITOR_KEYS = {
+    "length_ratio": "monitor/length_ratio",
+    "mixed_script_rate": "monitor/mixed_script_rate",
+    "source_copy_rate": "monitor/source_copy_rate",
+    "repetition_rate": "monitor/repetition_rate",
+    "zero_std_group_share": "monitor/frac_groups_equal_reward",
+    "language_pass_rate": "monitor/language_pass_rate",
+}
+MONITOR_WINDOW_FRACTION = 0.25  # first and last quarter of the logged GRPO steps
+# Flag thresholds. SG-SRL saw unguarded RL outputs grow to 3x the reference length.
+LENGTH_RATIO_MAX = 2.0  # completions (characters) / reference, last window
+MIXED_SCRIPT_RISE_MAX = 0.1  # rise of the mixed-script rate from the first to the last window
+SOURCE_COPY_RATE_MAX = 0.2  # share of completions copied from their source, last window
+REPETITION_RATE_MAX = 0.3  # share of completions with repeated 4-grams, last window
+ZERO_STD_SHARE_MAX = 0.5  # share of groups whose rewards are all equal (no learning signal), last window
+# (monitor, statistic, threshold, message): flagged when the statistic exceeds the threshold.
+MONITOR_FLAGS: tuple[tuple[str, str, float, str], ...] = (
+    ("length_ratio", "last", LENGTH_RATIO_MAX, "completions reached {value:.2f}x the reference length"),
+    ("mixed_script_rate", "change", MIXED_SCRIPT_RISE_MAX, "the mixed-script rate rose by {value:+.2f}"),
+    ("source_copy_rate", "last", SOURCE_COPY_RATE_MAX, "{value:.0%} of completions copy their source"),
+    ("repetition_rate", "last", REPETITION_RATE_MAX, "{value:.0%} of completions repeat 4-grams"),
+    ("zero_std_group_share", "last", ZERO_STD_SHARE_MAX, "{value:.0%} of groups got equal rewards (no learning signal)"),
+)
 
 
 def _interval_dict(iv: Any) -> dict[str, float]:
@@ -94,6 +135,34 @@ def bootstrap_args(config: ExperimentConfig) -> dict[str, Any]:
     """The bootstrap settings of a config's evaluation (resamples, confidence, seed)."""
     ev = config.evaluation
     return {"n_resamples": ev.bootstrap_samples, "confidence": ev.confidence, "seed": config.seed}
+
+
+def summarize_monitors(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """First- vs last-window means of each reward-hacking monitor in GRPO log rows, and the flags
+    they raise (see the module docstring). None when no row carries a monitor."""
+    series: dict[str, dict[str, float]] = {}
+    window = 0
+    n_rows = 0
+    for name, key in MONITOR_KEYS.items():
+        values = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if not values:
+            continue
+        k = max(1, math.ceil(len(values) * MONITOR_WINDOW_FRACTION))
+        first, last = float(np.mean(values[:k])), float(np.mean(values[-k:]))
+        series[name] = {"first": first, "last": last, "change": last - first}
+        window, n_rows = max(window, k), max(n_rows, len(values))
+    if not series:
+        return None
+    flags = []
+    for name, statistic, threshold, message in MONITOR_FLAGS:
+        if name in series and series[name][statistic] > threshold:
+            value = series[name][statistic]
+            flags.append({
+                "monitor": name, "statistic": statistic, "value": value, "threshold": threshold,
+                "message": message.format(value=value) + f" ({statistic} > {threshold})",
+            })
+    thresholds = {f"{name}_{statistic}": threshold for name, statistic, threshold, _ in MONITOR_FLAGS}
+    return {"rows": n_rows, "window": window, "series": series, "thresholds": thresholds, "flags": flags}
 
 
 def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -182,6 +251,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
         **({"judge": judge_summary(judged, evals)} if judged is not None else {}),
         "scale": scale,
         "training": training,
+        "monitors": summarize_monitors(read_log(run_dir / "stages" / "grpo" / "log.jsonl")),
         "config": config.to_dict(),
         "versions": package_versions(),
     }
@@ -370,10 +440,13 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
         "This is a small-scale check of the paper's claim (GRPO with a semantic reward keeps general skills "
         "better than strong SFT), not a reproduction of its numbers.",
         "",
+        "GRPO reward: " + " + ".join(f"{c['weight']:g} {c['name']}" for c in metrics["config"]["rewards"]["components"]) + ".",
+        "",
         "## Verdict",
         "",
         verdict(metrics),
         "",
+        *_flag_summary(metrics.get("monitors")),
         "## Task quality",
         "",
     ]
@@ -381,6 +454,10 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
     present = [c for c in task_cols if any(c in m["task"] for m in methods.values())]
     out.append(_md_table(["method"] + present, [[k] + [_fmt(m["task"].get(c)) for c in present] for k, m in methods.items()]))
     out += ["", f"BLEU signature: `{metrics['signatures'].get('bleu')}`; chrF signature: `{metrics['signatures'].get('chrf')}`.", ""]
+    for key in ("semantic", "semantic_2"):
+        note = next((m["task"].get(f"{key}_note") for m in methods.values() if m["task"].get(f"{key}_valid") is False), None)
+        if note:
+            out += [f"WARNING: `{key}` similarity is not meaningful in this run: {note}.", ""]
     conf = int(metrics["intervals"]["confidence"] * 100)
     diffs = metrics["intervals"]["differences"]
     if diffs:
@@ -404,7 +481,7 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
         ["method", "NLL increase mean", "NLL increase P90", "token KL mean", "token KL P90"],
         [[k] + [_fmt((m.get("drift") or {}).get(c), 4) for c in ("nll_mean", "nll_p90", "kl_mean", "kl_p90")] for k, m in methods.items()],
     ))
-    out += ["", "## Training", ""]
+    out += ["", *_monitor_section(metrics.get("monitors")), "## Training", ""]
     tr = metrics["training"]
     out.append(_md_table(
         ["stage", "wall time (s)", "peak RSS (MiB)", "tau"],
@@ -455,6 +532,38 @@ def _judge_section(judge: dict[str, Any]) -> list[str]:
     ]
     out.append(_md_table(["comparison", "n", "win", "tie", "loss", "inconsistent", "identical outputs", "verdicts for position A"], rows))
     return out + [""]
+
+
+def _flag_summary(monitors: dict[str, Any] | None) -> list[str]:
+    flags = (monitors or {}).get("flags") or []
+    if not flags:
+        return []
+    names = ", ".join(f["monitor"] for f in flags)
+    return [f"GRPO raised {len(flags)} reward-hacking flag(s) ({names}): see Reward-hacking monitors.", ""]
+
+
+def _monitor_section(monitors: dict[str, Any] | None) -> list[str]:
+    out = ["## Reward-hacking monitors", ""]
+    if not monitors:
+        return out + ["No GRPO monitors were logged in this run.", ""]
+    out += [
+        f"Means over the first and the last {monitors['window']} of {monitors['rows']} logged GRPO steps.",
+        "",
+        _md_table(
+            ["monitor", "first", "last", "change"],
+            [[k, _fmt(v["first"]), _fmt(v["last"]), f"{v['change']:+.3f}"] for k, v in monitors["series"].items()],
+        ),
+        "",
+        "Flag thresholds: "
+        + "; ".join(f"{name} {stat} > {thr}" for name, stat, thr, _ in MONITOR_FLAGS)
+        + " (statistic 'change' is last minus first).",
+        "",
+    ]
+    if monitors["flags"]:
+        out += ["Flags:", ""] + [f"- FLAG {f['monitor']}: {f['message']}" for f in monitors["flags"]] + [""]
+    else:
+        out += ["No monitor crossed its threshold.", ""]
+    return out
 
 
 def _short(text: str, n: int = 60) -> str:

@@ -10,7 +10,18 @@ dataset column except ``prompt`` as a keyword list aligned with the completions,
     R_lang = 1 if y is written in the target script only, else 0
     R      = 1.5 * R_sim + 1.0 * R_lang             (weights go to GRPOConfig.reward_weights)
 
-BLEU and chrF rewards serve the paper's reward ablations. A non-finite score (a broken encoder,
+BLEU and chrF rewards serve the paper's reward ablations. The guards against reward hacking
+(SG-SRL, Su et al. 2026b) are optional terms: `language_gate`, `length_penalty`,
+`repetition_penalty` and `source_copy_penalty`. SG-SRL writes its reward as
+``gate * max(0, r_score - 0.20 * p_len - 0.05 * p_rep)``; TRL can only sum weighted terms, so here
+every guard returns 0 for a clean completion and a negative value (down to -1) for a suspect one,
+and takes a positive weight. The gate is a hard gate by its weight: at least the sum of the other
+rewards' positive weights, a completion in the wrong script then totals at most 0 before the other
+guards, no more than a right-script completion that earns nothing (under group-relative
+advantages a constant shift cancels, so -1/0 and 0/+1 are the same signal; what makes it a gate is
+that it dominates). The same text measures
+(`lang.repeated_ngram_share`, `lang.source_overlap`) and thresholds drive the GRPO monitors and
+the evaluation's source-copy rate. A non-finite score (a broken encoder,
 an empty vector) never reaches the trainer: it becomes 0.0, is counted in ``nonfinite_count`` and
 is logged once.
 """
@@ -78,7 +89,8 @@ class RewardFunction:
         **columns: Any,
     ) -> list[float]:
         texts = [completion_text(c) for c in completions]
-        scores = self._score(texts, columns)
+        # Rewards that group completions by prompt (length_penalty 'group') read them here.
+        scores = self._score(texts, {**columns, "prompts": prompts})
         if len(scores) != len(texts):  # a bug in a subclass, not user input
             raise RuntimeError(f"reward {self.name!r} returned {len(scores)} scores for {len(texts)} completions")
         return self._finite(scores)
@@ -115,7 +127,7 @@ class RewardFunction:
 def _column(columns: dict[str, Any], key: str, n: int, reward: str) -> list[str]:
     values = columns.get(key)
     if values is None:
-        present = sorted(k for k in columns if k not in ("trainer_state", "log_extra", "log_metric"))
+        present = sorted(k for k in columns if k not in ("trainer_state", "log_extra", "log_metric", "prompts"))
         raise DataError(
             f"the {reward!r} reward needs a {key!r} column in the training data (TRL passes dataset columns "
             f"to reward functions as keyword lists); the data has columns {present}"
@@ -192,11 +204,9 @@ class LanguageReward(RewardFunction):
 
     def __init__(self, target_lang: str, mode: Literal["binary", "continuous"] = "binary") -> None:
         super().__init__()
-        if mode not in ("binary", "continuous"):
-            raise ConfigError(f"language reward mode must be 'binary' or 'continuous', got {mode!r}")
         _check_lang(target_lang)
         self.target_lang = target_lang
-        self.mode = mode
+        self.mode = _check_mode(mode, self.name)
 
     def _score(self, completions: list[str], columns: dict[str, Any]) -> list[float]:
         if self.mode == "binary":
@@ -260,6 +270,178 @@ class ChrfReward(RewardFunction):
 
     def _score(self, completions: list[str], columns: dict[str, Any]) -> list[float]:
         return _sentence_scores(self.metric, completions, columns, self.target_lang, self.name)
+
+
+# --------------------------------------------------------------------------------------------
+# Guards against reward hacking (SG-SRL): 0 for a clean completion, negative for a suspect one
+# --------------------------------------------------------------------------------------------
+# SG-SRL: the repetition penalty fires above a repeated-4-gram share of 0.15.
+REPETITION_THRESHOLD = 0.15
+# Share of an output's 4-grams found verbatim in its source above which it counts as a copy. On
+# NTREX-128, 4 of the 123 reference headlines exceed 0.6 against their article (median 0.08).
+SOURCE_COPY_THRESHOLD = 0.6
+GUARD_NGRAM = 4
+
+
+def is_repetitive(text: str, lang: str, threshold: float = REPETITION_THRESHOLD, n: int = GUARD_NGRAM) -> bool:
+    """True when more than `threshold` of the text's token n-grams repeat (`lang.repeated_ngram_share`)."""
+    return L.repeated_ngram_share(text, lang, n) > threshold
+
+
+def is_source_copy(
+    text: str, source: str, lang: str, threshold: float = SOURCE_COPY_THRESHOLD, n: int = GUARD_NGRAM
+) -> bool:
+    """True when more than `threshold` of the text's token n-grams occur verbatim in its source
+    (`lang.source_overlap`)."""
+    return L.source_overlap(text, source, lang, n) > threshold
+
+
+def _penalty(value: float, threshold: float, mode: str) -> float:
+    """binary: -1 above the threshold, else 0. continuous: 0 up to the threshold, then linear to -1
+    at value 1."""
+    if value <= threshold:
+        return 0.0
+    return -1.0 if mode == "binary" else -min(1.0, (value - threshold) / (1.0 - threshold))
+
+
+def _check_mode(mode: str, reward: str) -> str:
+    if mode not in ("binary", "continuous"):
+        raise ConfigError(f"{reward} reward mode must be 'binary' or 'continuous', got {mode!r}")
+    return mode
+
+
+def _check_threshold(threshold: float, reward: str) -> float:
+    if not 0.0 <= threshold < 1.0:
+        raise ConfigError(f"{reward}: threshold must lie in [0, 1), got {threshold}")
+    return float(threshold)
+
+
+class LanguageGate(RewardFunction):
+    """Hard language gate: 0 when the completion is in the target script only (the paper's R_lang
+    rule), -1 otherwise. Weight it at least as much as all other positive terms together (see the
+    module docstring)."""
+
+    name = "language_gate"
+
+    def __init__(self, target_lang: str) -> None:
+        super().__init__()
+        _check_lang(target_lang)
+        self.target_lang = target_lang
+
+    def _score(self, completions: list[str], columns: dict[str, Any]) -> list[float]:
+        return [0.0 if L.is_target_script_only(c, self.target_lang) else -1.0 for c in completions]
+
+
+class LengthPenalty(RewardFunction):
+    """SG-SRL's length penalty: with r = length / basis (metric tokens: Tibetan syllables, Chinese
+    characters, words), 0 up to r = `ratio_start`, then falling linearly to -1 at r = `ratio_full`.
+
+    `relative_to`: 'batch' (basis: median length of this call's completions, as SG-SRL; under a
+    multi-process launch each process's share), 'group' (median of the completions for the same
+    prompt: catches one completion outgrowing its siblings) or 'reference' (the reference's length:
+    also catches a whole batch growing, which a batch median follows).
+    """
+
+    name = "length_penalty"
+
+    def __init__(
+        self,
+        target_lang: str,
+        relative_to: Literal["batch", "group", "reference"] = "batch",
+        ratio_start: float = 2.5,
+        ratio_full: float = 5.0,
+    ) -> None:
+        super().__init__()
+        _check_lang(target_lang)
+        if relative_to not in ("batch", "group", "reference"):
+            raise ConfigError(f"length_penalty: relative_to must be batch, group or reference, got {relative_to!r}")
+        if not 0 < ratio_start < ratio_full:
+            raise ConfigError(f"length_penalty: need 0 < ratio_start < ratio_full, got {ratio_start} and {ratio_full}")
+        self.target_lang = target_lang
+        self.relative_to = relative_to
+        self.ratio_start = float(ratio_start)
+        self.ratio_full = float(ratio_full)
+
+    def _length(self, text: str) -> int:
+        return len(L.tokenize_for_metrics(text, self.target_lang))
+
+    def _score(self, completions: list[str], columns: dict[str, Any]) -> list[float]:
+        lengths = np.array([self._length(c) for c in completions], dtype=np.float64)
+        if not lengths.size:
+            return []
+        if self.relative_to == "reference":
+            refs = _column(columns, "reference", len(completions), self.name)
+            basis = np.array([self._length(r) for r in refs], dtype=np.float64)
+        elif self.relative_to == "group":
+            prompts = columns.get("prompts")
+            keys = [str(p) for p in prompts] if prompts is not None else [""] * len(completions)
+            groups: dict[str, list[int]] = {}
+            for i, key in enumerate(keys):
+                groups.setdefault(key, []).append(i)
+            basis = np.empty_like(lengths)
+            for rows in groups.values():
+                basis[rows] = np.median(lengths[rows])
+        else:
+            basis = np.full_like(lengths, np.median(lengths))
+        ratio = lengths / np.maximum(basis, 1.0)  # an empty basis counts as one token
+        p = np.clip((ratio - self.ratio_start) / (self.ratio_full - self.ratio_start), 0.0, 1.0)
+        return [-float(x) if x > 0 else 0.0 for x in p]
+
+
+class RepetitionPenalty(RewardFunction):
+    """Repeated n-grams (`lang.repeated_ngram_share` on metric tokens): binary (SG-SRL) -1 when the
+    share exceeds `threshold`, or continuous (0 at the threshold, -1 at share 1)."""
+
+    name = "repetition_penalty"
+
+    def __init__(
+        self,
+        target_lang: str,
+        threshold: float = REPETITION_THRESHOLD,
+        mode: Literal["binary", "continuous"] = "binary",
+        n: int = GUARD_NGRAM,
+    ) -> None:
+        super().__init__()
+        _check_lang(target_lang)
+        self.target_lang = target_lang
+        self.threshold = _check_threshold(threshold, self.name)
+        self.mode = _check_mode(mode, self.name)
+        self.n = n
+
+    def _score(self, completions: list[str], columns: dict[str, Any]) -> list[float]:
+        return [
+            _penalty(L.repeated_ngram_share(c, self.target_lang, self.n), self.threshold, self.mode) for c in completions
+        ]
+
+
+class SourceCopyPenalty(RewardFunction):
+    """Output copied from the source (`lang.source_overlap`: share of the output's n-grams found
+    verbatim in the `source` column): binary -1 above `threshold`, or continuous. Copying the
+    article's first sentence as its headline, or echoing an untranslated source, is a cheap way to
+    please an overlap or embedding reward."""
+
+    name = "source_copy_penalty"
+
+    def __init__(
+        self,
+        target_lang: str,
+        threshold: float = SOURCE_COPY_THRESHOLD,
+        mode: Literal["binary", "continuous"] = "binary",
+        n: int = GUARD_NGRAM,
+    ) -> None:
+        super().__init__()
+        _check_lang(target_lang)
+        self.target_lang = target_lang
+        self.threshold = _check_threshold(threshold, self.name)
+        self.mode = _check_mode(mode, self.name)
+        self.n = n
+
+    def _score(self, completions: list[str], columns: dict[str, Any]) -> list[float]:
+        sources = _column(columns, "source", len(completions), self.name)
+        return [
+            _penalty(L.source_overlap(c, s, self.target_lang, self.n), self.threshold, self.mode)
+            for c, s in zip(completions, sources)
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,10 +610,36 @@ def build_reward_functions(
             funcs.append(BleuReward(target_lang))
         elif comp.name == "chrf":
             funcs.append(ChrfReward(target_lang))
+        elif comp.name == "language_gate":
+            funcs.append(LanguageGate(target_lang))
+        elif comp.name == "length_penalty":
+            funcs.append(LengthPenalty(target_lang, comp.relative_to, comp.ratio_start, comp.ratio_full))
+        elif comp.name == "repetition_penalty":
+            threshold = REPETITION_THRESHOLD if comp.threshold is None else comp.threshold
+            funcs.append(RepetitionPenalty(target_lang, threshold, comp.mode, comp.ngram))
+        elif comp.name == "source_copy_penalty":
+            threshold = SOURCE_COPY_THRESHOLD if comp.threshold is None else comp.threshold
+            funcs.append(SourceCopyPenalty(target_lang, threshold, comp.mode, comp.ngram))
         else:  # the config's Literal makes this unreachable unless a new name is added there only
             raise ConfigError(f"rewards.components: unknown reward {comp.name!r}")
         weights.append(float(comp.weight))
+    _warn_weak_gate(cfg)
     return funcs, weights
+
+
+def _warn_weak_gate(cfg: RewardsConfig) -> None:
+    """A language gate lighter than the other positive terms together is only a penalty: a
+    wrong-script completion with a high score elsewhere can still outrank a correct one."""
+    from semrl.config import GUARD_NAMES
+
+    gate = next((c.weight for c in cfg.components if c.name == "language_gate"), None)
+    others = sum(c.weight for c in cfg.components if c.name not in GUARD_NAMES and c.weight > 0)
+    if gate and gate < others:  # weight 0 switches it off (as `semrl score` shows it)
+        logger.warning(
+            "rewards.components: language_gate has weight %s, less than the other rewards' positive weights "
+            "together (%s), so it does not act as a hard gate; raise it to at least %s",
+            gate, others, others,
+        )
 
 
 def score_completions(
@@ -442,6 +650,8 @@ def score_completions(
 ) -> list[dict[str, float]]:
     """Score `rows` (each with `source`, `reference`, `completion`) with every reward, in one
     batched call per reward, exactly as GRPO would.
+
+    Rows with the same source form one prompt group (for length_penalty 'group').
 
     Returns one dict per row: each reward's score under its name, `similarity` (the raw cosine, when
     a semantic reward is present), `language` (the binary target-script check when no language

@@ -256,6 +256,18 @@ def tax_meter_callbacks(config: ExperimentConfig, paths: RunPaths) -> list[Any]:
     return [TaxMeterCallback(texts, tokenizer, steps, base_nll)]
 
 
+def preflight(config: ExperimentConfig, stages: list[str]) -> None:
+    """Checks that would otherwise fail a run after hours of training, run before any stage: when
+    GRPO will train on the semantic reward, its encoder must represent the task's output language
+    (`encoders.require_representation`; raises ModelError naming what to configure)."""
+    if "grpo" not in stages or not any(c.name == "semantic" for c in config.rewards.components):
+        return
+    from semrl.encoders import build_encoder, require_representation
+    from semrl.training import SEMANTIC_PURPOSE
+
+    require_representation(build_encoder(config.rewards.encoder), config.task.target_lang, SEMANTIC_PURPOSE)
+
+
 def run_experiment(
     config: ExperimentConfig,
     run_dir: str | Path | None = None,
@@ -284,6 +296,10 @@ def run_experiment(
 
     if is_main_process():
         write_text(paths.config, config.to_yaml())
+    pending = [
+        s for s in stages_to_run(config, only) if s in forced or read_manifest(paths.stage_manifest(s)) is None
+    ]
+    preflight(config, pending)
     splits = prepare_run_data(config, paths)
     summary = RunSummary(run_dir=paths.root)
 

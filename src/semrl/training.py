@@ -20,8 +20,12 @@ lengths, ``kl`` when beta > 0) plus semrl's monitors against reward hacking and 
 (completion / reference length in characters), ``monitor/frac_groups_equal_reward`` (groups whose
 G weighted rewards are all equal, i.e. no learning signal, whatever `scale_rewards` is) and
 ``monitor/<reward>/frac_groups_equal`` per reward (a saturated binary language reward shows up
-here), and timings: ``timing/reward/<name>_s`` per reward call, ``timing/rewards_s`` for all
-rewards of a generation batch, ``step_time_s`` and ``timing/reward_share`` (reward time / step time).
+here), ``monitor/mixed_script_rate`` (completions mixing scripts), ``monitor/source_copy_rate``
+(completions copied from their source, `rewards.is_source_copy`) and ``monitor/repetition_rate``
+(completions with repeated 4-grams, `rewards.is_repetitive`) at the guards' default thresholds, so
+runs with and without guards compare (see `completion_monitors`), and timings:
+``timing/reward/<name>_s`` per reward call, ``timing/rewards_s`` for all rewards of a generation
+batch, ``step_time_s`` and ``timing/reward_share`` (reward time / step time).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ MODEL_DIR = "model"
 LOG_FILE = "log.jsonl"
 TAU_FILE = "tau.json"
 REWARD_STATS_FILE = "reward_stats.rank{rank}.json"
+SEMANTIC_PURPOSE = "the semantic reward (and its tau calibration)"
 # Resuming needs only the newest checkpoint; one older is kept in case the newest is damaged.
 SAVE_TOTAL_LIMIT = 2
 
@@ -205,12 +210,40 @@ def _frac_groups_equal(values: np.ndarray, tol: float = 1e-6) -> float:
     return float((spread <= tol).mean())
 
 
+def completion_monitors(texts: Sequence[str], rows: Sequence[dict[str, Any]], target_lang: str) -> dict[str, float]:
+    """semrl's per-batch monitors of a generation batch: `texts` are the completions, `rows` their
+    dataset rows (`reference`, `source`). Shares of completions in the target script only, mixing
+    scripts, repeating 4-grams (`rewards.is_repetitive`) and copied from their source
+    (`rewards.is_source_copy`), and the mean completion / reference length in characters. Monitors
+    that need a column the rows lack are left out."""
+    from semrl import lang
+    from semrl.rewards import is_repetitive, is_source_copy
+
+    if not texts:
+        return {"monitor/language_pass_rate": float("nan")}
+    out = {
+        "monitor/language_pass_rate": float(np.mean([lang.is_target_script_only(t, target_lang) for t in texts])),
+        "monitor/mixed_script_rate": float(np.mean([lang.is_mixed_script(t) for t in texts])),
+        "monitor/repetition_rate": float(np.mean([is_repetitive(t, target_lang) for t in texts])),
+    }
+    ratios = [
+        len(t.strip()) / len(str(row["reference"]).strip())
+        for t, row in zip(texts, rows)
+        if str(row.get("reference") or "").strip()
+    ]
+    if ratios:
+        out["monitor/length_ratio"] = float(np.mean(ratios))
+    copies = [is_source_copy(t, str(row["source"]), target_lang) for t, row in zip(texts, rows) if row.get("source")]
+    if copies:
+        out["monitor/source_copy_rate"] = float(np.mean(copies))
+    return out
+
+
 @functools.cache
 def _monitored_grpo_trainer_class() -> type:
     """`GRPOTrainer` with semrl's monitors (built lazily: importing TRL is slow)."""
     from trl import GRPOTrainer
 
-    from semrl import lang
     from semrl.rewards import completion_text
 
     class MonitoredGRPOTrainer(GRPOTrainer):
@@ -244,15 +277,8 @@ def _monitored_grpo_trainer_class() -> type:
             self._log_metric("timing/rewards_s", time.perf_counter() - start)
 
             texts = [completion_text(c) for c in completions]
-            passed = [lang.is_target_script_only(t, self.target_lang) for t in texts]
-            self._log_metric("monitor/language_pass_rate", float(np.mean(passed)) if passed else float("nan"))
-            ratios = [
-                len(t.strip()) / len(str(row["reference"]).strip())
-                for t, row in zip(texts, inputs)
-                if str(row.get("reference") or "").strip()
-            ]
-            if ratios:
-                self._log_metric("monitor/length_ratio", float(np.mean(ratios)))
+            for name, value in completion_monitors(texts, inputs, self.target_lang).items():
+                self._log_metric(name, value)
 
             # rewards_per_func is gathered over processes, so it holds whole groups of G.
             group = self.num_generations if self.model.training else self.num_generations_eval
@@ -506,7 +532,7 @@ def _grpo_trainer(
     from trl import GRPOConfig
 
     from semrl.data import to_grpo_dataset
-    from semrl.encoders import build_encoder
+    from semrl.encoders import build_encoder, require_representation
     from semrl.models import peft_config
     from semrl.rewards import build_reward_functions
 
@@ -515,6 +541,11 @@ def _grpo_trainer(
     tau: float | None = None
     if any(c.name == "semantic" for c in rewards.components):
         encoder = build_encoder(rewards.encoder)
+        # Before tau calibration (which generates on the dev split): refuse an encoder blind to the
+        # output language rather than calibrate and train on noise.
+        probe = require_representation(encoder, config.task.target_lang, SEMANTIC_PURPOSE)
+        if probe is not None:
+            extra["encoder_probe"] = probe.summary()
         calibration = _calibrate_tau(
             config, splits, examples, model, tokenizer, encoder, stage_dir / TAU_FILE, resuming
         )
