@@ -175,3 +175,13 @@ def test_monitor_summary_flags_drifting_runs() -> None:
     assert flagged["length_ratio"]["value"] == pytest.approx(3.0) and flagged["length_ratio"]["threshold"] == LENGTH_RATIO_MAX
     assert flagged["mixed_script_rate"]["statistic"] == "change" and flagged["mixed_script_rate"]["threshold"] == MIXED_SCRIPT_RISE_MAX
     assert summarize_monitors([{"step": 1, "loss": 0.1}]) is None  # no GRPO monitors: no section data
+
+
+def test_run_prints_the_final_comparison(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from semrl.cli import _print_comparison
+
+    _print_comparison(json.loads((tiny_run / "metrics.json").read_text(encoding="utf-8")))
+    out = capsys.readouterr().out
+    for method in ("base", "cold_start", "sft", "grpo"):
+        assert method in out
+    assert "mean tax" in out and "At this scale" in out

@@ -253,8 +253,33 @@ def _print_summary(summary) -> None:
         m = summary.manifests.get(stage, {})
         table.add_row(stage, action, f"{m.get('wall_time_s', float('nan')):.1f}", f"{m.get('peak_rss_mb', float('nan')):.0f}")
     console.print(table)
+    metrics_path = summary.run_dir / "metrics.json"
+    if summary.report and metrics_path.is_file():
+        _print_comparison(json.loads(metrics_path.read_text(encoding="utf-8")))
     if summary.report:
         console.print(f"report: [bold]{summary.report}[/]")
+
+
+def _print_comparison(metrics: dict) -> None:
+    """The final comparison: task quality, alignment tax and drift per method, then the verdict."""
+    from semrl.report import verdict
+
+    table = Table(title="methods on the test split and the general benchmarks")
+    columns = ("method", "BLEU", "chrF", "semantic", "language rate", "mean tax", "NLL drift")
+    for col in columns:
+        table.add_column(col, justify="left" if col == "method" else "right")
+
+    def fmt(value) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    for method, m in metrics["methods"].items():
+        task, tax, drift = m.get("task", {}), m.get("tax", {}), m.get("drift") or {}
+        table.add_row(
+            method, fmt(task.get("bleu")), fmt(task.get("chrf")), fmt(task.get("semantic")),
+            fmt(task.get("lang_rate")), fmt(tax.get("mean")), fmt(drift.get("nll_mean")),
+        )
+    console.print(table)
+    console.print(verdict(metrics), markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------
