@@ -388,25 +388,32 @@ class LengthPenalty(RewardFunction):
         return [-float(x) if x > 0 else 0.0 for x in p]
 
 
-class RepetitionPenalty(RewardFunction):
-    """Repeated n-grams (`lang.repeated_ngram_share` on metric tokens): binary (SG-SRL) -1 when the
-    share exceeds `threshold`, or continuous (0 at the threshold, -1 at share 1)."""
+class _NgramPenalty(RewardFunction):
+    """A guard on an n-gram share: binary -1 above `threshold` (None: the class default), or
+    continuous (0 at the threshold, -1 at share 1)."""
 
-    name = "repetition_penalty"
+    default_threshold: float
 
     def __init__(
         self,
         target_lang: str,
-        threshold: float = REPETITION_THRESHOLD,
+        threshold: float | None = None,
         mode: Literal["binary", "continuous"] = "binary",
         n: int = GUARD_NGRAM,
     ) -> None:
         super().__init__()
         _check_lang(target_lang)
         self.target_lang = target_lang
-        self.threshold = _check_threshold(threshold, self.name)
+        self.threshold = _check_threshold(self.default_threshold if threshold is None else threshold, self.name)
         self.mode = _check_mode(mode, self.name)
         self.n = n
+
+
+class RepetitionPenalty(_NgramPenalty):
+    """Repeated n-grams (`lang.repeated_ngram_share` on metric tokens), SG-SRL's threshold 0.15."""
+
+    name = "repetition_penalty"
+    default_threshold = REPETITION_THRESHOLD
 
     def _score(self, completions: list[str], columns: dict[str, Any]) -> list[float]:
         return [
@@ -414,27 +421,13 @@ class RepetitionPenalty(RewardFunction):
         ]
 
 
-class SourceCopyPenalty(RewardFunction):
+class SourceCopyPenalty(_NgramPenalty):
     """Output copied from the source (`lang.source_overlap`: share of the output's n-grams found
-    verbatim in the `source` column): binary -1 above `threshold`, or continuous. Copying the
-    article's first sentence as its headline, or echoing an untranslated source, is a cheap way to
-    please an overlap or embedding reward."""
+    verbatim in the `source` column). Copying the article's first sentence as its headline, or
+    echoing an untranslated source, is a cheap way to please an overlap or embedding reward."""
 
     name = "source_copy_penalty"
-
-    def __init__(
-        self,
-        target_lang: str,
-        threshold: float = SOURCE_COPY_THRESHOLD,
-        mode: Literal["binary", "continuous"] = "binary",
-        n: int = GUARD_NGRAM,
-    ) -> None:
-        super().__init__()
-        _check_lang(target_lang)
-        self.target_lang = target_lang
-        self.threshold = _check_threshold(threshold, self.name)
-        self.mode = _check_mode(mode, self.name)
-        self.n = n
+    default_threshold = SOURCE_COPY_THRESHOLD
 
     def _score(self, completions: list[str], columns: dict[str, Any]) -> list[float]:
         sources = _column(columns, "source", len(completions), self.name)
@@ -615,11 +608,9 @@ def build_reward_functions(
         elif comp.name == "length_penalty":
             funcs.append(LengthPenalty(target_lang, comp.relative_to, comp.ratio_start, comp.ratio_full))
         elif comp.name == "repetition_penalty":
-            threshold = REPETITION_THRESHOLD if comp.threshold is None else comp.threshold
-            funcs.append(RepetitionPenalty(target_lang, threshold, comp.mode, comp.ngram))
+            funcs.append(RepetitionPenalty(target_lang, comp.threshold, comp.mode, comp.ngram))
         elif comp.name == "source_copy_penalty":
-            threshold = SOURCE_COPY_THRESHOLD if comp.threshold is None else comp.threshold
-            funcs.append(SourceCopyPenalty(target_lang, threshold, comp.mode, comp.ngram))
+            funcs.append(SourceCopyPenalty(target_lang, comp.threshold, comp.mode, comp.ngram))
         else:  # the config's Literal makes this unreachable unless a new name is added there only
             raise ConfigError(f"rewards.components: unknown reward {comp.name!r}")
         weights.append(float(comp.weight))
