@@ -18,8 +18,9 @@ Prompt convention (completion style): the prompt ends on a label without trailin
 tokenizers (Gemma, Llama, Qwen) fold a leading space into the next token, so the prompt's tokens
 are an exact prefix of prompt+completion (what TRL's completion mask relies on) and the model
 learns to emit the space itself; a prompt ending in a space would leave a lone space token that
-never precedes a word in pretraining. Generated text is compared after `completion_to_text`,
-which strips it.
+never precedes a word in pretraining. Rewards read generated text through
+`semrl.rewards.completion_text`; the evaluation keeps its first line, stripped
+(`semrl.evaluation.clean_completion`).
 """
 
 from __future__ import annotations
@@ -934,14 +935,6 @@ def completion_text(reference: str, task: TaskConfig, tokenizer: Any = None) -> 
     if uses_chat_template(task, tokenizer):
         return [{"role": "assistant", "content": reference}]
     return COMPLETION_PREFIX + reference
-
-
-def completion_to_text(completion: str | Sequence[Mapping[str, Any]]) -> str:
-    """A generated completion (string, or TRL's conversational `[{"role", "content"}]`) as
-    stripped text, ready for rewards and metrics."""
-    if isinstance(completion, str):
-        return completion.strip()
-    return "".join(str(m.get("content", "")) for m in completion).strip()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -349,12 +349,9 @@ def run_experiment(
 def evaluate_and_report(config: ExperimentConfig, paths: RunPaths, log: Callable[[str], None] = print) -> Path | None:
     """Evaluate every method of the run, judge method pairs when `evaluation.judge.enabled`, and
     write the report (see semrl.evaluation, semrl.judge, semrl.report)."""
-    try:
-        from semrl.evaluation import evaluate_run
-        from semrl.report import write_report
-    except ImportError:  # evaluation lands in a later release of this package
-        log("evaluation and report: not available in this version; training outputs are in " + str(paths.root))
-        return None
+    from semrl.evaluation import evaluate_run
+    from semrl.report import write_report
+
     evaluate_run(config, paths.root, log=log)
     if is_main_process():
         if config.evaluation.judge.enabled:

@@ -678,7 +678,7 @@ def train_stage(
     """
     from transformers import set_seed
 
-    from semrl.models import load_policy, save_merged
+    from semrl.models import load_policy
 
     if stage not in STAGE_SPLITS:
         raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGE_SPLITS)}")
