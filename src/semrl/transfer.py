@@ -176,13 +176,11 @@ def run_transfer(
 
 def _encoder_note(config: ExperimentConfig, encoder: Any) -> str | None:
     """A warning when the similarity encoder cannot read the target language."""
-    from semrl.encoders import PROBE_SETS, can_represent
+    from semrl.encoders import probe_language
 
     lang = config.task.target_lang.lower()
-    if lang not in PROBE_SETS:
-        return None
-    probe = can_represent(encoder, lang)
-    if probe.passed:
+    probe = probe_language(encoder, lang)
+    if probe is None or probe.passed:
         return None
     return (f"Warning: the encoder `{encoder.name}` does not represent '{lang}' ({'; '.join(probe.reasons)}), "
             f"so semantic similarity here is not meaningful; configure rewards.encoder with one that does.")
@@ -242,7 +240,7 @@ def build_transfer(out_dir: str | Path, config: ExperimentConfig, encoder: Any |
 
 def render_transfer_markdown(t: dict[str, Any]) -> str:
     """transfer.md: the fine-tuned models side by side, and their paired differences."""
-    from semrl.report import _fmt, _fmt_iv, _md_table
+    from semrl.report import _fmt, _fmt_iv, _fmt_with_iv, _md_table
 
     conf = int(t["confidence"] * 100)
     task = t["task"]
@@ -264,8 +262,7 @@ def render_transfer_markdown(t: dict[str, Any]) -> str:
     for name, m in t["methods"].items():
         iv = m["task_intervals"]
         rows.append([name] + [
-            f"{m['task'][c]:.3f} [{iv[c]['low']:.3f}, {iv[c]['high']:.3f}]" if c in iv and c in m["task"] else _fmt(m["task"].get(c))
-            for c in present
+            _fmt_with_iv(m["task"].get(c), iv.get(c)) for c in present
         ] + [_fmt(m["training"]["wall_time_s"], 1)])
     out += ["## Task quality after fine-tuning", "", _md_table(["start"] + present + ["fine-tuning wall time (s)"], rows), ""]
     if t["differences"]:
