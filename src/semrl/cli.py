@@ -128,13 +128,18 @@ def cmd_score(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # run / train / report / demo
 # ---------------------------------------------------------------------------------------------
+def _log(message: str) -> None:
+    """Progress lines from the library, printed verbatim (no rich markup or highlighting)."""
+    console.print(message, markup=False, highlight=False)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from semrl.runner import run_experiment
 
     config = _load(args)
     summary = run_experiment(
         config, run_dir=args.out, only=args.only, force=args.force or (), evaluate=not args.no_eval,
-        log=lambda m: console.print(m, markup=False, highlight=False),
+        log=_log,
     )
     _print_summary(summary)
     return 0
@@ -146,7 +151,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     config = _load(args)
     summary = run_sweep(
         config, variants=parse_vary(args.vary or []), out_dir=args.out,
-        log=lambda m: console.print(m, markup=False, highlight=False),
+        log=_log,
     )
     if summary.report:
         console.print(summary.report.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
@@ -158,7 +163,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from semrl.transfer import run_transfer
 
     config = _load(args)
-    summary = run_transfer(config, out_dir=args.out, log=lambda m: console.print(m, markup=False, highlight=False))
+    summary = run_transfer(config, out_dir=args.out, log=_log)
     if summary.report:
         console.print(summary.report.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
         console.print(f"transfer report: [bold]{summary.report}[/]")
@@ -182,7 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"`semrl train cold_start CONFIG --out {paths.root}` first."
             )
         parent = read_manifest(paths.stage_manifest("cold_start"))
-    run_stage_in_dir(args.stage, config, splits, paths, init, log=lambda m: console.print(m, markup=False), parent_manifest=parent)
+    run_stage_in_dir(args.stage, config, splits, paths, init, log=_log, parent_manifest=parent)
     return 0
 
 
@@ -203,7 +208,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
         raise SemrlError(f"{run_dir}: not a semrl run directory (no config.yaml); pass --config CONFIG")
     # Asking for a judge pass enables the judge; the config (or --set) names it.
     config = load_config(config_path, overrides=["evaluation.judge.enabled=true", *(args.set or [])])
-    record = run_judge(config, run_dir, log=lambda m: console.print(m, markup=False, highlight=False), force=args.force)
+    record = run_judge(config, run_dir, log=_log, force=args.force)
     if record is None:
         raise SemrlError(
             f"{run_dir / 'eval'}: no pair in evaluation.judge.pairs has both methods evaluated; evaluate the run "
@@ -239,7 +244,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         config.data_dir = str(args.data_dir)
     summary = run_experiment(
         config, run_dir=args.out or config.output_dir,
-        log=lambda m: console.print(m, markup=False, highlight=False),
+        log=_log,
     )
     _print_summary(summary)
     return 0

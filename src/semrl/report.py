@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from semrl.config import METHODS, ExperimentConfig, load_config
+from semrl.config import ExperimentConfig, load_config
 from semrl.errors import SemrlError
 from semrl.evaluation import load_evaluations
 from semrl.io import atomic_path, write_json, write_text
@@ -260,6 +260,14 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
 # ---------------------------------------------------------------------------------------------
 # plots
 # ---------------------------------------------------------------------------------------------
+def _save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _plot_gain_vs_tax(metrics: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -279,9 +287,7 @@ def _plot_gain_vs_tax(metrics: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("alignment tax: mean benchmark score lost vs base (lower is better)")
     ax.set_ylabel("task gain: semantic similarity vs base")
     ax.set_title("Task gain against alignment tax")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def _plot_reward_components(run_dir: Path, path: Path) -> bool:
@@ -302,9 +308,7 @@ def _plot_reward_components(run_dir: Path, path: Path) -> bool:
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward")
     ax.set_title("Reward components over GRPO steps")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
     return bool(keys)
 
 
@@ -320,9 +324,7 @@ def _plot_drift(evals: dict[str, dict[str, Any]], path: Path) -> bool:
         ax.text(0.5, 0.5, "no drift measured", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("per-example NLL increase over base (nats/token)")
     ax.set_title("NLL drift on general text")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
     return bool(data)
 
 
@@ -346,9 +348,7 @@ def _plot_tax_meter(run_dir: Path, path: Path) -> bool:
     ax.set_xlabel("training step")
     ax.set_ylabel("mean NLL increase over base")
     ax.set_title("Tax meter during training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
     return found
 
 
@@ -375,6 +375,13 @@ def _fmt_iv(iv: dict[str, float] | None, digits: int = 3) -> str:
     if not iv:
         return "–"
     return f"{iv['estimate']:+.{digits}f} [{iv['low']:+.{digits}f}, {iv['high']:+.{digits}f}]"
+
+
+def _fmt_with_iv(value: float | None, iv: dict[str, float] | None) -> str:
+    """A value with its interval, "0.812 [0.790, 0.834]"; the bare value when there is no interval."""
+    if value is None:
+        return "–"
+    return f"{value:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else f"{value:.3f}"
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -522,7 +529,7 @@ def _judge_section(judge: dict[str, Any]) -> list[str]:
         out += ["Stale: a compared method was evaluated again after this judge pass; rerun `semrl judge RUN_DIR`.", ""]
 
     def rate(iv: dict[str, float]) -> str:
-        return f"{iv['estimate']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
+        return _fmt_with_iv(iv["estimate"], iv)
 
     rows = [
         [f"{p['first']} vs {p['second']}", str(p["n"]), rate(p["rates"]["win"]), rate(p["rates"]["tie"]), rate(p["rates"]["loss"]),

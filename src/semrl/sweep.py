@@ -268,29 +268,13 @@ def build_sweep(out_dir: str | Path, variants: Sequence[str], walls: dict[str, f
     }
 
 
-def _f(v: Any, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
-def _with_iv(value: float | None, iv: dict[str, float] | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else f"{value:.3f}"
-
-
-def _delta(iv: dict[str, float] | None) -> str:
-    if not iv:
-        return "–"
-    return f"{iv['estimate']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]"
-
-
 def _rewards_text(components: list[dict[str, Any]]) -> str:
     return " + ".join(f"{c['weight']:g} {c['name']}" for c in components)
 
 
 def render_sweep_markdown(sweep: dict[str, Any]) -> str:
     """sweep.md: the variants side by side, with intervals."""
-    from semrl.report import _md_table
+    from semrl.report import _fmt, _fmt_iv, _fmt_with_iv, _md_table
 
     conf = int(sweep["confidence"] * 100)
     sc = sweep["scale"]
@@ -304,7 +288,7 @@ def render_sweep_markdown(sweep: dict[str, Any]) -> str:
         f"{sc['test_examples_evaluated']} test examples; benchmark items {sc['benchmark_items']}.",
         "",
         f"One cold-start stage (`{shared['run_dir']}/stages/cold_start`, finished "
-        f"{shared['cold_start']['finished_at']}, {_f(shared['cold_start']['wall_time_s'], 1)} s) and one "
+        f"{shared['cold_start']['finished_at']}, {_fmt(shared['cold_start']['wall_time_s'], 1)} s) and one "
         f"evaluation of {', '.join(shared['methods'])} are shared by every variant; only GRPO differs. "
         f"Intervals: {conf}% bootstrap over test examples (task) or benchmark items (tax). "
         "A small-scale ablation, not a reproduction of the paper's numbers.",
@@ -315,20 +299,20 @@ def render_sweep_markdown(sweep: dict[str, Any]) -> str:
     rows = []
     for method, m in shared["methods"].items():
         t, iv = m["task"], m["task_intervals"] or {}
-        rows.append([method, "–", _f(t.get("bleu"), 2), _f(t.get("chrf"), 2), _with_iv(t.get("semantic"), iv.get("semantic")),
-                     _with_iv(t.get("lang_rate"), iv.get("lang_rate")), _f(t.get("length_ratio"), 2)])
+        rows.append([method, "–", _fmt(t.get("bleu"), 2), _fmt(t.get("chrf"), 2), _fmt_with_iv(t.get("semantic"), iv.get("semantic")),
+                     _fmt_with_iv(t.get("lang_rate"), iv.get("lang_rate")), _fmt(t.get("length_ratio"), 2)])
     for v, r in variants.items():
         t, iv = r["task"], r["task_intervals"] or {}
-        rows.append([f"grpo: {v}", _rewards_text(r["rewards"]), _f(t.get("bleu"), 2), _f(t.get("chrf"), 2),
-                     _with_iv(t.get("semantic"), iv.get("semantic")), _with_iv(t.get("lang_rate"), iv.get("lang_rate")),
-                     _f(t.get("length_ratio"), 2)])
+        rows.append([f"grpo: {v}", _rewards_text(r["rewards"]), _fmt(t.get("bleu"), 2), _fmt(t.get("chrf"), 2),
+                     _fmt_with_iv(t.get("semantic"), iv.get("semantic")), _fmt_with_iv(t.get("lang_rate"), iv.get("lang_rate")),
+                     _fmt(t.get("length_ratio"), 2)])
     out.append(_md_table(["model", "reward", "BLEU", "chrF", "semantic", "lang rate", "length ratio"], rows))
     out += ["", f"BLEU signature: `{sweep['signatures'].get('bleu')}`.", ""]
 
     def diff_table(key: str) -> str:
         return _md_table(
             ["variant", "Δ semantic", "Δ BLEU", "Δ chrF", "Δ lang rate"],
-            [[v] + [_delta((r[key] or {}).get(k)) for k in ("semantic", "bleu", "chrf", "lang_rate")]
+            [[v] + [_fmt_iv((r[key] or {}).get(k)) for k in ("semantic", "bleu", "chrf", "lang_rate")]
              for v, r in variants.items() if r[key]],
         )
 
@@ -342,13 +326,13 @@ def render_sweep_markdown(sweep: dict[str, Any]) -> str:
     entries += [(f"grpo: {v}", r["tax"], r["tax_intervals"], r["drift"]) for v, r in variants.items()]
     for name, tax, tax_iv, drift in entries:
         tax, drift = tax or {}, drift or {}
-        mean = _delta((tax_iv or {}).get("mean")) if tax_iv else _f(tax.get("mean"))
-        rows.append([name, mean] + [_f(tax.get(b)) for b in benches] + [_f(drift.get("nll_mean"), 4), _f(drift.get("nll_p90"), 4)])
+        mean = _fmt_iv((tax_iv or {}).get("mean")) if tax_iv else _fmt(tax.get("mean"))
+        rows.append([name, mean] + [_fmt(tax.get(b)) for b in benches] + [_fmt(drift.get("nll_mean"), 4), _fmt(drift.get("nll_p90"), 4)])
     out.append(_md_table(["model", "tax mean"] + [f"tax {b}" for b in benches] + ["NLL increase mean", "NLL increase P90"], rows))
     out += ["", "## Training", ""]
     out.append(_md_table(
         ["variant", "tau", "GRPO steps", "GRPO wall time (s)", "variant wall time (s)"],
-        [[v, _f(r["tau"], 4), str(r["grpo_steps"]), _f(r["grpo_wall_time_s"], 1), _f(r["wall_time_s"], 1)] for v, r in variants.items()],
+        [[v, _fmt(r["tau"], 4), str(r["grpo_steps"]), _fmt(r["grpo_wall_time_s"], 1), _fmt(r["wall_time_s"], 1)] for v, r in variants.items()],
     ))
     if sweep.get("wall_time_s") is not None:
         out += ["", f"Whole sweep: {sweep['wall_time_s']:.1f} s."]
