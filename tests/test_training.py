@@ -24,6 +24,7 @@ from semrl.training import (
     _frac_groups_equal,
     _stage_examples,
     batch_arithmetic,
+    compact_lm_head_on_cpu,
     completion_monitors,
     last_checkpoint,
     read_log,
@@ -136,6 +137,49 @@ def test_completion_monitors_on_hand_made_outputs() -> None:
         "monitor/language_pass_rate", "monitor/mixed_script_rate", "monitor/repetition_rate",
     }
     assert math.isnan(completion_monitors([], [], "zh")["monitor/language_pass_rate"])
+
+
+def test_compact_lm_head_scores_only_labelled_positions_with_the_same_loss(tiny_cache) -> None:
+    """On CPU, TRL's fused LM head projects every position unless semrl's switch is on; with it,
+    only the labelled ones, and the loss and gradients do not change."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from semrl.models import load_policy
+
+    model, _ = load_policy(make_config().model)
+    add_fused_lm_head(model)
+    torch.manual_seed(0)
+    input_ids = torch.randint(3, model.config.vocab_size, (2, 12))
+    labels = input_ids.clone()
+    labels[:, :9] = -100  # a prompt of 9 tokens, 3 completion tokens per row
+    projected_rows: list[int] = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def spy(hidden: torch.Tensor, *args: Any) -> Any:
+        projected_rows.append(hidden.shape[0])
+        return apply(hidden, *args)
+
+    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = model(input_ids=input_ids, labels=labels, fused_lm_head=True).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    original_switch = trl_utils._use_triton
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy)
+        full_loss, full_grads = loss_and_grads()
+        with compact_lm_head_on_cpu():
+            compact_loss, compact_grads = loss_and_grads()
+    assert trl_utils._use_triton is original_switch  # restored on exit
+    # Shifted labels: 11 positions per row are scored without the switch, the 3 labelled ones with it.
+    assert projected_rows == [2 * 11, 2 * 3]
+    torch.testing.assert_close(compact_loss, full_loss)
+    assert len(compact_grads) == len(full_grads) > 0
+    for compact, full in zip(compact_grads, full_grads):
+        torch.testing.assert_close(compact, full)
 
 
 def test_last_checkpoint_skips_incomplete(tmp_path: Path) -> None:

@@ -550,6 +550,12 @@ class EvaluationConfig(_Section):
     benchmarks: list[BenchmarkConfig] = Field(
         default_factory=lambda: [BenchmarkConfig(name="cmrc2018"), BenchmarkConfig(name="mmlu"), BenchmarkConfig(name="gsm8k")]
     )
+    benchmark_batch_size: int = Field(
+        8, ge=1,
+        description="Batch size of the general benchmarks. Log-likelihood tasks (MMLU) hold batch x length x "
+        "vocabulary logits, so keep it small for large vocabularies (Gemma 3: 262k) even where the task's "
+        "generation.batch_size is large.",
+    )
     drift_examples: int = Field(100, ge=1, description="General texts for NLL/KL drift (CMRC contexts by default).")
     drift_text_file: str | None = Field(None, description="A text file (one passage per line) for drift instead of CMRC.")
     bootstrap_samples: int = Field(1000, ge=100)

@@ -284,7 +284,7 @@ def evaluate_run(
         summary, per, outputs = evaluate_task(model, tokenizer, test, config, encoder, second)
         summary.update(representation)
         log(f"[eval:{method}] general benchmarks: {', '.join(b.name for b in ev.benchmarks)}")
-        general = evaluate_general(model, tokenizer, ev.benchmarks, data_dir, config.seed, batch_size=ev.generation.batch_size)
+        general = evaluate_general(model, tokenizer, ev.benchmarks, data_dir, config.seed, batch_size=ev.benchmark_batch_size)
         if method == "base":
             base_model = model
             drift = None
