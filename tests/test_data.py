@@ -322,7 +322,13 @@ def fake_github(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, An
     )
     for name, blob in _lotsawa_files().items():
         served[data._raw_url(data.LOTSAWA_REPO, data.LOTSAWA_COMMIT, f"text-pairs/{name}")] = blob
-    monkeypatch.setattr(data, "LOTSAWA_IDS", tuple(LOTSAWA_TEXTS))
+    # The pinned commit's listing: the pairs, plus files the download must leave alone (a bo-en
+    # text, a Chinese text without its Tibetan side, files outside text-pairs/).
+    paths = [f"text-pairs/{n}" for n in _lotsawa_files()] + [
+        "text-pairs/A00000009-bo.txt", "text-pairs/A00000009-en.txt", "text-pairs/A00000008-zh.txt",
+        "README.md", "A00000007-zh.txt", "A00000007-bo.txt",
+    ]
+    served[data.LOTSAWA_TREE_URL] = json.dumps({"sha": data.LOTSAWA_COMMIT, "tree": [{"path": p, "type": "blob"} for p in paths]}).encode()
     listing = "".join(f"{n}  {hashlib.sha256(b).hexdigest()}\n" for n, b in sorted(_lotsawa_files().items()))
     monkeypatch.setattr(data, "LOTSAWA_SHA256", hashlib.sha256(listing.encode()).hexdigest())
     state: dict[str, Any] = {"served": served, "fetched": [], "cache": tmp_path / "cache"}
@@ -408,9 +414,10 @@ def test_lotsawa_errors(lotsawa_data_dir: Path) -> None:
 
 def test_lotsawa_download_is_verified_as_a_collection(fake_github: dict[str, Any]) -> None:
     examples = data.load_lotsawa(LotsawaSource(), TaskConfig(), data_dir=None)
-    assert len(examples) == 5 and len(fake_github["fetched"]) == 4
+    assert len(examples) == 5 and len(fake_github["fetched"]) == 5  # the listing, then 2 pairs
+    assert fake_github["fetched"][0] == data.LOTSAWA_TREE_URL
     data.load_lotsawa(LotsawaSource(), TaskConfig(), data_dir=None)
-    assert len(fake_github["fetched"]) == 4  # cached and still matching the digest
+    assert len(fake_github["fetched"]) == 5  # cached and still matching the digest
     cache = fake_github["cache"] / "data" / "lotsawa" / data.LOTSAWA_COMMIT / "text-pairs"
     (cache / "A00000001-zh.txt").write_text("changed\n", encoding="utf-8")
     url = next(u for u in fake_github["served"] if u.endswith("A00000002-bo.txt"))
@@ -418,6 +425,9 @@ def test_lotsawa_download_is_verified_as_a_collection(fake_github: dict[str, Any
     with pytest.raises(DataError, match="collection has digest .*SEMRL_DATA_DIR"):
         data.load_lotsawa(LotsawaSource(), TaskConfig(), data_dir=None)
     assert not cache.exists() or not any(cache.glob("*.tmp"))
+    fake_github["served"][data.LOTSAWA_TREE_URL] = b"<html>rate limit exceeded</html>"
+    with pytest.raises(DataError, match="not a git tree.*SEMRL_DATA_DIR"):
+        data.load_lotsawa(LotsawaSource(), TaskConfig(), data_dir=None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -704,8 +714,8 @@ def test_shared_ntrex_loads_and_splits_with_defaults(shared_data_dir: Path, tmp_
 @pytest.mark.shared_data
 def test_shared_lotsawa_matches_pinned_collection(shared_data_dir: Path) -> None:
     folder = shared_data_dir / data.LOTSAWA_DIRNAME / "text-pairs"
-    assert data._collection_digest(folder, data._lotsawa_names()) == data.LOTSAWA_SHA256
-    assert sorted(p.name.removesuffix("-zh.txt") for p in folder.glob("*-zh.txt")) == list(data.LOTSAWA_IDS)
+    assert data._collection_digest(folder) == data.LOTSAWA_SHA256
+    assert len(list(folder.glob("*-zh.txt"))) == len(list(folder.glob("*-bo.txt"))) == 78
     task = TaskConfig(source_lang="zh", target_lang="bo")
     assert len(data.load_lotsawa(LotsawaSource(skip_titles=False), task, shared_data_dir)) == 2573
     assert len(data.load_lotsawa(LotsawaSource(), task, shared_data_dir)) == 2573 - 78

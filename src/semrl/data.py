@@ -103,23 +103,10 @@ LOTSAWA_REPO = "OpenPecha-Data/C0A2DD042"
 LOTSAWA_COMMIT = "1164df36da0b78ec8afa6baad9cb131a9b604366"
 LOTSAWA_DIRNAME = "lotsawa_house_bo_zh"
 LOTSAWA_LANGS = frozenset({"bo", "zh"})
-# The repository holds ~2,400 files (bo-en pairs too) and GitHub's listing API is rate-limited,
-# so the 78 texts that have a Chinese side at the pinned commit are listed here. Each has
-# text-pairs/<ID>-bo.txt and text-pairs/<ID>-zh.txt.
-LOTSAWA_IDS: tuple[str, ...] = tuple(
-    """
-    A02DCD21C A056740A5 A05A45951 A10DF1A6A A11533E3E A11761246 A189DCCAB A1A1479B7 A1B51759F
-    A2585B28C A276EF7DF A29A39892 A2A134E0C A2A77A1D7 A3D60BD83 A4447257D A453EF636 A45D9A8D8
-    A47877641 A4831C999 A4A56B674 A4B1B2949 A4B2FD79C A51B81050 A520F0580 A56CC8E5C A59245659
-    A5D0419CE A619D946A A61B57C81 A66276B41 A6B2B9BB9 A6F8868F2 A701427D0 A70F86CFC A777E44FD
-    A7AA4C889 A7C514BA9 A7D9474D5 A7E278DE4 A7FE707B6 A825CA8C8 A8288EECA A85A58F72 A85DBA555
-    A8BA31593 A8E968999 A93E6CFB1 A94129152 A999BBEF2 A9CA530C8 A9CC9F5AC AA00331A0 AB6754E0E
-    ABC65FB69 ABD4BB0C9 ABE860486 AC7D56044 AC85B081C ACFCF3B45 AD66DF0D9 AD7EC3777 ADBCA7FB6
-    ADBD1DD4C ADC02B34B ADDDCA6BE ADED18414 AE1B64700 AE2DAD2BA AE823AC80 AE985D93B AE9F911F6
-    AF53377BE AF56FD7E2 AF6E82766 AF88BAB96 AFCBCA418 AFF731EFA
-    """.split()
-)
-# sha256 of the `sha256sum`-style listing ("<name>  <sha256>\n", sorted by name) of the 156
+# The pinned commit's file listing (one GitHub API call) names the texts to fetch: every
+# text-pairs/<ID>-zh.txt that has its text-pairs/<ID>-bo.txt (78 texts; bo-en pairs are left out).
+LOTSAWA_TREE_URL = f"https://api.github.com/repos/{LOTSAWA_REPO}/git/trees/{LOTSAWA_COMMIT}?recursive=1"
+# sha256 of the `sha256sum`-style listing ("<name>  <sha256>\n", sorted by name) of those 156
 # files: one digest checks the whole collection (see `_collection_digest`).
 LOTSAWA_SHA256 = "c2bb64162c5f73f16315ee54d3c78cc0011e910b128e21cdf72e7a7649b7c8fa"
 
@@ -462,16 +449,30 @@ def ntrex_dir(data_dir: Path | None, files: Sequence[str] = tuple(NTREX_FILES)) 
     return cache
 
 
-def _collection_digest(folder: Path, names: Sequence[str]) -> str | None:
-    """sha256 of a `sha256sum`-style listing of the named files, or None if one is missing."""
-    if not all((folder / n).is_file() for n in names):
+def _collection_digest(folder: Path) -> str | None:
+    """sha256 of a `sha256sum`-style listing of the folder's files, or None if it has none."""
+    names = sorted(p.name for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+    if not names:
         return None
-    listing = "".join(f"{n}  {_sha256_file(folder / n)}\n" for n in sorted(names))
+    listing = "".join(f"{n}  {_sha256_file(folder / n)}\n" for n in names)
     return _sha256_bytes(listing.encode())
 
 
-def _lotsawa_names() -> list[str]:
-    return [f"{i}-{lang}.txt" for i in LOTSAWA_IDS for lang in ("bo", "zh")]
+def _lotsawa_remote_names() -> list[str]:
+    """The Tibetan-Chinese text pairs at the pinned commit, from its file listing:
+    `<ID>-bo.txt` and `<ID>-zh.txt` for every ID that has both."""
+    try:
+        tree = json.loads(_fetch(LOTSAWA_TREE_URL))["tree"]
+        paths = {entry["path"] for entry in tree}
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"the file listing at {LOTSAWA_TREE_URL} is not a git tree ({err})") from None
+    ids = sorted(
+        path.removeprefix("text-pairs/").removesuffix("-zh.txt")
+        for path in paths
+        if path.startswith("text-pairs/") and path.endswith("-zh.txt")
+        and path.removesuffix("-zh.txt") + "-bo.txt" in paths
+    )
+    return [f"{i}-{lang}.txt" for i in ids for lang in ("bo", "zh")]
 
 
 def lotsawa_dir(data_dir: Path | None) -> Path:
@@ -481,17 +482,17 @@ def lotsawa_dir(data_dir: Path | None) -> Path:
     local = data_dir / LOTSAWA_DIRNAME / "text-pairs" if data_dir else None
     if local is not None and local.is_dir():
         return local
-    names = _lotsawa_names()
     cache = data_cache_dir() / "lotsawa" / LOTSAWA_COMMIT / "text-pairs"
-    if _collection_digest(cache, names) == LOTSAWA_SHA256:
+    if _collection_digest(cache) == LOTSAWA_SHA256:
         return cache
-    logger.info("Lotsawa House texts not in the data directory; fetching %d files into %s", len(names), cache)
     try:
+        names = _lotsawa_remote_names()
+        logger.info("Lotsawa House texts not in the data directory; fetching %d files into %s", len(names), cache)
         with atomic_path(cache) as tmp:  # the folder appears complete and verified, or not at all
             tmp.mkdir()
             for n in names:
                 (tmp / n).write_bytes(_fetch(_raw_url(LOTSAWA_REPO, LOTSAWA_COMMIT, f"text-pairs/{n}")))
-            digest = _collection_digest(tmp, names)
+            digest = _collection_digest(tmp)
             if digest != LOTSAWA_SHA256:
                 raise DataError(
                     f"the downloaded collection has digest {digest}, expected {LOTSAWA_SHA256} "
