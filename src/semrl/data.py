@@ -894,15 +894,19 @@ def prompt_template(task: TaskConfig) -> str:
     return check_template(template, "task.prompt_template", TEMPLATE_FIELDS, ("source",))
 
 
+def language_fields(task: TaskConfig) -> dict[str, str]:
+    """The task's language placeholders of prompt templates (codes and English names)."""
+    return {
+        "source_lang": task.source_lang,
+        "target_lang": task.target_lang,
+        "source_lang_name": language_name(task.source_lang),
+        "target_lang_name": language_name(task.target_lang),
+    }
+
+
 def prompt_text(source: str, task: TaskConfig) -> str:
     """The prompt as plain text (no chat formatting), with trailing whitespace removed."""
-    return prompt_template(task).format(
-        source=source,
-        source_lang=task.source_lang,
-        target_lang=task.target_lang,
-        source_lang_name=language_name(task.source_lang),
-        target_lang_name=language_name(task.target_lang),
-    ).rstrip()
+    return prompt_template(task).format(source=source, **language_fields(task)).rstrip()
 
 
 def uses_chat_template(task: TaskConfig, tokenizer: Any = None) -> bool:

@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from semrl.config import ExperimentConfig, JudgeConfig, ModelConfig, TaskConfig, digest
-from semrl.data import check_template
+from semrl.data import check_template, language_fields
 from semrl.errors import ConfigError, DataError, ModelError
 from semrl.io import write_json
-from semrl.lang import language_name
 
 LABELS: tuple[str, str, str] = ("A", "B", "tie")
 JUDGE_FILE = "judge.json"
@@ -75,14 +74,7 @@ def judge_template(cfg: JudgeConfig, task: TaskConfig) -> str:
 def render_prompt(template: str, task: TaskConfig, source: str, reference: str, output_a: str, output_b: str) -> str:
     """One judge prompt, trailing whitespace removed (a scored label follows it after one space)."""
     return template.format(
-        source=source,
-        reference=reference,
-        output_a=output_a,
-        output_b=output_b,
-        source_lang=task.source_lang,
-        target_lang=task.target_lang,
-        source_lang_name=language_name(task.source_lang),
-        target_lang_name=language_name(task.target_lang),
+        source=source, reference=reference, output_a=output_a, output_b=output_b, **language_fields(task)
     ).rstrip()
 
 
