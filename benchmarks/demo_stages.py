@@ -20,31 +20,30 @@ import argparse
 import platform
 import statistics
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from semrl.config import STAGE_ORDER
-from semrl.errors import DataError, SemrlError
-from semrl.evaluation import load_evaluations
-from semrl.io import write_json
-from semrl.runner import RunPaths, read_manifest
-from semrl.training import LOG_FILE, read_log
+from semrl.core.errors import DataError, SemrlError
+from semrl.core.io import read_manifest, write_json
+from semrl.core.layout import RunLayout
+from semrl.eval.records import load_evaluations
+from semrl.train.callbacks import read_log
 
 
 def _mean(values: list[float]) -> float | None:
     return round(statistics.fmean(values), 4) if values else None
 
 
-def stage_figures(paths: RunPaths, stage: str) -> dict[str, Any] | None:
+def stage_figures(paths: RunLayout, stage: str) -> dict[str, Any] | None:
     """A finished stage's wall time, peak RSS, steps, mean step time and (GRPO) mean reward share;
     None when the stage has no manifest (not run, or not finished)."""
-    manifest = read_manifest(paths.stage_manifest(stage))
+    manifest = read_manifest(paths.stage(stage).manifest)
     if manifest is None:
         return None
-    rows = read_log(paths.stage(stage) / LOG_FILE)
+    rows = read_log(paths.stage(stage).log)
     figures = {
         "wall_time_s": manifest.get("wall_time_s"),
         "peak_rss_mb": manifest.get("peak_rss_mb"),
@@ -62,18 +61,20 @@ def eval_figures(evaluation: dict[str, Any]) -> dict[str, Any]:
     general = evaluation.get("general") or {}
     return {
         "wall_time_s": evaluation.get("wall_time_s"),
-        "benchmarks_s": {
-            name: (result.get("details") or {}).get("wall_time_s") for name, result in general.items()
-        },
+        "benchmarks_s": {name: (result.get("details") or {}).get("wall_time_s") for name, result in general.items()},
     }
 
 
 def summarise(run_dir: Path) -> dict[str, Any]:
     """The figures of the run in `run_dir` (see the module docstring)."""
-    paths = RunPaths(Path(run_dir))
+    paths = RunLayout(Path(run_dir))
     stages_dir = paths.root / "stages"
-    names = [s for s in STAGE_ORDER if paths.stage(s).is_dir()]
-    names += sorted(p.name for p in stages_dir.glob("*") if p.is_dir() and p.name not in names) if stages_dir.is_dir() else []
+    names = sorted(p.name for p in paths.stages.iterdir() if p.is_dir()) if paths.stages.is_dir() else []
+    names += (
+        sorted(p.name for p in stages_dir.glob("*") if p.is_dir() and p.name not in names)
+        if stages_dir.is_dir()
+        else []
+    )
     stages = {name: fig for name in names if (fig := stage_figures(paths, name)) is not None}
     if not stages:
         raise DataError(
@@ -99,7 +100,7 @@ def summarise(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
@@ -107,13 +108,15 @@ def print_table(summary: dict[str, Any]) -> None:
     print(f"run {summary['run_dir']} ({summary['config_name']}, model {summary['model']})")
     print(f"{'stage':<12} {'wall s':>8} {'peak RSS MiB':>12} {'steps':>6} {'s/step':>8} {'reward share':>12}")
     for name, s in summary["stages"].items():
-        print(f"{name:<12} {_fmt(s['wall_time_s']):>8} {_fmt(s['peak_rss_mb']):>12} {_fmt(s['steps']):>6} "
-              f"{_fmt(s['mean_step_s']):>8} {_fmt(s.get('reward_share_mean')):>12}")
+        print(
+            f"{name:<12} {fmt(s['wall_time_s']):>8} {fmt(s['peak_rss_mb']):>12} {fmt(s['steps']):>6} "
+            f"{fmt(s['mean_step_s']):>8} {fmt(s.get('reward_share_mean')):>12}"
+        )
     if summary["evaluation"]:
         print(f"{'evaluation':<12} {'wall s':>8}  general benchmarks (s)")
         for method, e in summary["evaluation"].items():
-            benches = ", ".join(f"{k} {_fmt(v)}" for k, v in e["benchmarks_s"].items())
-            print(f"{method:<12} {_fmt(e['wall_time_s']):>8}  {benches}")
+            benches = ", ".join(f"{k} {fmt(v)}" for k, v in e["benchmarks_s"].items())
+            print(f"{method:<12} {fmt(e['wall_time_s']):>8}  {benches}")
     t = summary["totals"]
     print(f"total: training {t['training_s']} s, evaluation {t['evaluation_s']} s, peak RSS {t['peak_rss_mb']} MiB")
 
@@ -129,12 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print_table(summary)
-    write_json(args.out, {
-        "read_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "read_on_machine": {"platform": platform.platform(), "processor": platform.machine()},
-        "peak_rss_note": "process high-water mark when the stage ended; stages of one `semrl run` share a process",
-        **summary,
-    })
+    write_json(
+        args.out,
+        {
+            "read_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "read_on_machine": {"platform": platform.platform(), "processor": platform.machine()},
+            "peak_rss_note": "process high-water mark when the stage ended; stages of one `semrl run` share a process",
+            **summary,
+        },
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -7,7 +7,7 @@ sampling settings:
 
   trl             plain `trl.GRPOTrainer` + `GRPOConfig` with a constant reward (1.0 for every
                   completion), as a user would write it;
-  trl-compact     the same script trained inside `semrl.training.compact_lm_head_on_cpu()`,
+  trl-compact     the same script trained inside `semrl.train.cpu.compact_lm_head_on_cpu()`,
                   which semrl's stages use: on CPU, TRL's fused LM head then projects only the
                   completion positions (same loss and gradients, less work);
   semrl-constant  semrl's stage (`training.train_stage('grpo', ...)`: the monitored trainer
@@ -44,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -52,13 +52,16 @@ from unittest import mock
 import torch
 from transformers import TrainerCallback, set_seed
 
-from semrl.config import ExperimentConfig, load_config
-from semrl.data import load_examples, split_examples, to_grpo_dataset
-from semrl.errors import SemrlError
-from semrl.io import write_json
+from semrl.config.experiment import ExperimentConfig, load_config
+from semrl.core.errors import SemrlError
+from semrl.core.io import write_json
+from semrl.core.provenance import package_versions, peak_rss_mb
+from semrl.data.prompts import to_grpo_dataset
+from semrl.data.splits import load_examples, split_examples
 from semrl.models import load_policy, peft_config, trainer_hardware_kwargs
-from semrl.runner import package_versions, peak_rss_mb
-from semrl.training import compact_lm_head_on_cpu, read_log, train_stage
+from semrl.train.callbacks import read_log
+from semrl.train.cpu import compact_lm_head_on_cpu
+from semrl.train.stage import train_stage
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VARIANTS = ("trl", "trl-compact", "semrl-constant", "semrl-real")
@@ -106,8 +109,12 @@ def build_config(model: str, steps: int, data_dir: str | None) -> ExperimentConf
     """configs/tiny.yaml with step_time.py's GRPO setup: 2 prompts x G=4 per step, 32 new tokens."""
     overrides = [
         f"model.name={model}",
-        f"stages.grpo.max_steps={steps}", "stages.grpo.batch_size=8", "stages.grpo.per_device_batch_size=8",
-        "stages.grpo.num_generations=4", "stages.grpo.max_completion_length=32", "stages.grpo.logging_steps=1",
+        f"stages.grpo.max_steps={steps}",
+        "stages.grpo.batch_size=8",
+        "stages.grpo.per_device_batch_size=8",
+        "stages.grpo.num_generations=4",
+        "stages.grpo.max_completion_length=32",
+        "stages.grpo.logging_steps=1",
         f"stages.grpo.save_steps={steps + 1}",  # no checkpoint inside the timed steps
         "rewards.tau=0.85",
     ]
@@ -125,7 +132,11 @@ def _checkpointing(enabled: bool) -> dict[str, bool]:
     # transformers 5.x call it activation_checkpointing (the old name still works, with a warning).
     from trl import GRPOConfig
 
-    name = "activation_checkpointing" if "activation_checkpointing" in GRPOConfig.__dataclass_fields__ else "gradient_checkpointing"
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in GRPOConfig.__dataclass_fields__
+        else "gradient_checkpointing"
+    )
     return {name: enabled}
 
 
@@ -180,7 +191,9 @@ def run_trl(config: ExperimentConfig, splits: dict[str, list], out_dir: Path, cl
     del trainer, model
 
 
-def run_semrl(config: ExperimentConfig, splits: dict[str, list], stage_dir: Path, clock: StepClock, constant: bool) -> list[dict]:
+def run_semrl(
+    config: ExperimentConfig, splits: dict[str, list], stage_dir: Path, clock: StepClock, constant: bool
+) -> list[dict]:
     """semrl's GRPO stage from the base model; returns its log rows."""
     if not constant:
         train_stage("grpo", config, splits, stage_dir, callbacks=[clock], resume=False)
@@ -189,7 +202,7 @@ def run_semrl(config: ExperimentConfig, splits: dict[str, list], stage_dir: Path
     # language-only component list keeps the stage from loading an encoder and calibrating tau.
     config = config.model_copy(deep=True)
     config.rewards.components = [{"name": "language"}]  # validated on assignment
-    with mock.patch("semrl.rewards.build_reward_functions", return_value=([constant_reward], [1.0])):
+    with mock.patch("semrl.rewards.registry.build_reward_functions", return_value=([constant_reward], [1.0])):
         train_stage("grpo", config, splits, stage_dir, callbacks=[clock], resume=False)
     return read_log(stage_dir / "log.jsonl")
 
@@ -222,13 +235,17 @@ def measure(model: str, steps: int, repeats: int, data_dir: str | None) -> dict[
             gc.collect()
             times = clock.step_times()
             shares = [row["timing/reward_share"] for row in log_rows[1:] if "timing/reward_share" in row]
-            runs[variant].append({
-                "wall_s": round(wall, 2),
-                "step_times_s": [round(t, 4) for t in times],
-                "cpu_times_s": [round(t, 4) for t in clock.cpu_times()],
-                "reward_share_median": _median(shares),
-                "completion_len_mean": round(statistics.mean(clock.completion_lengths), 2) if clock.completion_lengths else None,
-            })
+            runs[variant].append(
+                {
+                    "wall_s": round(wall, 2),
+                    "step_times_s": [round(t, 4) for t in times],
+                    "cpu_times_s": [round(t, 4) for t in clock.cpu_times()],
+                    "reward_share_median": _median(shares),
+                    "completion_len_mean": round(statistics.mean(clock.completion_lengths), 2)
+                    if clock.completion_lengths
+                    else None,
+                }
+            )
             grpo_args.setdefault(variant, clock.args)
             print(f"[{variant}] run {r + 1}/{repeats}: steps {[round(t, 3) for t in times]} s", flush=True)
 
@@ -278,12 +295,22 @@ def machine_info() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("tiny", "gemma-3-270m"), default="tiny")
-    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per variant (at least 3: the first timed step is warm-up)")
-    parser.add_argument("--repeats", type=int, default=1, help="run the variants this many times, reversing their order each time")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's own choice). 1 keeps CPU time honest on a busy machine, "
-                        "where waiting threads spin and inflate it")
-    parser.add_argument("--data-dir", default=None, help="read NTREX-128 from this data directory (else $SEMRL_DATA_DIR)")
+    parser.add_argument(
+        "--steps", type=int, default=6, help="optimizer steps per variant (at least 3: the first timed step is warm-up)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="run the variants this many times, reversing their order each time"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own choice). 1 keeps CPU time honest on a busy machine, "
+        "where waiting threads spin and inflate it",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="read NTREX-128 from this data directory (else $SEMRL_DATA_DIR)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grpo_overhead.json"))
     args = parser.parse_args()
     if args.steps < 3:
@@ -295,9 +322,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     if load_before[0] > 0.5 * (os.cpu_count() or 1):
-        print(f"warning: load average {load_before[0]:.2f} on {os.cpu_count()} CPUs: other work competes for the CPU; "
-              "multi-threaded steps then scatter widely (--threads 1 keeps them steady)", flush=True)
-    started = datetime.now(timezone.utc)
+        print(
+            f"warning: load average {load_before[0]:.2f} on {os.cpu_count()} CPUs: other work competes for the CPU; "
+            "multi-threaded steps then scatter widely (--threads 1 keeps them steady)",
+            flush=True,
+        )
+    started = datetime.now(UTC)
     try:
         result = measure(args.model, args.steps, args.repeats, args.data_dir)
     except SemrlError as err:  # e.g. no NTREX-128 in the data directory: say so, without a traceback
@@ -312,29 +342,38 @@ def main() -> None:
         f"LoRA r={config.model.lora.r}; seed {config.seed}; {machine_info()['device']}, {torch.get_num_threads()} torch threads"
     )
 
-    print(f"\n{'variant':<15} {'first step s':>12} {'median s/step':>13} {'x trl':>6} {'x compact':>9} {'CPU s/step':>10} "
-          f"{'x trl':>6} {'x compact':>9} {'reward share':>12} {'completion len':>14}")
+    print(
+        f"\n{'variant':<15} {'first step s':>12} {'median s/step':>13} {'x trl':>6} {'x compact':>9} {'CPU s/step':>10} "
+        f"{'x trl':>6} {'x compact':>9} {'reward share':>12} {'completion len':>14}"
+    )
     for variant, s in result["summary"].items():
-        print(f"{variant:<15} {s['first_step_s']!s:>12} {s['median_step_s']!s:>13} {s['ratio_vs_trl']!s:>6} "
-              f"{s['ratio_vs_trl-compact']!s:>9} {s['median_cpu_s']!s:>10} {s['cpu_ratio_vs_trl']!s:>6} "
-              f"{s['cpu_ratio_vs_trl-compact']!s:>9} {s['reward_share']!s:>12} {s['completion_len']!s:>14}")
+        print(
+            f"{variant:<15} {s['first_step_s']!s:>12} {s['median_step_s']!s:>13} {s['ratio_vs_trl']!s:>6} "
+            f"{s['ratio_vs_trl-compact']!s:>9} {s['median_cpu_s']!s:>10} {s['cpu_ratio_vs_trl']!s:>6} "
+            f"{s['cpu_ratio_vs_trl-compact']!s:>9} {s['reward_share']!s:>12} {s['completion_len']!s:>14}"
+        )
     print(setup)
-    print(f"median of {result['summary']['trl']['timed_steps']} timed steps per variant after the first; "
-          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(
+        f"median of {result['summary']['trl']['timed_steps']} timed steps per variant after the first; "
+        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+    )
     diff = result["args_differences"]["semrl-constant vs trl"]
     if diff:
         print("GRPOConfig fields where semrl's trainer differs from the plain one: " + ", ".join(diff))
-    write_json(args.out, {
-        "measured_at": started.isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
-        "versions": package_versions(),
-        "setup": setup,
-        "step_time": "start of one optimizer step to the start of the next, wall and process CPU time; "
-                     "median after the first timed step",
-        "target": "semrl-constant / trl-compact <= 1.05 (semrl's own overhead over the same computation)",
-        "results": result,
-    })
+    write_json(
+        args.out,
+        {
+            "measured_at": started.isoformat(timespec="seconds"),
+            "machine": machine_info(),
+            "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
+            "versions": package_versions(),
+            "setup": setup,
+            "step_time": "start of one optimizer step to the start of the next, wall and process CPU time; "
+            "median after the first timed step",
+            "target": "semrl-constant / trl-compact <= 1.05 (semrl's own overhead over the same computation)",
+            "results": result,
+        },
+    )
     print(f"wrote {args.out}")
 
 

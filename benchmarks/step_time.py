@@ -16,13 +16,14 @@ import resource
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from semrl.config import load_config
-from semrl.data import load_examples, split_examples
-from semrl.io import write_json
-from semrl.training import read_log, train_stage
+from semrl.config.experiment import load_config
+from semrl.core.io import write_json
+from semrl.data.splits import load_examples, split_examples
+from semrl.train.callbacks import read_log
+from semrl.train.stage import train_stage
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -30,11 +31,18 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def measure(model: str, steps: int, data_dir: str | None) -> dict:
     overrides = [
         f"model.name={model}",
-        f"stages.cold_start.max_steps={steps}", "stages.cold_start.batch_size=8", "stages.cold_start.per_device_batch_size=8",
+        f"stages.cold_start.max_steps={steps}",
+        "stages.cold_start.batch_size=8",
+        "stages.cold_start.per_device_batch_size=8",
         "stages.cold_start.max_length=256",
-        f"stages.grpo.max_steps={steps}", "stages.grpo.batch_size=8", "stages.grpo.per_device_batch_size=8",
-        "stages.grpo.num_generations=4", "stages.grpo.max_completion_length=32", "rewards.tau=0.85",
-        f"stages.grpo.save_steps={steps + 1}", f"stages.cold_start.save_steps={steps + 1}",
+        f"stages.grpo.max_steps={steps}",
+        "stages.grpo.batch_size=8",
+        "stages.grpo.per_device_batch_size=8",
+        "stages.grpo.num_generations=4",
+        "stages.grpo.max_completion_length=32",
+        "rewards.tau=0.85",
+        f"stages.grpo.save_steps={steps + 1}",
+        f"stages.cold_start.save_steps={steps + 1}",
     ]
     if model != "tiny":
         overrides.append("model.lora={enabled: true, r: 64, alpha: 128, dropout: 0.05}")
@@ -78,14 +86,20 @@ def main() -> None:
     setup = "batch 8; SFT max_length 256; GRPO 2 prompts x G=4, 32 new tokens; LoRA; fp32 CPU"
     print(f"{'model':<14} {'SFT s/step':>10} {'GRPO s/step':>11} {'reward share':>12} {'peak RSS MiB':>12}")
     for r in results:
-        print(f"{r['model']:<14} {r['sft']['median_step_s_after_first']!s:>10} {r['grpo']['median_step_s_after_first']!s:>11} "
-              f"{r['grpo'].get('reward_share_median')!s:>12} {r['peak_rss_mb']:>12}")
+        print(
+            f"{r['model']:<14} {r['sft']['median_step_s_after_first']!s:>10} {r['grpo']['median_step_s_after_first']!s:>11} "
+            f"{r['grpo'].get('reward_share_median')!s:>12} {r['peak_rss_mb']:>12}"
+        )
     print(setup)
-    write_json(args.out, {
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.machine()},
-        "setup": setup, "results": results,
-    })
+    write_json(
+        args.out,
+        {
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "processor": platform.machine()},
+            "setup": setup,
+            "results": results,
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -8,7 +8,10 @@ import json
 from pathlib import Path
 
 CMRC_ARTICLES = [
-    ("《战国无双3》是由光荣和ω-force开发的游戏。", [("开发者是谁？", ["光荣和ω-force", "光荣"]), ("这是什么？", ["游戏"])]),
+    (
+        "《战国无双3》是由光荣和ω-force开发的游戏。",
+        [("开发者是谁？", ["光荣和ω-force", "光荣"]), ("这是什么？", ["游戏"])],
+    ),
     ("北京是中国的首都，人口众多。", [("中国的首都是哪里？", ["北京"]), ("北京人口多吗？", ["人口众多"])]),
     ("长江是中国最长的河流。", [("中国最长的河流是什么？", ["长江"])]),
     ("熊猫生活在四川的山区。", [("熊猫生活在哪里？", ["四川的山区", "四川"])]),
@@ -26,42 +29,42 @@ GSM8K_ROWS = [
 
 # (document, Tibetan, Chinese, English): semrl's own sentences, not taken from any dataset.
 NTREX_LIKE_PAIRS = [
-    ('greet', 'བཀྲ་ཤིས་བདེ་ལེགས།', '吉祥如意。', 'Good luck and happiness.'),
-    ('greet', 'ཁྱེད་རང་སྐུ་གཟུགས་བདེ་པོ་ཡིན་པས།', '你身体好吗？', 'Are you well?'),
-    ('greet', 'ཐུགས་རྗེ་ཆེ།', '谢谢。', 'Thank you.'),
-    ('self', 'ང་སློབ་མ་ཡིན།', '我是学生。', 'I am a student.'),
-    ('self', 'ང་ལ་དེབ་གཅིག་ཡོད།', '我有一本书。', 'I have a book.'),
-    ('self', 'ང་ལྷ་སར་འགྲོ་གི་ཡིན།', '我要去拉萨。', 'I am going to Lhasa.'),
-    ('weather', 'དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག', '今天天气很好。', 'The weather is good today.'),
-    ('weather', 'སང་ཉིན་ཆར་པ་འབབ་ཀྱི་རེད།', '明天会下雨。', 'It will rain tomorrow.'),
-    ('weather', 'ད་ལོ་དགུན་ཁ་གྲང་མོ་འདུག', '今年冬天很冷。', 'This winter is cold.'),
-    ('food', 'ང་ཚོ་མཉམ་དུ་ཁ་ལག་ཟ་རོགས།', '我们一起吃饭吧。', 'Let us eat together.'),
-    ('food', 'ཁ་ལག་ཞིམ་པོ་འདུག', '饭菜很好吃。', 'The food is tasty.'),
-    ('food', 'ཇ་འཐུང་རྒྱུ་ཡོད་དམ།', '有茶喝吗？', 'Is there tea to drink?'),
-    ('school', 'ཁོང་དགེ་རྒན་ཡིན།', '他是老师。', 'He is a teacher.'),
-    ('school', 'སློབ་གྲྭ་ཆེན་པོ་ཞིག་འདུག', '有一所很大的学校。', 'There is a big school.'),
-    ('school', 'སློབ་མ་ཚོས་ཡི་གེ་སློབ་ཀྱི་ཡོད།', '学生们在学习文字。', 'The students are learning to write.'),
-    ('family', 'ངའི་ཨ་མ་ཞིང་ཁར་ལས་ཀ་བྱེད་ཀྱི་ཡོད།', '我的母亲在田里工作。', 'My mother works in the fields.'),
-    ('family', 'ངའི་ཨ་ཕ་གྲོང་ཁྱེར་དུ་ཡོད།', '我的父亲在城里。', 'My father is in the city.'),
-    ('family', 'ང་ཚོའི་ཁྱིམ་ཚང་ལ་མི་ལྔ་ཡོད།', '我们家有五口人。', 'There are five people in our family.'),
-    ('travel', 'རླངས་འཁོར་སྔ་དྲོ་ཆུ་ཚོད་བརྒྱད་པར་འགྲོ་གི་རེད།', '火车早上八点出发。', 'The train leaves at eight in the morning.'),
-    ('travel', 'ལམ་ཁ་རིང་པོ་འདུག', '路很远。', 'The road is long.'),
-    ('travel', 'ང་ཚོ་རི་བོའི་སྟེང་དུ་འཛེག་གི་ཡིན།', '我们要爬到山上去。', 'We will climb the mountain.'),
-    ('market', 'ཁྲོམ་ར་ལ་མི་མང་པོ་འདུག', '市场上有很多人。', 'There are many people at the market.'),
-    ('market', 'འདི་གོང་ཚད་ག་ཚོད་རེད།', '这个多少钱？', 'How much is this?'),
-    ('market', 'ཚལ་ལྡུམ་གསར་པ་ཉོ་དགོས།', '要买新鲜的蔬菜。', 'We need to buy fresh vegetables.'),
-    ('nature', 'མཚོ་འདི་ཧ་ཅང་གཙང་མ་འདུག', '这个湖非常干净。', 'This lake is very clean.'),
-    ('nature', 'རི་བོའི་སྟེང་ལ་ཁ་བ་འདུག', '山上有雪。', 'There is snow on the mountain.'),
-    ('nature', 'ཉི་མ་ཤར་གྱི་འདུག', '太阳升起来了。', 'The sun has risen.'),
-    ('work', 'ཁོང་ཚོ་སྨན་ཁང་དུ་ལས་ཀ་བྱེད་ཀྱི་ཡོད།', '他们在医院工作。', 'They work at the hospital.'),
-    ('work', 'ལས་ཀ་འདི་མྱུར་དུ་ཚར་དགོས།', '这项工作要尽快完成。', 'This work must be finished soon.'),
-    ('work', 'ཚོགས་འདུ་ཕྱི་དྲོ་འཚོགས་ཀྱི་རེད།', '会议下午举行。', 'The meeting is in the afternoon.'),
-    ('health', 'སྨན་པས་ནད་པ་ལ་བལྟས་སོང་།', '医生给病人看了病。', 'The doctor saw the patient.'),
-    ('health', 'ཆུ་མང་པོ་འཐུང་དགོས།', '要多喝水。', 'Drink plenty of water.'),
-    ('health', 'ཉལ་ཁ་ཡག་པོ་བྱས་ན་ལུས་པོ་བདེ་པོ་ཡོང་།', '睡得好身体就会健康。', 'Good sleep keeps the body healthy.'),
-    ('books', 'དེབ་འདི་ཧ་ཅང་ཡག་པོ་འདུག', '这本书非常好。', 'This book is very good.'),
-    ('books', 'ངས་དཔེ་མཛོད་ཁང་ནས་དེབ་གཉིས་ཁྱེར་བྱུང་།', '我从图书馆借了两本书。', 'I borrowed two books from the library.'),
-    ('books', 'ཁོང་གིས་ལོ་རྒྱུས་ཀྱི་དེབ་ཅིག་བྲིས་པ་རེད།', '他写了一本历史书。', 'He wrote a history book.'),
+    ("greet", "བཀྲ་ཤིས་བདེ་ལེགས།", "吉祥如意。", "Good luck and happiness."),
+    ("greet", "ཁྱེད་རང་སྐུ་གཟུགས་བདེ་པོ་ཡིན་པས།", "你身体好吗？", "Are you well?"),
+    ("greet", "ཐུགས་རྗེ་ཆེ།", "谢谢。", "Thank you."),
+    ("self", "ང་སློབ་མ་ཡིན།", "我是学生。", "I am a student."),
+    ("self", "ང་ལ་དེབ་གཅིག་ཡོད།", "我有一本书。", "I have a book."),
+    ("self", "ང་ལྷ་སར་འགྲོ་གི་ཡིན།", "我要去拉萨。", "I am going to Lhasa."),
+    ("weather", "དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག", "今天天气很好。", "The weather is good today."),
+    ("weather", "སང་ཉིན་ཆར་པ་འབབ་ཀྱི་རེད།", "明天会下雨。", "It will rain tomorrow."),
+    ("weather", "ད་ལོ་དགུན་ཁ་གྲང་མོ་འདུག", "今年冬天很冷。", "This winter is cold."),
+    ("food", "ང་ཚོ་མཉམ་དུ་ཁ་ལག་ཟ་རོགས།", "我们一起吃饭吧。", "Let us eat together."),
+    ("food", "ཁ་ལག་ཞིམ་པོ་འདུག", "饭菜很好吃。", "The food is tasty."),
+    ("food", "ཇ་འཐུང་རྒྱུ་ཡོད་དམ།", "有茶喝吗？", "Is there tea to drink?"),
+    ("school", "ཁོང་དགེ་རྒན་ཡིན།", "他是老师。", "He is a teacher."),
+    ("school", "སློབ་གྲྭ་ཆེན་པོ་ཞིག་འདུག", "有一所很大的学校。", "There is a big school."),
+    ("school", "སློབ་མ་ཚོས་ཡི་གེ་སློབ་ཀྱི་ཡོད།", "学生们在学习文字。", "The students are learning to write."),
+    ("family", "ངའི་ཨ་མ་ཞིང་ཁར་ལས་ཀ་བྱེད་ཀྱི་ཡོད།", "我的母亲在田里工作。", "My mother works in the fields."),
+    ("family", "ངའི་ཨ་ཕ་གྲོང་ཁྱེར་དུ་ཡོད།", "我的父亲在城里。", "My father is in the city."),
+    ("family", "ང་ཚོའི་ཁྱིམ་ཚང་ལ་མི་ལྔ་ཡོད།", "我们家有五口人。", "There are five people in our family."),
+    ("travel", "རླངས་འཁོར་སྔ་དྲོ་ཆུ་ཚོད་བརྒྱད་པར་འགྲོ་གི་རེད།", "火车早上八点出发。", "The train leaves at eight in the morning."),
+    ("travel", "ལམ་ཁ་རིང་པོ་འདུག", "路很远。", "The road is long."),
+    ("travel", "ང་ཚོ་རི་བོའི་སྟེང་དུ་འཛེག་གི་ཡིན།", "我们要爬到山上去。", "We will climb the mountain."),
+    ("market", "ཁྲོམ་ར་ལ་མི་མང་པོ་འདུག", "市场上有很多人。", "There are many people at the market."),
+    ("market", "འདི་གོང་ཚད་ག་ཚོད་རེད།", "这个多少钱？", "How much is this?"),
+    ("market", "ཚལ་ལྡུམ་གསར་པ་ཉོ་དགོས།", "要买新鲜的蔬菜。", "We need to buy fresh vegetables."),
+    ("nature", "མཚོ་འདི་ཧ་ཅང་གཙང་མ་འདུག", "这个湖非常干净。", "This lake is very clean."),
+    ("nature", "རི་བོའི་སྟེང་ལ་ཁ་བ་འདུག", "山上有雪。", "There is snow on the mountain."),
+    ("nature", "ཉི་མ་ཤར་གྱི་འདུག", "太阳升起来了。", "The sun has risen."),
+    ("work", "ཁོང་ཚོ་སྨན་ཁང་དུ་ལས་ཀ་བྱེད་ཀྱི་ཡོད།", "他们在医院工作。", "They work at the hospital."),
+    ("work", "ལས་ཀ་འདི་མྱུར་དུ་ཚར་དགོས།", "这项工作要尽快完成。", "This work must be finished soon."),
+    ("work", "ཚོགས་འདུ་ཕྱི་དྲོ་འཚོགས་ཀྱི་རེད།", "会议下午举行。", "The meeting is in the afternoon."),
+    ("health", "སྨན་པས་ནད་པ་ལ་བལྟས་སོང་།", "医生给病人看了病。", "The doctor saw the patient."),
+    ("health", "ཆུ་མང་པོ་འཐུང་དགོས།", "要多喝水。", "Drink plenty of water."),
+    ("health", "ཉལ་ཁ་ཡག་པོ་བྱས་ན་ལུས་པོ་བདེ་པོ་ཡོང་།", "睡得好身体就会健康。", "Good sleep keeps the body healthy."),
+    ("books", "དེབ་འདི་ཧ་ཅང་ཡག་པོ་འདུག", "这本书非常好。", "This book is very good."),
+    ("books", "ངས་དཔེ་མཛོད་ཁང་ནས་དེབ་གཉིས་ཁྱེར་བྱུང་།", "我从图书馆借了两本书。", "I borrowed two books from the library."),
+    ("books", "ཁོང་གིས་ལོ་རྒྱུས་ཀྱི་དེབ་ཅིག་བྲིས་པ་རེད།", "他写了一本历史书。", "He wrote a history book."),
 ]
 
 
@@ -90,30 +93,56 @@ def write_fixture_data_dir(root: Path) -> Path:
 def write_general_data_dir(root: Path) -> Path:
     squad = {"version": "v1.0", "data": []}
     for a, (context, qas) in enumerate(CMRC_ARTICLES):
-        squad["data"].append({
-            "paragraphs": [{
-                "id": f"DEV_{a}",
-                "context": context,
-                "qas": [
-                    {"question": q, "id": f"DEV_{a}_QUERY_{k}",
-                     "answers": [{"text": t, "answer_start": max(0, context.find(t))} for t in answers]}
-                    for k, (q, answers) in enumerate(qas)
+        squad["data"].append(
+            {
+                "paragraphs": [
+                    {
+                        "id": f"DEV_{a}",
+                        "context": context,
+                        "qas": [
+                            {
+                                "question": q,
+                                "id": f"DEV_{a}_QUERY_{k}",
+                                "answers": [{"text": t, "answer_start": max(0, context.find(t))} for t in answers],
+                            }
+                            for k, (q, answers) in enumerate(qas)
+                        ],
+                    }
                 ],
-            }],
-            "id": f"DEV_{a}",
-        })
+                "id": f"DEV_{a}",
+            }
+        )
     (root / "cmrc2018_dev").mkdir(parents=True)
     (root / "cmrc2018_dev" / "cmrc2018_dev.json").write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
 
     (root / "mmlu_test").mkdir()
-    lines = [json.dumps({"question": "question", "answer_a": "A", "answer_b": "B", "answer_c": "C",
-                         "answer_d": "D", "correct_answer": "answer", "topic": "topic"})]  # a stray header row
+    lines = [
+        json.dumps(
+            {
+                "question": "question",
+                "answer_a": "A",
+                "answer_b": "B",
+                "answer_c": "C",
+                "answer_d": "D",
+                "correct_answer": "answer",
+                "topic": "topic",
+            }
+        )
+    ]  # a stray header row
     for i in range(9):
-        lines.append(json.dumps({
-            "question": f"Question {i} about {MMLU_SUBJECTS[i % 3]}?",
-            "answer_a": f"a{i}", "answer_b": f"b{i}", "answer_c": f"c{i}", "answer_d": f"d{i}",
-            "correct_answer": "ABCD"[i % 4], "topic": MMLU_SUBJECTS[i % 3],
-        }))
+        lines.append(
+            json.dumps(
+                {
+                    "question": f"Question {i} about {MMLU_SUBJECTS[i % 3]}?",
+                    "answer_a": f"a{i}",
+                    "answer_b": f"b{i}",
+                    "answer_c": f"c{i}",
+                    "answer_d": f"d{i}",
+                    "correct_answer": "ABCD"[i % 4],
+                    "topic": MMLU_SUBJECTS[i % 3],
+                }
+            )
+        )
     (root / "mmlu_test" / "mmlu_test.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     (root / "gsm8k_test").mkdir()

@@ -33,16 +33,25 @@ def run_dir(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     (run / "config.yaml").parent.mkdir(parents=True)
     (run / "config.yaml").write_text("name: tiny\nmodel: {name: tiny}\n", encoding="utf-8")
-    _write(run / "stages" / "cold_start" / "manifest.json",
-           {"wall_time_s": 3.5, "peak_rss_mb": 600.0, "metrics": {"global_step": 3}})
-    _write(run / "stages" / "cold_start" / "log.jsonl", [{"step": 1, "step_time_s": 0.2}, {"step": 2, "step_time_s": 0.4}])
-    _write(run / "stages" / "grpo" / "manifest.json",
-           {"wall_time_s": 6.5, "peak_rss_mb": 700.0, "metrics": {"global_step": 3}})
-    _write(run / "stages" / "grpo" / "log.jsonl", [
-        {"step": 1, "step_time_s": 1.0, "timing/reward_share": 0.5},
-        {"step": 2, "step_time_s": 2.0, "timing/reward_share": 0.2},
-        {"step": 2, "train_runtime": 3.0},  # the end-of-training row has neither
-    ])
+    _write(
+        run / "stages" / "cold_start" / "manifest.json",
+        {"wall_time_s": 3.5, "peak_rss_mb": 600.0, "metrics": {"global_step": 3}},
+    )
+    _write(
+        run / "stages" / "cold_start" / "log.jsonl", [{"step": 1, "step_time_s": 0.2}, {"step": 2, "step_time_s": 0.4}]
+    )
+    _write(
+        run / "stages" / "grpo" / "manifest.json",
+        {"wall_time_s": 6.5, "peak_rss_mb": 700.0, "metrics": {"global_step": 3}},
+    )
+    _write(
+        run / "stages" / "grpo" / "log.jsonl",
+        [
+            {"step": 1, "step_time_s": 1.0, "timing/reward_share": 0.5},
+            {"step": 2, "step_time_s": 2.0, "timing/reward_share": 0.2},
+            {"step": 2, "train_runtime": 3.0},  # the end-of-training row has neither
+        ],
+    )
     # A stage that was started but never finished (no manifest) is left out.
     _write(run / "stages" / "sft" / "log.jsonl", [{"step": 1, "step_time_s": 9.0}])
     _write(run / "eval" / "base.json", {"wall_time_s": 10.0, "general": {"mmlu": {"details": {"wall_time_s": 4.0}}}})
@@ -62,7 +71,10 @@ def test_figures_come_from_manifests_logs_and_evaluations(demo_stages, run_dir: 
     assert "reward_share_mean" not in result["stages"]["cold_start"]
     assert result["evaluation"]["base"] == {"wall_time_s": 10.0, "benchmarks_s": {"mmlu": 4.0}}
     assert result["totals"] == {
-        "training_s": 10.0, "evaluation_s": 22.0, "training_and_evaluation_s": 32.0, "peak_rss_mb": 700.0,
+        "training_s": 10.0,
+        "evaluation_s": 22.0,
+        "training_and_evaluation_s": 32.0,
+        "peak_rss_mb": 700.0,
     }
     assert result["model"] == "tiny"
     printed = capsys.readouterr().out

@@ -11,12 +11,33 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fixture_data import CMRC_ARTICLES, GSM8K_ROWS, MMLU_SUBJECTS  # noqa: F401
+from fixture_data import write_general_data_dir as _write_data_dir
 
-from semrl import benchmarks as B
-from semrl.config import BenchmarkConfig
-from semrl.errors import ConfigError, DataError
+from semrl.config.evaluation import BenchmarkConfig
+from semrl.core.errors import ConfigError, DataError
+from semrl.data import download
+from semrl.data.general import (
+    benchmark_subset,
+    general_texts,
+    gsm8k_target,
+    load_cmrc2018,
+    load_gsm8k,
+    load_mmlu,
+    seeded_indices,
+)
+from semrl.eval.tax.benchmarks import (
+    TASKS_DIR,
+    evaluate_general,
+    evaluate_harness_task,
+    gsm8k_extract,
+    prepare_task,
+    process_cmrc2018,
+    process_gsm8k,
+)
+from semrl.eval.tax.drift import base_nll_for, measure_drift, text_nll
+from semrl.eval.tax.meter import TaxMeterCallback
 
-from fixture_data import CMRC_ARTICLES, GSM8K_ROWS, MMLU_SUBJECTS, write_general_data_dir as _write_data_dir  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: a data directory in the layout of ../shared/data, and a tiny model
@@ -37,7 +58,7 @@ def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     def offline_hub(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'cais/mmlu' on the Hub (OfflineModeIsEnabled)")
 
-    monkeypatch.setattr(B, "_fetch_github", offline)
+    monkeypatch.setattr(download, "fetch", offline)
     monkeypatch.setattr(datasets, "load_dataset", offline_hub)
     monkeypatch.delenv("SEMRL_DATA_DIR", raising=False)
 
@@ -73,9 +94,16 @@ def _tiny_model(vocab_size: int, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=None, eos_token_id=0, pad_token_id=1,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=None,
+        eos_token_id=0,
+        pad_token_id=1,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
@@ -91,33 +119,41 @@ def tiny():
 # Loaders and subsets
 # ---------------------------------------------------------------------------------------------
 def test_loaders_read_fixture_files(data_dir: Path) -> None:
-    cmrc = B.load_cmrc2018(data_dir)
+    cmrc = load_cmrc2018(data_dir)
     assert len(cmrc) == 6
-    assert cmrc[0] == {"id": "DEV_0_QUERY_0", "context": CMRC_ARTICLES[0][0], "question": "开发者是谁？",
-                       "answers": ["光荣和ω-force", "光荣"]}
-    mmlu = B.load_mmlu(data_dir)
+    assert cmrc[0] == {
+        "id": "DEV_0_QUERY_0",
+        "context": CMRC_ARTICLES[0][0],
+        "question": "开发者是谁？",
+        "answers": ["光荣和ω-force", "光荣"],
+    }
+    mmlu = load_mmlu(data_dir)
     assert len(mmlu) == 9  # the header row (correct_answer 'answer') is dropped
-    assert mmlu[1] == {"question": "Question 1 about anatomy?", "choices": ["a1", "b1", "c1", "d1"],
-                       "answer": 1, "subject": "anatomy"}
-    gsm = B.load_gsm8k(data_dir)
-    assert len(gsm) == 6 and B.gsm8k_target(gsm[2]["answer"]) == "750"
+    assert mmlu[1] == {
+        "question": "Question 1 about anatomy?",
+        "choices": ["a1", "b1", "c1", "d1"],
+        "answer": 1,
+        "subject": "anatomy",
+    }
+    gsm = load_gsm8k(data_dir)
+    assert len(gsm) == 6 and gsm8k_target(gsm[2]["answer"]) == "750"
 
 
 def test_loaders_use_the_env_var(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEMRL_DATA_DIR", str(data_dir))
-    assert len(B.load_gsm8k(None)) == 6
+    assert len(load_gsm8k(None)) == 6
 
 
 def test_missing_data_says_where_it_looked(tmp_path: Path, no_downloads: None) -> None:
     with pytest.raises(DataError) as err:
-        B.load_cmrc2018(tmp_path)
+        load_cmrc2018(tmp_path)
     message = str(err.value)
     assert str(tmp_path / "cmrc2018_dev" / "cmrc2018_dev.json") in message
     assert "SEMRL_DATA_DIR" in message and "--data-dir" in message and "ymcui/cmrc2018" in message
     with pytest.raises(DataError, match="no data directory is set.*cais/mmlu"):
-        B.load_mmlu(None)
+        load_mmlu(None)
     with pytest.raises(DataError, match="openai/grade-school-math"):
-        B.load_gsm8k(None)
+        load_gsm8k(None)
 
 
 def test_malformed_files_name_the_place(data_dir: Path) -> None:
@@ -125,35 +161,35 @@ def test_malformed_files_name_the_place(data_dir: Path) -> None:
     del bad["data"][1]["paragraphs"][0]["qas"][0]["question"]
     (data_dir / "cmrc2018_dev" / "cmrc2018_dev.json").write_text(json.dumps(bad), encoding="utf-8")
     with pytest.raises(DataError, match=r"data\[1\]\.paragraphs\[0\]\.qas\[0\]: missing key 'question'"):
-        B.load_cmrc2018(data_dir)
+        load_cmrc2018(data_dir)
     with (data_dir / "gsm8k_test" / "test.jsonl").open("a", encoding="utf-8") as f:
         f.write(json.dumps({"question": "q", "answer": "no final line"}) + "\n")
     with pytest.raises(DataError, match=r"test.jsonl: row 7: the answer has no '#### <number>'"):
-        B.load_gsm8k(data_dir)
+        load_gsm8k(data_dir)
     with (data_dir / "mmlu_test" / "mmlu_test.jsonl").open("a", encoding="utf-8") as f:
         f.write("{not json\n")
     with pytest.raises(DataError, match=r"mmlu_test.jsonl:11: malformed JSON"):
-        B.load_mmlu(data_dir)
+        load_mmlu(data_dir)
 
 
 def test_seeded_indices_are_fixed_nested_and_stratified() -> None:
     rows = [{"subject": s} for s in ["a"] * 50 + ["b"] * 30 + ["c"] * 5]
-    first = B.seeded_indices(rows, 10, seed=7)
-    assert first == B.seeded_indices(rows, 10, seed=7) == sorted(first)
-    assert first != B.seeded_indices(rows, 10, seed=8)
-    assert set(first) <= set(B.seeded_indices(rows, 20, seed=7))
-    assert B.seeded_indices(rows, None, seed=7) == list(range(85))
-    assert B.seeded_indices(rows, 1000, seed=7) == list(range(85))
-    strat = B.seeded_indices(rows, 9, seed=7, stratify="subject")
+    first = seeded_indices(rows, 10, seed=7)
+    assert first == seeded_indices(rows, 10, seed=7) == sorted(first)
+    assert first != seeded_indices(rows, 10, seed=8)
+    assert set(first) <= set(seeded_indices(rows, 20, seed=7))
+    assert seeded_indices(rows, None, seed=7) == list(range(85))
+    assert seeded_indices(rows, 1000, seed=7) == list(range(85))
+    strat = seeded_indices(rows, 9, seed=7, stratify="subject")
     # Round-robin over subjects: 3 each, though 'c' holds only 6% of the rows.
     assert sorted(rows[i]["subject"] for i in strat) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
-    many = B.seeded_indices(rows, 20, seed=7, stratify="subject")
+    many = seeded_indices(rows, 20, seed=7, stratify="subject")
     assert sum(rows[i]["subject"] == "c" for i in many) == 5  # 'c' exhausted, the others fill in
     assert len(set(many)) == 20
 
 
 def test_benchmark_subset_mmlu_covers_subjects(data_dir: Path) -> None:
-    subset = B.benchmark_subset("mmlu", data_dir, 3, seed=0)
+    subset = benchmark_subset("mmlu", data_dir, 3, seed=0)
     assert sorted(r["subject"] for r in subset) == sorted(MMLU_SUBJECTS)
 
 
@@ -162,19 +198,22 @@ def test_benchmark_subset_mmlu_covers_subjects(data_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 def test_process_cmrc2018_scores_the_first_line() -> None:
     doc = {"answers": ["北京", "北京市"]}
-    assert B.process_cmrc2018(doc, ["\n北京\n其他"]) == {"avg": 1.0, "em": 1.0, "f1": 1.0}
-    scores = B.process_cmrc2018(doc, ["北京的"])  # F1 vs 北京: P 2/3, R 1 -> 0.8; vs 北京市: 2/3
+    assert process_cmrc2018(doc, ["\n北京\n其他"]) == {"avg": 1.0, "em": 1.0, "f1": 1.0}
+    scores = process_cmrc2018(doc, ["北京的"])  # F1 vs 北京: P 2/3, R 1 -> 0.8; vs 北京市: 2/3
     assert scores["em"] == 0.0 and scores["f1"] == pytest.approx(0.8) and scores["avg"] == pytest.approx(0.4)
 
 
 def test_gsm8k_extraction_and_matching() -> None:
     doc = {"answer": "1000 - 250 = 750\n#### 750"}
-    assert B.process_gsm8k(doc, [" She has 1000 - 250 = 750 dollars left.\n#### 750"]) == {"exact_match": 1.0, "strict_match": 1.0}
-    assert B.process_gsm8k(doc, [" 1000 - 250 = $750.00."]) == {"exact_match": 1.0, "strict_match": 0.0}
-    assert B.process_gsm8k(doc, [" The answer is 750 or maybe 751"]) == {"exact_match": 0.0, "strict_match": 0.0}
-    assert B.process_gsm8k({"answer": "#### 1,200"}, ["1200"])["exact_match"] == 1.0
-    assert B.process_gsm8k(doc, ["no idea"])["exact_match"] == 0.0
-    assert B.gsm8k_extract("#### -3 then 5") == "-3"
+    assert process_gsm8k(doc, [" She has 1000 - 250 = 750 dollars left.\n#### 750"]) == {
+        "exact_match": 1.0,
+        "strict_match": 1.0,
+    }
+    assert process_gsm8k(doc, [" 1000 - 250 = $750.00."]) == {"exact_match": 1.0, "strict_match": 0.0}
+    assert process_gsm8k(doc, [" The answer is 750 or maybe 751"]) == {"exact_match": 0.0, "strict_match": 0.0}
+    assert process_gsm8k({"answer": "#### 1,200"}, ["1200"])["exact_match"] == 1.0
+    assert process_gsm8k(doc, ["no idea"])["exact_match"] == 0.0
+    assert gsm8k_extract("#### -3 then 5") == "-3"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,10 +221,10 @@ def test_gsm8k_extraction_and_matching() -> None:
 # ---------------------------------------------------------------------------------------------
 def test_prepare_task_writes_a_self_contained_task(data_dir: Path, tmp_path: Path) -> None:
     bench = BenchmarkConfig(name="gsm8k", limit=4, num_fewshot=1)
-    name, folder = B.prepare_task(bench, data_dir, seed=0, out_dir=tmp_path / "gsm8k")
+    name, folder = prepare_task(bench, data_dir, seed=0, out_dir=tmp_path / "gsm8k")
     assert name == "semrl_gsm8k"
     config = yaml.safe_load((folder / "semrl_gsm8k.yaml").read_text(encoding="utf-8"))
-    assert Path(config["include"]) == (B.TASKS_DIR / "gsm8k.yaml").resolve()
+    assert Path(config["include"]) == (TASKS_DIR / "gsm8k.yaml").resolve()
     assert config["num_fewshot"] == 1 and config["fewshot_split"] == "fewshot"
     test = [json.loads(line) for line in (folder / "test.jsonl").read_text(encoding="utf-8").splitlines()]
     fewshot = [json.loads(line) for line in (folder / "fewshot.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -195,7 +234,7 @@ def test_prepare_task_writes_a_self_contained_task(data_dir: Path, tmp_path: Pat
 
 def test_max_gen_toks_caps_generation_but_keeps_the_stop_sequences(data_dir: Path, tmp_path: Path) -> None:
     bench = BenchmarkConfig(name="gsm8k", limit=2, max_gen_toks=32)
-    _, folder = B.prepare_task(bench, data_dir, seed=0, out_dir=tmp_path / "gsm8k")
+    _, folder = prepare_task(bench, data_dir, seed=0, out_dir=tmp_path / "gsm8k")
     config = yaml.safe_load((folder / "semrl_gsm8k.yaml").read_text(encoding="utf-8"))
     # `include` would replace the whole generation_kwargs, so the shipped stop sequences must be copied
     assert config["generation_kwargs"]["max_gen_toks"] == 32
@@ -204,7 +243,7 @@ def test_max_gen_toks_caps_generation_but_keeps_the_stop_sequences(data_dir: Pat
 
 def test_max_gen_toks_on_a_loglikelihood_task_is_an_error(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="log-likelihood"):
-        B.prepare_task(BenchmarkConfig(name="mmlu", limit=2, max_gen_toks=8), data_dir, seed=0, out_dir=tmp_path / "m")
+        prepare_task(BenchmarkConfig(name="mmlu", limit=2, max_gen_toks=8), data_dir, seed=0, out_dir=tmp_path / "m")
 
 
 def test_evaluate_general_on_a_tiny_model(tiny, data_dir: Path, tmp_path: Path) -> None:
@@ -218,7 +257,7 @@ def test_evaluate_general_on_a_tiny_model(tiny, data_dir: Path, tmp_path: Path) 
         BenchmarkConfig(name="mmlu", limit=5),
         BenchmarkConfig(name="gsm8k", limit=3, num_fewshot=1),
     ]
-    results = B.evaluate_general(model, tokenizer, benches, data_dir, seed=0, batch_size=4, work_dir=tmp_path / "work")
+    results = evaluate_general(model, tokenizer, benches, data_dir, seed=0, batch_size=4, work_dir=tmp_path / "work")
     assert random.random() == expected_next  # lm-eval's reseeding did not leak out
     assert model.training  # train mode restored
 
@@ -234,7 +273,7 @@ def test_evaluate_general_on_a_tiny_model(tiny, data_dir: Path, tmp_path: Path) 
     assert cmrc.score == pytest.approx((cmrc.details["em"] + cmrc.details["f1"]) / 2)
     assert len(cmrc.details["predictions"]) == 4
     # The items are the fixed seeded subset, in file order.
-    subset_ids = [r["id"] for r in B.benchmark_subset("cmrc2018", data_dir, 4, seed=0)]
+    subset_ids = [r["id"] for r in benchmark_subset("cmrc2018", data_dir, 4, seed=0)]
     assert cmrc.details["ids"] == subset_ids
     mmlu = results["mmlu"]
     assert mmlu.metric == "acc" and set(mmlu.per_example) <= {0.0, 1.0}
@@ -247,22 +286,27 @@ def test_evaluate_general_rejects_unknown_and_duplicate_names(tiny) -> None:
         all_tasks = ["arc_easy", "arc_challenge", "hellaswag"]
 
     with pytest.raises(ConfigError, match="'arc_eazy' is neither.*Close lm-eval names: arc_easy"):
-        B._evaluate_harness_task(None, BenchmarkConfig(name="arc_eazy"), 0, FakeTaskManager())
+        evaluate_harness_task(None, BenchmarkConfig(name="arc_eazy"), 0, FakeTaskManager())
     model, tokenizer = tiny
     with pytest.raises(ConfigError, match="more than once"):
-        B.evaluate_general(model, tokenizer, [BenchmarkConfig(name="mmlu")] * 2, None, seed=0)
+        evaluate_general(model, tokenizer, [BenchmarkConfig(name="mmlu")] * 2, None, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------
 # Drift and the tax meter
 # ---------------------------------------------------------------------------------------------
-TEXTS = ["北京是中国的首都，人口众多。", "Tom has 3 apples and buys 2 more.", "长江是中国最长的河流。", "A box holds 12 pens."]
+TEXTS = [
+    "北京是中国的首都，人口众多。",
+    "Tom has 3 apples and buys 2 more.",
+    "长江是中国最长的河流。",
+    "A box holds 12 pens.",
+]
 
 
 def test_text_nll_matches_the_models_own_loss_and_ignores_padding(tiny) -> None:
     model, tokenizer = tiny
-    nll = B.text_nll(model, tokenizer, TEXTS, batch_size=4)
-    one_by_one = B.text_nll(model, tokenizer, TEXTS, batch_size=1)
+    nll = text_nll(model, tokenizer, TEXTS, batch_size=4)
+    one_by_one = text_nll(model, tokenizer, TEXTS, batch_size=1)
     assert nll == pytest.approx(one_by_one, abs=1e-5)  # right padding changes nothing
     ids = tokenizer(TEXTS[0], return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -272,7 +316,7 @@ def test_text_nll_matches_the_models_own_loss_and_ignores_padding(tiny) -> None:
 
 def test_measure_drift_zero_against_itself_positive_against_a_perturbed_copy(tiny) -> None:
     model, tokenizer = tiny
-    same = B.measure_drift(model, model, tokenizer, TEXTS, batch_size=3)
+    same = measure_drift(model, model, tokenizer, TEXTS, batch_size=3)
     assert same.nll_increase == pytest.approx([0.0] * len(TEXTS), abs=1e-6)
     assert max(same.token_kl) < 1e-6
     n_scored = sum(len(tokenizer(t)["input_ids"]) - 1 for t in TEXTS)
@@ -283,7 +327,7 @@ def test_measure_drift_zero_against_itself_positive_against_a_perturbed_copy(tin
         generator = torch.Generator().manual_seed(0)
         for p in perturbed.parameters():
             p.add_(0.5 * torch.randn(p.shape, generator=generator))
-    drift = B.measure_drift(model, perturbed, tokenizer, TEXTS, batch_size=3)
+    drift = measure_drift(model, perturbed, tokenizer, TEXTS, batch_size=3)
     assert drift.nll_base == pytest.approx(same.nll_base, abs=1e-6)
     assert drift.nll_increase == pytest.approx([m - b for m, b in zip(drift.nll_model, drift.nll_base)])
     assert min(drift.token_kl) >= 0.0 and drift.summary["kl_mean"] > 1e-3
@@ -296,21 +340,21 @@ def test_measure_drift_zero_against_itself_positive_against_a_perturbed_copy(tin
 def test_measure_drift_rejects_too_short_text(tiny) -> None:
     model, tokenizer = tiny
     with pytest.raises(DataError, match="general text #1 has 0 token"):
-        B.measure_drift(model, model, tokenizer, ["北京", ""])
+        measure_drift(model, model, tokenizer, ["北京", ""])
 
 
 def test_general_texts_from_cmrc_and_from_a_file(data_dir: Path, tmp_path: Path) -> None:
-    texts = B.general_texts(data_dir, 3, seed=0)
+    texts = general_texts(data_dir, 3, seed=0)
     assert len(texts) == 3 and len(set(texts)) == 3
     assert set(texts) <= {c for c, _ in CMRC_ARTICLES}
-    assert B.general_texts(data_dir, 100, seed=0) == [c for c, _ in CMRC_ARTICLES]  # distinct contexts
+    assert general_texts(data_dir, 100, seed=0) == [c for c, _ in CMRC_ARTICLES]  # distinct contexts
     path = tmp_path / "texts.txt"
     path.write_text("one passage\n\n  two passage  \nthree\n", encoding="utf-8")
-    assert B.general_texts(None, 10, seed=0, text_file=path) == ["one passage", "two passage", "three"]
-    assert len(B.general_texts(None, 2, seed=0, text_file=path)) == 2
+    assert general_texts(None, 10, seed=0, text_file=path) == ["one passage", "two passage", "three"]
+    assert len(general_texts(None, 2, seed=0, text_file=path)) == 2
     path.write_text("\n \n", encoding="utf-8")
     with pytest.raises(DataError, match="no non-empty lines"):
-        B.general_texts(None, 2, seed=0, text_file=path)
+        general_texts(None, 2, seed=0, text_file=path)
 
 
 def test_tax_meter_logs_drift_into_the_trainer_history(tiny, tmp_path: Path) -> None:
@@ -318,8 +362,8 @@ def test_tax_meter_logs_drift_into_the_trainer_history(tiny, tmp_path: Path) -> 
 
     base, tokenizer = tiny
     model = copy.deepcopy(base)
-    base_nll = B.base_nll_for(base, tokenizer, TEXTS)
-    meter = B.TaxMeterCallback(TEXTS, tokenizer, every_n_steps=2, base_nll=base_nll)
+    base_nll = base_nll_for(base, tokenizer, TEXTS)
+    meter = TaxMeterCallback(TEXTS, tokenizer, every_n_steps=2, base_nll=base_nll)
 
     seen: list[dict] = []
 
@@ -330,8 +374,15 @@ def test_tax_meter_logs_drift_into_the_trainer_history(tiny, tmp_path: Path) -> 
     ids = [tokenizer(t)["input_ids"] for t in TEXTS]
     train = [{"input_ids": x, "labels": x} for x in ids]
     args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=1, learning_rate=5e-2,
-        logging_steps=3, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=1,
+        learning_rate=5e-2,
+        logging_steps=3,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[meter, Recorder()])
     trainer.train()
@@ -340,7 +391,9 @@ def test_tax_meter_logs_drift_into_the_trainer_history(tiny, tmp_path: Path) -> 
     assert sorted(logged) == [2, 4]  # step 2 is logged although logging_steps is 3
     assert [s for s, _ in meter.history] == [2, 4]
     assert logged[4] == pytest.approx(meter.history[1][1])
-    assert logged[4] == pytest.approx(float(np.mean(np.subtract(B.text_nll(model, tokenizer, TEXTS), base_nll))), abs=1e-5)
+    assert logged[4] == pytest.approx(
+        float(np.mean(np.subtract(text_nll(model, tokenizer, TEXTS), base_nll))), abs=1e-5
+    )
     assert abs(logged[4]) > 1e-4  # training at lr 5e-2 moved the model
     assert [r["tax/nll_drift"] for r in seen if "tax/nll_drift" in r] == [logged[2], logged[4]]
     assert model.training
@@ -349,9 +402,9 @@ def test_tax_meter_logs_drift_into_the_trainer_history(tiny, tmp_path: Path) -> 
 def test_tax_meter_validates_its_inputs(tiny) -> None:
     _, tokenizer = tiny
     with pytest.raises(ValueError, match="base_nll has 1 values for 4 texts"):
-        B.TaxMeterCallback(TEXTS, tokenizer, every_n_steps=2, base_nll=[1.0])
+        TaxMeterCallback(TEXTS, tokenizer, every_n_steps=2, base_nll=[1.0])
     with pytest.raises(ValueError, match="every_n_steps"):
-        B.TaxMeterCallback(TEXTS, tokenizer, every_n_steps=0, base_nll=[1.0] * 4)
+        TaxMeterCallback(TEXTS, tokenizer, every_n_steps=0, base_nll=[1.0] * 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,15 +412,15 @@ def test_tax_meter_validates_its_inputs(tiny) -> None:
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.shared_data
 def test_shared_data_loads_real_subsets(shared_data_dir: Path) -> None:
-    cmrc = B.load_cmrc2018(shared_data_dir)
+    cmrc = load_cmrc2018(shared_data_dir)
     assert len(cmrc) == 3219 and all(len(r["answers"]) >= 1 for r in cmrc)
-    mmlu = B.load_mmlu(shared_data_dir)
+    mmlu = load_mmlu(shared_data_dir)
     assert len(mmlu) == 14042 and len({r["subject"] for r in mmlu}) == 57
-    assert len(B.load_gsm8k(shared_data_dir)) == 1319
-    subset = B.benchmark_subset("mmlu", shared_data_dir, 100, seed=42)
+    assert len(load_gsm8k(shared_data_dir)) == 1319
+    subset = benchmark_subset("mmlu", shared_data_dir, 100, seed=42)
     assert len(subset) == 100 and len({r["subject"] for r in subset}) == 57
-    assert subset == B.benchmark_subset("mmlu", shared_data_dir, 100, seed=42)
-    texts = B.general_texts(shared_data_dir, 20, seed=42)
+    assert subset == benchmark_subset("mmlu", shared_data_dir, 100, seed=42)
+    texts = general_texts(shared_data_dir, 20, seed=42)
     assert len(texts) == 20 and len(set(texts)) == 20 and all(len(t) > 50 for t in texts)
 
 
@@ -396,18 +449,22 @@ def test_other_lm_eval_tasks_run_by_name(tiny, tmp_path: Path) -> None:
 
     model, tokenizer = tiny
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(
-        json.dumps({"question": f"Is {i} even?", "choices": ["yes", "no"], "answer": i % 2}) + "\n" for i in range(6)
-    ), encoding="utf-8")
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"Is {i} even?", "choices": ["yes", "no"], "answer": i % 2}) + "\n"
+            for i in range(6)
+        ),
+        encoding="utf-8",
+    )
     _write_plain_lm_eval_task(tmp_path / "tasks", "my_parity", "json", {"test": str(data)})
     _write_plain_lm_eval_task(tmp_path / "tasks", "my_hub_task", "no-such-org/no-such-dataset", None)
     manager = TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
 
-    result = B._evaluate_harness_task(lm, BenchmarkConfig(name="my_parity", limit=4), 0, manager)
+    result = evaluate_harness_task(lm, BenchmarkConfig(name="my_parity", limit=4), 0, manager)
     assert result.metric == "acc" and result.n == 4 and set(result.per_example) <= {0.0, 1.0}
     assert result.score == pytest.approx(float(np.mean(result.per_example)))
     assert result.details["filter"] == "none"
 
     with pytest.raises(DataError, match="'my_hub_task': its dataset could not be loaded"):
-        B._evaluate_harness_task(lm, BenchmarkConfig(name="my_hub_task", limit=4), 0, manager)
+        evaluate_harness_task(lm, BenchmarkConfig(name="my_hub_task", limit=4), 0, manager)

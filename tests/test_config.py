@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from semrl.cli import main
-from semrl.config import ExperimentConfig, load_config
-from semrl.errors import ConfigError
+from semrl.config.experiment import ExperimentConfig, load_config
+from semrl.core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -23,7 +23,11 @@ def test_shipped_configs_validate(path: Path) -> None:
 def test_defaults_are_the_papers_published_values() -> None:
     c = ExperimentConfig()
     assert (c.model.lora.r, c.model.lora.alpha, c.model.lora.dropout) == (64, 128, 0.05)
-    assert (c.stages.cold_start.learning_rate, c.stages.cold_start.epochs, c.stages.cold_start.batch_size) == (2e-5, 2, 32)
+    assert (c.stages.cold_start.learning_rate, c.stages.cold_start.epochs, c.stages.cold_start.batch_size) == (
+        2e-5,
+        2,
+        32,
+    )
     g = c.stages.grpo
     assert (g.num_generations, g.temperature, g.top_p, g.learning_rate, g.epochs) == (8, 0.8, 0.9, 5e-7, 1)
     weights = {comp.name: comp.weight for comp in c.rewards.components}
@@ -67,7 +71,7 @@ def test_bad_value_names_key_value_and_allowed(tmp_path: Path) -> None:
 
 
 def test_group_size_must_divide_batch(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="multiple of grpo.num_generations"):
+    with pytest.raises(ConfigError, match="stages.grpo: .*multiple of num_generations"):
         load_config(_write(tmp_path, "stages:\n  grpo:\n    batch_size: 10\n    num_generations: 4\n"))
 
 

@@ -14,18 +14,13 @@ from typing import Any
 import pytest
 
 from semrl import data
-from semrl.config import (
-    ExperimentConfig,
-    HubSource,
-    LocalSource,
-    LotsawaSource,
-    NtrexSource,
-    SplitSizes,
-    TaskConfig,
-    parse_config,
-)
-from semrl.data import Example
-from semrl.errors import ConfigError, DataError, ModelError
+from semrl.config.data import HubSource, LocalSource, LotsawaSource, NtrexSource, SplitSizes, TaskConfig
+from semrl.config.experiment import ExperimentConfig, parse_config
+from semrl.core.errors import ConfigError, DataError, ModelError
+from semrl.data import download
+from semrl.data.example import Example
+from semrl.data.sources import lotsawa as lotsawa_source
+from semrl.data.sources import ntrex as ntrex_source
 
 BO = ["བཀྲ་ཤིས་བདེ་ལེགས།", "ཐུགས་རྗེ་ཆེ།", "ཁྱེད་རང་སྐུ་གཟུགས་བདེ་པོ་ཡིན་པས།", "ང་བོད་པ་ཡིན།", "ཉི་མ་ཤར་སོང་།", "ཆུ་འཐུང་།"]
 ZH = ["吉祥如意。", "谢谢。", "你身体好吗？", "我是藏族人。", "太阳出来了。", "喝水。"]
@@ -50,7 +45,9 @@ def _delimited(path: Path, rows: list[dict[str, str]], delimiter: str) -> Path:
 
 
 def _local(path: Path, **columns: str) -> LocalSource:
-    return LocalSource(path=str(path), columns=columns or {"source": "bo", "reference": "zh", "doc_id": "doc", "id": "uid"})
+    return LocalSource(
+        path=str(path), columns=columns or {"source": "bo", "reference": "zh", "doc_id": "doc", "id": "uid"}
+    )
 
 
 def _config(sources: list[dict[str, Any]], splits: dict[str, Any] | None = None, **extra: Any) -> ExperimentConfig:
@@ -162,7 +159,7 @@ def test_invalid_utf8_names_file_and_line(tmp_path: Path, suffix: str) -> None:
         good = json.dumps(_rows()[0], ensure_ascii=False).encode()
         path.write_bytes(good + b"\n" + good + b"\n" + b'{"bo": "\xff\xfe", "zh": "x"}\n')
     else:
-        path.write_bytes("uid,bo,zh,doc\n".encode() + b"a,\xe0\xbd,x,d\n")
+        path.write_bytes(b"uid,bo,zh,doc\n" + b"a,\xe0\xbd,x,d\n")
     with pytest.raises(DataError, match=rf"{path}:{3 if suffix == 'jsonl' else 2}: invalid UTF-8"):
         data.load_local(_local(path))
 
@@ -188,7 +185,10 @@ def test_local_config_errors(tmp_path: Path) -> None:
     odd = _jsonl(tmp_path / "p.txt", _rows())
     with pytest.raises(ConfigError, match="set format"):
         data.load_local(LocalSource(path=str(odd), columns={"source": "bo", "reference": "zh"}))
-    assert len(data.load_local(LocalSource(path=str(odd), format="jsonl", columns={"source": "bo", "reference": "zh"}))) == 6
+    assert (
+        len(data.load_local(LocalSource(path=str(odd), format="jsonl", columns={"source": "bo", "reference": "zh"})))
+        == 6
+    )
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n", encoding="utf-8")
     with pytest.raises(DataError, match="no examples"):
@@ -234,10 +234,14 @@ def test_hub_cmhg_tibetan_part_by_config_alone(monkeypatch: pytest.MonkeyPatch) 
 
     def fake_load(path: str, name: str | None = None, **kwargs: Any) -> datasets.Dataset:
         calls.append((path, kwargs.get("data_files")))
-        return datasets.Dataset.from_dict({"id": ["a1", "a2"], "title": BO[:2], "content": BO[2:4], "average_score": [4.5, 3.0]})
+        return datasets.Dataset.from_dict(
+            {"id": ["a1", "a2"], "title": BO[:2], "content": BO[2:4], "average_score": [4.5, 3.0]}
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    source = HubSource(id="KEVVVV/CMHG", data_files="bo/bo-all.csv", columns={"source": "content", "reference": "title"})
+    source = HubSource(
+        id="KEVVVV/CMHG", data_files="bo/bo-all.csv", columns={"source": "content", "reference": "title"}
+    )
     examples = data.load_hub(source)
     assert calls == [("KEVVVV/CMHG", "bo/bo-all.csv")]
     assert [(ex.source, ex.reference) for ex in examples] == [(BO[2], BO[0]), (BO[3], BO[1])]
@@ -316,21 +320,29 @@ def fake_github(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, An
     served: dict[str, bytes] = {}
     for name, blob in _ntrex_files().items():
         repo_path = data.NTREX_FILES[name][0]
-        served[data._raw_url(data.NTREX_REPO, data.NTREX_COMMIT, repo_path)] = blob
+        served[data.raw_url(data.NTREX_REPO, data.NTREX_COMMIT, repo_path)] = blob
     monkeypatch.setattr(
-        data, "NTREX_FILES", {n: (p, hashlib.sha256(_ntrex_files()[n]).hexdigest()) for n, (p, _) in data.NTREX_FILES.items()}
+        ntrex_source,
+        "NTREX_FILES",
+        {n: (p, hashlib.sha256(_ntrex_files()[n]).hexdigest()) for n, (p, _) in data.NTREX_FILES.items()},
     )
     for name, blob in _lotsawa_files().items():
-        served[data._raw_url(data.LOTSAWA_REPO, data.LOTSAWA_COMMIT, f"text-pairs/{name}")] = blob
+        served[data.raw_url(data.LOTSAWA_REPO, data.LOTSAWA_COMMIT, f"text-pairs/{name}")] = blob
     # The pinned commit's listing: the pairs, plus files the download must leave alone (a bo-en
     # text, a Chinese text without its Tibetan side, files outside text-pairs/).
     paths = [f"text-pairs/{n}" for n in _lotsawa_files()] + [
-        "text-pairs/A00000009-bo.txt", "text-pairs/A00000009-en.txt", "text-pairs/A00000008-zh.txt",
-        "README.md", "A00000007-zh.txt", "A00000007-bo.txt",
+        "text-pairs/A00000009-bo.txt",
+        "text-pairs/A00000009-en.txt",
+        "text-pairs/A00000008-zh.txt",
+        "README.md",
+        "A00000007-zh.txt",
+        "A00000007-bo.txt",
     ]
-    served[data.LOTSAWA_TREE_URL] = json.dumps({"sha": data.LOTSAWA_COMMIT, "tree": [{"path": p, "type": "blob"} for p in paths]}).encode()
+    served[data.LOTSAWA_TREE_URL] = json.dumps(
+        {"sha": data.LOTSAWA_COMMIT, "tree": [{"path": p, "type": "blob"} for p in paths]}
+    ).encode()
     listing = "".join(f"{n}  {hashlib.sha256(b).hexdigest()}\n" for n, b in sorted(_lotsawa_files().items()))
-    monkeypatch.setattr(data, "LOTSAWA_SHA256", hashlib.sha256(listing.encode()).hexdigest())
+    monkeypatch.setattr(lotsawa_source, "LOTSAWA_SHA256", hashlib.sha256(listing.encode()).hexdigest())
     state: dict[str, Any] = {"served": served, "fetched": [], "cache": tmp_path / "cache"}
 
     def fetch(url: str) -> bytes:
@@ -339,7 +351,7 @@ def fake_github(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, An
             raise DataError(f"download of {url} failed (404)")
         return served[url]
 
-    monkeypatch.setattr(data, "_fetch", fetch)
+    monkeypatch.setattr(download, "fetch", fetch)
     monkeypatch.setenv("SEMRL_CACHE_DIR", str(state["cache"]))
     return state
 
@@ -518,7 +530,9 @@ def test_split_sizes_zero_fraction_and_unused() -> None:
 def test_split_errors_give_the_numbers() -> None:
     examples = _many_examples()
     n = len(examples)
-    with pytest.raises(DataError, match=rf"data.splits.cold_start asks for {n} examples.*out of {n} examples in 40 documents"):
+    with pytest.raises(
+        DataError, match=rf"data.splits.cold_start asks for {n} examples.*out of {n} examples in 40 documents"
+    ):
         data.split_examples(examples, SplitSizes(cold_start=n, rl=-1, dev=1, test=1), 0)
     with pytest.raises(DataError, match="data.splits.rl is -1 .* nothing is left"):
         data.split_examples(examples, SplitSizes(cold_start=0, rl=-1, dev=0, test=n), 0)
@@ -535,7 +549,13 @@ def test_split_summary() -> None:
     }
     rows = data.split_summary(splits)
     assert [r["split"] for r in rows] == ["cold_start", "rl", "dev", "test"]
-    assert rows[0] == {"split": "cold_start", "examples": 2, "documents": 1, "mean_source_chars": 3.0, "mean_reference_chars": 2.0}
+    assert rows[0] == {
+        "split": "cold_start",
+        "examples": 2,
+        "documents": 1,
+        "mean_source_chars": 3.0,
+        "mean_reference_chars": 2.0,
+    }
     assert rows[1]["examples"] == 0 and rows[1]["mean_source_chars"] == 0.0
     assert rows[3]["documents"] == 2
 
@@ -548,7 +568,13 @@ def local_config(tmp_path: Path) -> ExperimentConfig:
     rows = [{"uid": f"r{i}", "bo": f"{BO[i % 6]}{i}", "zh": f"{ZH[i % 6]}{i}", "doc": f"d{i // 3}"} for i in range(30)]
     path = _jsonl(tmp_path / "pairs.jsonl", rows)
     return _config(
-        [{"kind": "local", "path": str(path), "columns": {"source": "bo", "reference": "zh", "doc_id": "doc", "id": "uid"}}],
+        [
+            {
+                "kind": "local",
+                "path": str(path),
+                "columns": {"source": "bo", "reference": "zh", "doc_id": "doc", "id": "uid"},
+            }
+        ],
         {"cold_start": 6, "rl": -1, "dev": 3, "test": 0.3},
         seed=7,
     )
@@ -558,7 +584,13 @@ def test_prepare_and_load_splits_round_trip(tmp_path: Path, local_config: Experi
     out = tmp_path / "run"
     splits = data.prepare_data(local_config, out)
     folder = out / "splits"
-    assert sorted(p.name for p in folder.iterdir()) == ["cold_start.jsonl", "dev.jsonl", "manifest.json", "rl.jsonl", "test.jsonl"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "cold_start.jsonl",
+        "dev.jsonl",
+        "manifest.json",
+        "rl.jsonl",
+        "test.jsonl",
+    ]
     assert data.load_splits(out) == splits
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["seed"] == 7
@@ -611,9 +643,9 @@ def test_load_splits_errors(tmp_path: Path, local_config: ExperimentConfig) -> N
 
 
 def test_packaged_tiny_config_prepares(tmp_path: Path, fixture_data_dir: Path) -> None:
-    from semrl.config import load_config
+    from semrl.config.experiment import load_config
 
-    config = load_config(Path(data.__file__).parent / "configs" / "tiny.yaml")
+    config = load_config(Path(data.__file__).parents[1] / "configs" / "tiny.yaml")
     config.data_dir = str(fixture_data_dir)
     splits = data.prepare_data(config, tmp_path)
     assert {k: len(v) for k, v in splits.items()} == {"cold_start": 9, "rl": 18, "dev": 3, "test": 6}
@@ -632,18 +664,28 @@ class _BaseTokenizer:
 
 def test_default_prompts_and_completion_convention() -> None:
     mt = TaskConfig(source_lang="bo", target_lang="zh")
-    assert data.build_prompt(BO[0], mt) == f"Translate the following Tibetan text into Chinese.\nTibetan: {BO[0]}\nChinese:"
+    assert (
+        data.build_prompt(BO[0], mt)
+        == f"Translate the following Tibetan text into Chinese.\nTibetan: {BO[0]}\nChinese:"
+    )
     assert data.completion_text(ZH[0], mt) == " " + ZH[0]
     reverse = TaskConfig(source_lang="zh", target_lang="bo")
     assert data.build_prompt(ZH[0], reverse).endswith(f"Chinese: {ZH[0]}\nTibetan:")
     hg = TaskConfig(kind="headline", source_lang="bo", target_lang="bo")
-    assert data.build_prompt(BO[1], hg) == f"Write a Tibetan headline for the following Tibetan article.\nArticle: {BO[1]}\nHeadline:"
+    assert (
+        data.build_prompt(BO[1], hg)
+        == f"Write a Tibetan headline for the following Tibetan article.\nArticle: {BO[1]}\nHeadline:"
+    )
 
 
 def test_custom_prompt_template() -> None:
     task = TaskConfig(prompt_template="{source_lang_name}→{target_lang_name} ({source_lang}): {source} = ")
     assert data.build_prompt("{x}", task) == "Tibetan→Chinese (bo): {x} ="  # braces in the source are kept
-    for bad, match in [("{text}", "unknown placeholder"), ("no source here", "must contain"), ("{source", "format string")]:
+    for bad, match in [
+        ("{text}", "unknown placeholder"),
+        ("no source here", "must contain"),
+        ("{source", "format string"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             data.build_prompt("x", TaskConfig(prompt_template=bad))
 
@@ -683,8 +725,10 @@ def test_trl_datasets(tokenizer: Any) -> None:
 # The real corpora (skipped without SEMRL_DATA_DIR)
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.shared_data
-def test_shared_ntrex_loads_and_splits_with_defaults(shared_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_fetch", lambda url: pytest.fail(f"unexpected download {url}"))
+def test_shared_ntrex_loads_and_splits_with_defaults(
+    shared_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(download, "fetch", lambda url: pytest.fail(f"unexpected download {url}"))
     config = ExperimentConfig(data_dir=str(shared_data_dir))
     examples = data.load_examples(config)
     assert len(examples) == 1997 and len({ex.doc_id for ex in examples}) == 123
@@ -714,7 +758,7 @@ def test_shared_ntrex_loads_and_splits_with_defaults(shared_data_dir: Path, tmp_
 @pytest.mark.shared_data
 def test_shared_lotsawa_matches_pinned_collection(shared_data_dir: Path) -> None:
     folder = shared_data_dir / data.LOTSAWA_DIRNAME / "text-pairs"
-    assert data._collection_digest(folder) == data.LOTSAWA_SHA256
+    assert lotsawa_source._collection_digest(folder) == data.LOTSAWA_SHA256
     assert len(list(folder.glob("*-zh.txt"))) == len(list(folder.glob("*-bo.txt"))) == 78
     task = TaskConfig(source_lang="zh", target_lang="bo")
     assert len(data.load_lotsawa(LotsawaSource(skip_titles=False), task, shared_data_dir)) == 2573

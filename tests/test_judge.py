@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from semrl.cli import main
-from semrl.config import ExperimentConfig, JudgeConfig, TaskConfig, load_config
-from semrl.errors import ConfigError, ModelError
-from semrl.judge import (
+from semrl.config.data import TaskConfig
+from semrl.config.evaluation import JudgeConfig
+from semrl.config.experiment import ExperimentConfig, load_config
+from semrl.core.errors import ConfigError, ModelError
+from semrl.eval.judge import (
     EndpointJudge,
     JudgeReply,
     LocalJudge,
@@ -79,13 +81,13 @@ def _items() -> list[PairItem]:
 @pytest.mark.parametrize(
     ("ab", "ba", "outcome", "inconsistent"),
     [
-        ("A", "B", "win", False),    # first method preferred in both orders
-        ("B", "A", "loss", False),   # second method preferred in both orders
-        ("A", "A", "tie", True),     # always position A: position bias
-        ("B", "B", "tie", True),     # always position B
+        ("A", "B", "win", False),  # first method preferred in both orders
+        ("B", "A", "loss", False),  # second method preferred in both orders
+        ("A", "A", "tie", True),  # always position A: position bias
+        ("B", "B", "tie", True),  # always position B
         ("A", "tie", "tie", False),  # one order undecided
         ("tie", "tie", "tie", False),
-        ("A", None, "tie", False),   # an unparsed verdict never makes a win
+        ("A", None, "tie", False),  # an unparsed verdict never makes a win
     ],
 )
 def test_combine_needs_both_orders_to_agree(ab: str | None, ba: str | None, outcome: str, inconsistent: bool) -> None:
@@ -121,8 +123,16 @@ def test_position_biased_judge_scores_no_wins() -> None:
 
 @pytest.mark.parametrize(
     ("text", "verdict"),
-    [("A", "A"), (" B.", "B"), ("Translation B is better", "B"), ("**A**", "A"), ("Tie", "tie"),
-     ("<think>A or B? B is fluent</think>A", "A"), ("a good question", None), ("I cannot tell", None)],
+    [
+        ("A", "A"),
+        (" B.", "B"),
+        ("Translation B is better", "B"),
+        ("**A**", "A"),
+        ("Tie", "tie"),
+        ("<think>A or B? B is fluent</think>A", "A"),
+        ("a good question", None),
+        ("I cannot tell", None),
+    ],
 )
 def test_parse_verdict(text: str, verdict: str | None) -> None:
     assert parse_verdict(text) == verdict
@@ -163,7 +173,7 @@ def test_bad_judge_config_is_named(tmp_path: Path, judge: str, message: str) -> 
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_judge_parts() -> tuple[Any, Any]:
-    from semrl.config import ModelConfig
+    from semrl.config.model import ModelConfig
     from semrl.models import load_policy
 
     return load_policy(ModelConfig(name="tiny"))
@@ -189,12 +199,23 @@ def test_local_judge_modes_follow_the_chat_template(tiny_judge_parts: tuple[Any,
     import copy
 
     model, tok = tiny_judge_parts
-    prompts = [TEMPLATE.format(source="s", reference="r", output_a="x", output_b="y", source_lang_name="Tibetan", target_lang_name="Chinese")]
+    prompts = [
+        TEMPLATE.format(
+            source="s",
+            reference="r",
+            output_a="x",
+            output_b="y",
+            source_lang_name="Tibetan",
+            target_lang_name="Chinese",
+        )
+    ]
     # a base model generating on request: replies are kept as text and parsed (junk from the tiny model)
     generated = LocalJudge(model, tok, mode="generate", max_tokens=4)(prompts)
     assert len(generated) == 1 and isinstance(generated[0].text, str) and generated[0].probs is None
     chat_tok = copy.deepcopy(tok)
-    chat_tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}Verdict:{% endif %}"
+    chat_tok.chat_template = (
+        "{% for m in messages %}{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}Verdict:{% endif %}"
+    )
     assert LocalJudge(model, chat_tok).mode == "generate"  # auto: chat models generate
     scored = LocalJudge(model, chat_tok, mode="logprob")
     assert scored.label_ids[0] == chat_tok.encode("A", add_special_tokens=False)  # labels start the reply: no space
@@ -222,7 +243,9 @@ OUTPUTS = {
 
 
 def _hand_made_run(
-    run_dir: Path, judge: str = "{enabled: true, model: tiny}", methods: Sequence[str] = tuple(OUTPUTS),
+    run_dir: Path,
+    judge: str = "{enabled: true, model: tiny}",
+    methods: Sequence[str] = tuple(OUTPUTS),
     outputs: dict[str, list[str]] = OUTPUTS,
 ) -> ExperimentConfig:
     """A run directory holding only what the judge reads: config.yaml and eval/<method>.json."""
@@ -230,15 +253,20 @@ def _hand_made_run(
     (run_dir / "eval").mkdir(parents=True)
     (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     for method in methods:
-        rows = [{"id": f"ex{i}", "source": s, "reference": r, "output": o}
-                for i, (s, r, o) in enumerate(zip(SOURCES, REFERENCES, outputs[method]))]
+        rows = [
+            {"id": f"ex{i}", "source": s, "reference": r, "output": o}
+            for i, (s, r, o) in enumerate(zip(SOURCES, REFERENCES, outputs[method]))
+        ]
         (run_dir / "eval" / f"{method}.json").write_text(
-            json.dumps({"method": method, "eval_key": f"key-{method}", "outputs": rows}, ensure_ascii=False), encoding="utf-8"
+            json.dumps({"method": method, "eval_key": f"key-{method}", "outputs": rows}, ensure_ascii=False),
+            encoding="utf-8",
         )
     return config
 
 
-def test_tiny_local_judge_asks_both_orders_and_writes_judge_json(tmp_path: Path, tiny_judge_parts: tuple[Any, Any]) -> None:
+def test_tiny_local_judge_asks_both_orders_and_writes_judge_json(
+    tmp_path: Path, tiny_judge_parts: tuple[Any, Any]
+) -> None:
     config = _hand_made_run(tmp_path)
     model, tok = tiny_judge_parts
     spy = SpyJudge(model, tok, name="tiny")
@@ -251,7 +279,11 @@ def test_tiny_local_judge_asks_both_orders_and_writes_judge_json(tmp_path: Path,
         a, b = OUTPUTS["grpo"][i], OUTPUTS["sft"][i]
         assert sum(shown(p) == (a, b) for p in spy.prompts) == 1 and sum(shown(p) == (b, a) for p in spy.prompts) == 1
     on_disk = json.loads((tmp_path / "eval" / "judge.json").read_text(encoding="utf-8"))
-    assert on_disk["key"] == record["key"] and on_disk["eval_keys"] == {"cold_start": "key-cold_start", "grpo": "key-grpo", "sft": "key-sft"}
+    assert on_disk["key"] == record["key"] and on_disk["eval_keys"] == {
+        "cold_start": "key-cold_start",
+        "grpo": "key-grpo",
+        "sft": "key-sft",
+    }
     for pair in on_disk["pairs"].values():
         c = pair["counts"]
         assert pair["n"] == 4 == c["win"] + c["tie"] + c["loss"] == len(pair["per_example"])
@@ -264,7 +296,9 @@ def test_tiny_local_judge_asks_both_orders_and_writes_judge_json(tmp_path: Path,
     assert on_disk["pairs"]["grpo-sft"]["counts"]["identical"] == 1
 
 
-def test_semrl_judge_command_builds_the_judge_and_reuses_an_up_to_date_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_semrl_judge_command_builds_the_judge_and_reuses_an_up_to_date_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _hand_made_run(tmp_path, judge="{enabled: false}", methods=("grpo", "sft"))
     # the run's config has no judge model: the command says which key to set
     assert main(["judge", str(tmp_path)]) == 2
@@ -273,15 +307,23 @@ def test_semrl_judge_command_builds_the_judge_and_reuses_an_up_to_date_result(tm
     out = capsys.readouterr().out
     assert "grpo vs cold_start: skipped" in out and "grpo vs sft" in out
     judged = json.loads((tmp_path / "eval" / "judge.json").read_text(encoding="utf-8"))
-    assert set(judged["pairs"]) == {"grpo-sft"} and judged["judge"] == {"kind": "local", "model": "tiny", "mode": "logprob"}
+    assert set(judged["pairs"]) == {"grpo-sft"} and judged["judge"] == {
+        "kind": "local",
+        "model": "tiny",
+        "mode": "logprob",
+    }
     assert main(["judge", str(tmp_path), "--set", "evaluation.judge.model=tiny"]) == 0
     assert "up to date" in capsys.readouterr().out
     # the report flags a judge result whose evaluations changed since
     evals = {"grpo": {"eval_key": "key-grpo"}, "sft": {"eval_key": "re-evaluated"}}
-    assert judge_summary(judged, evals)["stale"] and "per_example" not in judge_summary(judged, evals)["pairs"]["grpo-sft"]
+    assert (
+        judge_summary(judged, evals)["stale"] and "per_example" not in judge_summary(judged, evals)["pairs"]["grpo-sft"]
+    )
 
 
-def test_semrl_judge_without_any_evaluated_pair_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_semrl_judge_without_any_evaluated_pair_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _hand_made_run(tmp_path, methods=("grpo",))
     assert main(["judge", str(tmp_path)]) == 2
     assert "no pair in evaluation.judge.pairs" in capsys.readouterr().err
@@ -332,7 +374,8 @@ def test_endpoint_judge_through_run_judge(tmp_path: Path, chat_server, monkeypat
     url, handler = chat_server
     monkeypatch.setenv("SEMRL_TEST_JUDGE_KEY", "secret")
     config = _hand_made_run(
-        tmp_path, judge=f"{{enabled: true, model: judge-model, url: '{url}', api_key_env: SEMRL_TEST_JUDGE_KEY, pairs: [[grpo, sft]]}}",
+        tmp_path,
+        judge=f"{{enabled: true, model: judge-model, url: '{url}', api_key_env: SEMRL_TEST_JUDGE_KEY, pairs: [[grpo, sft]]}}",
         methods=("grpo", "sft"),
         outputs={"grpo": ["good a", "good b", "bad c", "same"], "sft": ["bad a", "bad b", "good c", "same"]},
     )
@@ -343,7 +386,12 @@ def test_endpoint_judge_through_run_judge(tmp_path: Path, chat_server, monkeypat
     assert {s["path"] for s in handler.seen} == {"/v1/chat/completions"}
     assert {s["auth"] for s in handler.seen} == {"Bearer secret"}
     assert {s["body"]["model"] for s in handler.seen} == {"judge-model"} and handler.seen[0]["body"]["max_tokens"] == 16
-    assert record["judge"] == {"kind": "endpoint", "model": "judge-model", "url": url + "/chat/completions", "mode": "generate"}
+    assert record["judge"] == {
+        "kind": "endpoint",
+        "model": "judge-model",
+        "url": url + "/chat/completions",
+        "mode": "generate",
+    }
     assert pair["per_example"][0]["ab"] == {"verdict": "A", "text": "A"}
 
 
@@ -367,12 +415,14 @@ def test_unreachable_endpoint_is_a_clear_error() -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(ModelError, match=f"cannot reach the judge endpoint http://127.0.0.1:{port}/v1/chat/completions"):
+    with pytest.raises(
+        ModelError, match=f"cannot reach the judge endpoint http://127.0.0.1:{port}/v1/chat/completions"
+    ):
         EndpointJudge(f"http://127.0.0.1:{port}/v1", "m", timeout_s=5)(["prompt"])
 
 
 def test_missing_api_key_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from semrl.judge import build_judge
+    from semrl.eval.judge import build_judge
 
     monkeypatch.delenv("SEMRL_NO_SUCH_KEY", raising=False)
     with pytest.raises(ConfigError, match=r"\$SEMRL_NO_SUCH_KEY"):

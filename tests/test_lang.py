@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from semrl import lang
+from semrl.core import lang
 
 
 def test_script_share_ignores_digits_punctuation_spaces() -> None:

@@ -8,19 +8,8 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from semrl.metrics import (
-    Interval,
-    bootstrap_ci,
-    cmrc_em_f1,
-    corpus_bleu,
-    corpus_chrf,
-    mean_of_paired_means_ci,
-    paired_bootstrap,
-    paired_corpus_bootstrap,
-    rouge_l,
-    sentence_bleu,
-    sentence_chrf,
-)
+from semrl.eval.metrics import cmrc_em_f1, corpus_bleu, corpus_chrf, rouge_l, sentence_bleu, sentence_chrf
+from semrl.eval.stats import Interval, bootstrap_ci, mean_of_paired_means_ci, paired_bootstrap, paired_corpus_bootstrap
 
 TSHEG = "\u0f0b"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from semrl.config import LoraConfig, ModelConfig
-from semrl.errors import ModelError
 from semrl import models
+from semrl.config.model import LoraConfig, ModelConfig
+from semrl.core.errors import ModelError
 
 TEXTS = {
     "bo": "བཀྲ་ཤིས་བདེ་ལེགས། ཁྱེད་རང་སྐུ་གཟུགས་བདེ་པོ་ཡིན་པས། ༄༅། ཀྑ",  # incl. signs absent from the corpus

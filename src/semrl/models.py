@@ -15,24 +15,29 @@ half-written model behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from semrl.errors import ModelError
-from semrl.io import atomic_path
+from semrl.core.errors import ModelError
+from semrl.core.io import atomic_path
 
 if TYPE_CHECKING:
     import peft
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+    from transformers import (
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+    )
 
-    from semrl.config import LoraConfig, ModelConfig
+    from semrl.config.model import LoraConfig, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +177,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -203,9 +206,7 @@ def _convert_gemma_270m(out_dir: Path) -> None:
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".gguf.") as work:
         gguf_path = Path(assemble(output_path=Path(work) / "gemma-3-270m-q4_k_m.gguf"))
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-        )
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
         # The weights are dequantised on load; transformers refuses to save a model that still
         # carries the GGUF quantisation marker.
         model.hf_quantizer = None
@@ -253,9 +254,7 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no")
 
 
-def load_policy(
-    cfg: ModelConfig, path: str | Path | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the policy and its tokenizer.
 
     Args:
@@ -363,3 +362,20 @@ def save_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+def device_of(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def eval_mode(*models: Any) -> Iterator[None]:
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)

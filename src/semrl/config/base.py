@@ -1,0 +1,33 @@
+"""The base of every config section: unknown keys are errors, and keys added later leave old
+hashes alone."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+
+
+class Section(BaseModel):
+    # Unknown keys are errors: a misspelt key silently ignored is the worst kind of bug in a
+    # research config.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Keys added after run directories already existed: left out of dumps while at their default,
+    # so the config hashes of existing runs (splits, stage manifests) stay valid.
+    _omit_when_default: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        fields = type(self).model_fields
+        for key in self._omit_when_default:
+            shown = key if key in data else fields[key].alias
+            if shown in data and getattr(self, key) == fields[key].get_default(call_default_factory=True):
+                del data[shown]
+        return data

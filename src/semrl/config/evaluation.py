@@ -1,0 +1,141 @@
+"""The `evaluation` section: decoding, encoders, general benchmarks, drift, intervals, the judge."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from semrl.config.base import Section
+from semrl.config.rewards import EncoderConfig
+
+
+class GenerationConfig(Section):
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    batch_size: int = 8
+
+
+class BenchmarkConfig(Section):
+    name: str = Field(description="'cmrc2018', 'mmlu', 'gsm8k', or any lm-evaluation-harness task name.")
+    limit: int | None = Field(100, ge=1, description="Examples per benchmark (fixed seeded subset). None: all.")
+    num_fewshot: int = Field(0, ge=0)
+    max_gen_toks: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on generated tokens for generation tasks (cmrc2018, gsm8k, lm-eval's). None: the task's own.",
+    )
+
+
+# A method is "base" (the untrained model) or a stage name (its output model).
+MethodName = str
+
+
+class JudgeConfig(Section):
+    """The LLM-judge pairwise win rate (judge and prompt not published): a judge model compares two
+    methods' outputs for the same source, each pair asked in both orders (see semrl.judge)."""
+
+    enabled: bool = Field(
+        False, description="Run the judge after evaluation (`semrl judge RUN_DIR` runs it on demand)."
+    )
+    model: str | None = Field(
+        None,
+        description="Local judge: 'tiny', 'gemma-3-270m', a hub id or a local path. With `url`: the model name "
+        "the server serves.",
+    )
+    url: str | None = Field(
+        None,
+        description="An OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (semrl POSTs to URL/chat/completions).",
+    )
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the endpoint's API key (sent as a Bearer token)."
+    )
+    mode: Literal["auto", "logprob", "generate"] = Field(
+        "auto",
+        description="Local judge: 'logprob' compares the log-probabilities of the labels A / B / tie after the "
+        "prompt; 'generate' generates a reply and parses it; 'auto': logprob for a base model, generate for "
+        "a model with a chat template. Endpoints always generate.",
+    )
+    pairs: list[tuple[MethodName, MethodName]] = Field(
+        default_factory=lambda: [("grpo", "sft"), ("grpo", "cold_start")],
+        description="Method pairs to compare; rates are from the first method's side (win = it was preferred).",
+    )
+    limit: int | None = Field(None, ge=1, description="Judge the first N test examples (None: all evaluated).")
+    template: str | None = Field(
+        None,
+        description="Judge prompt with {output_a}, {output_b} and optionally {source}, {reference}, "
+        "{source_lang_name}, {target_lang_name}; it must ask for one of A, B, tie. None: semrl's default "
+        "for the task (meaning preservation and fluency in the target language).",
+    )
+    max_tokens: int = Field(16, ge=1, description="Tokens a generating judge may produce for its verdict.")
+    batch_size: int = Field(8, ge=1, description="Prompts per forward pass of a local judge.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for one endpoint reply.")
+
+    @field_validator("pairs")
+    @classmethod
+    def _distinct_pairs(cls, v: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        for a, b in v:
+            if a == b:
+                raise ValueError(f"a judge pair compares two different methods; got [{a}, {b}]")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(
+                f"an endpoint URL starts with http:// or https://, e.g. http://localhost:8000/v1; got {v!r}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _judge_is_named(self) -> JudgeConfig:
+        if self.enabled and not self.model:
+            raise ValueError(
+                "the judge is enabled but evaluation.judge.model is not set: name a local model ('tiny', "
+                "'gemma-3-270m', a hub id or a path) or, with evaluation.judge.url, the model the server serves"
+            )
+        if self.url and self.mode == "logprob":
+            raise ValueError(
+                "evaluation.judge.mode 'logprob' needs a local model; an endpoint judge generates (mode: auto)"
+            )
+        return self
+
+
+class EvaluationConfig(Section):
+    methods: list[MethodName] | None = Field(
+        None, description="Methods to evaluate: 'base' and stage names (null: base and every enabled stage)."
+    )
+    test_limit: int | None = Field(None, ge=1, description="Evaluate on the first N test examples (None: all).")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    second_encoder: EncoderConfig | None = Field(
+        None, description="An encoder that was not the reward, so similarity is not only the thing optimised."
+    )
+    benchmarks: list[BenchmarkConfig] = Field(
+        default_factory=lambda: [
+            BenchmarkConfig(name="cmrc2018"),
+            BenchmarkConfig(name="mmlu"),
+            BenchmarkConfig(name="gsm8k"),
+        ]
+    )
+    benchmark_batch_size: int = Field(
+        8,
+        ge=1,
+        description="Batch size of the general benchmarks. Log-likelihood tasks (MMLU) hold batch x length x "
+        "vocabulary logits, so keep it small for large vocabularies (Gemma 3: 262k) even where the task's "
+        "generation.batch_size is large.",
+    )
+    drift_examples: int = Field(100, ge=1, description="General texts for NLL/KL drift (CMRC contexts by default).")
+    drift_text_file: str | None = Field(
+        None, description="A text file (one passage per line) for drift instead of CMRC."
+    )
+    bootstrap_samples: int = Field(1000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    tax_meter_steps: int = Field(0, ge=0, description="Measure NLL drift every N training steps (0: off).")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-judge pairwise win rate (off by default).")

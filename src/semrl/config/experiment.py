@@ -1,0 +1,184 @@
+"""The experiment config: one YAML file describes a whole semrl experiment.
+
+Every section is a pydantic model so that a typo or an out-of-range value fails early with a
+message naming the key, the value and what is allowed. Defaults are the published values of
+Su et al. (2026) (see METHOD.md); values the paper does not publish are explicit options whose
+defaults are marked "(not published)" in the field description.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from semrl.config.base import Section
+from semrl.config.data import DataConfig, LocalSource, TaskConfig
+from semrl.config.evaluation import EvaluationConfig
+from semrl.config.model import ModelConfig
+from semrl.config.overrides import apply_override
+from semrl.config.rewards import REWARD_PRESETS, RewardsConfig
+from semrl.config.stages import StagesConfig, StrongSFTConfig
+from semrl.core.errors import ConfigError
+from semrl.core.provenance import digest
+
+
+class SweepConfig(Section):
+    """`semrl sweep`: one experiment per variant, all sharing the data split, the base evaluation
+    and the cold-start (and strong-SFT) stage; only GRPO and its evaluation differ."""
+
+    rewards: list[str] = Field(
+        default_factory=list,
+        description="Reward presets to compare (see rewards.preset), e.g. [emb_lang, bleu_lang, "
+        "bleu_emb_lang, emb]; `semrl sweep --vary rewards=...` overrides it.",
+    )
+
+    @field_validator("rewards")
+    @classmethod
+    def _known_presets(cls, v: list[str]) -> list[str]:
+        unknown = [p for p in v if p not in REWARD_PRESETS]
+        if unknown:
+            raise ValueError(f"unknown reward preset(s) {unknown}; presets are {', '.join(REWARD_PRESETS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"each preset may appear once; got {v}")
+        return v
+
+
+class TransferConfig(Section):
+    """`semrl transfer`: fine-tune checkpoints of an earlier run on N examples of this config's
+    task and data, and compare them (the paper's few-shot transfer: MT-RL vs MT-SFT on 1k
+    headline examples)."""
+
+    from_run: str | None = Field(
+        None, description="Run directory whose stage models (RUN/stages/<stage>/model) start the transfer."
+    )
+    from_stages: list[str] = Field(
+        default_factory=lambda: ["grpo", "sft"], description="Stages of `from_run` to start from (paper: grpo and sft)."
+    )
+    n: int | None = Field(
+        1000, ge=1, description="Training examples of the new task (paper: 1k); fewer if fewer exist. None: all."
+    )
+    stage: StrongSFTConfig = Field(
+        default_factory=StrongSFTConfig, description="SFT hyperparameters of the transfer fine-tuning (not published)."
+    )
+
+    @field_validator("from_stages")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"from_stages needs one or more distinct stages; got {v}")
+        return v
+
+
+class ExperimentConfig(Section):
+    name: str = "experiment"
+    seed: int = 42
+    output_dir: str = Field("runs/experiment", description="Run directory (relative to the working directory).")
+    data_dir: str | None = Field(
+        None, description="Directory with local copies of the datasets (else $SEMRL_DATA_DIR, else download)."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+
+    @model_validator(mode="after")
+    def _methods_are_stages(self) -> ExperimentConfig:
+        known = ["base", *self.stages.declared()]
+        named = {"evaluation.methods": self.evaluation.methods or []}
+        named["evaluation.judge.pairs"] = [m for pair in self.evaluation.judge.pairs for m in pair]
+        for key, methods in named.items():
+            unknown = sorted({m for m in methods if m not in known})
+            if unknown:
+                raise ValueError(f"{key}: unknown method(s) {unknown}; methods are {', '.join(known)}")
+        return self
+
+    def resolved_data_dir(self) -> Path | None:
+        """The data directory: the config's, else $SEMRL_DATA_DIR, else None (download)."""
+        value = self.data_dir or os.environ.get("SEMRL_DATA_DIR")
+        return Path(value).expanduser() if value else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def hash(self, *sections: str) -> str:
+        """A short, stable hash of the whole config, or of the named sections only."""
+        data = self.to_dict()
+        if sections:
+            data = {k: data[k] for k in sections}
+        return digest(data)
+
+
+def _format_validation_error(err: ValidationError, path: str | Path) -> str:
+    lines = [f"{path}: invalid experiment config ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `semrl config init` writes every allowed key)"
+        elif e["type"] == "literal_error":
+            expected = e.get("ctx", {}).get("expected")
+            msg = f"must be one of {expected}"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  - {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], origin: str | Path = "<config>") -> ExperimentConfig:
+    """Validate a config dictionary; raise ConfigError with one line per problem."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load and validate an experiment YAML file.
+
+    `overrides` are dotted `key=value` strings (values parsed as YAML), e.g.
+    ``["stages.grpo.max_steps=2", "model.name=tiny"]``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file. `semrl config init` writes a starter.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    for item in overrides or []:
+        apply_override(data, item)
+    config = parse_config(data, path)
+    _resolve_relative_paths(config, path.parent)
+    return config
+
+
+def _resolve_relative_paths(config: ExperimentConfig, base: Path) -> None:
+    """Local data files named by a relative path are looked up beside the config file first, so
+    a config and its data can travel together; otherwise the path stays relative to the CWD."""
+    for source in config.data.sources:
+        if isinstance(source, LocalSource) and not Path(source.path).is_absolute():
+            beside = base / source.path
+            if beside.exists() and not Path(source.path).exists():
+                source.path = str(beside.resolve())

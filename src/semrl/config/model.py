@@ -1,0 +1,36 @@
+"""The `model` section: which policy model, its dtype, and its LoRA adapters."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    Field,
+)
+
+from semrl.config.base import Section
+
+
+class LoraConfig(Section):
+    enabled: bool = Field(True, description="Train LoRA adapters (True) or all weights (False).")
+    r: int = Field(64, ge=1, description="LoRA rank (paper: 64).")
+    alpha: int = Field(128, ge=1, description="LoRA alpha (paper: 128).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout (paper: 0.05).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Modules that get adapters: attention and MLP projections, as in the paper.",
+    )
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "tiny",
+        description="Policy model: 'tiny' (random, built in code), 'gemma-3-270m' (packaged, offline), "
+        "a Hugging Face hub id, or a local path.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust it.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto': bfloat16 on a GPU that supports it, float32 on CPU."
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig)

@@ -1,0 +1,187 @@
+"""The `stages` section: every training stage is data (a kind, the stage it starts from and the
+splits it trains on), so a config can add stages without code.
+
+Built-in stages, with the paper's graph as their defaults::
+
+    cold_start  sft   from the base model, on the cold-start split
+    sft         sft   from the base model, on the cold-start and RL splits (the strong-SFT baseline)
+    grpo        grpo  from cold_start, on the RL split
+
+A config may declare further stages of either kind under any other name, e.g. SG-SRL's recovery
+SFT after GRPO::
+
+    stages:
+      enabled: [cold_start, sft, grpo, recovery]
+      recovery: {kind: sft, from: grpo, splits: [cold_start], epochs: 1, learning_rate: 1.0e-5}
+
+`semrl.train.stages` turns this section into the stage graph the runner follows.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import ConfigDict, Field, model_validator
+
+from semrl.config.base import Section
+
+StageKind = Literal["sft", "grpo"]
+# Splits a stage may train on: evaluation splits (dev, test) never are.
+TRAINING_SPLITS: tuple[str, ...] = ("cold_start", "rl")
+# Names a declared stage may not take: the base model's method name and the section's own keys.
+BASE_METHOD = "base"  # the untrained model's method name, evaluated beside every stage's output
+RESERVED_STAGE_NAMES: frozenset[str] = frozenset({BASE_METHOD, "enabled"})
+
+
+class StageCommon(Section):
+    """Keys every stage has. `kind`, `from` and `splits` place the stage in the graph; the
+    built-in stages default them to the paper's graph."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    kind: StageKind = "sft"
+    from_: str | None = Field(
+        None, alias="from", description="The stage whose output model this stage starts from (null: the base model)."
+    )
+    splits: list[str] = Field(default_factory=lambda: ["cold_start"], description="Splits to train on.")
+    learning_rate: float = Field(2e-5, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: epochs decide).")
+    batch_size: int = Field(32, ge=1, description="Effective batch size (per-device x accumulation x processes).")
+    per_device_batch_size: int = Field(8, ge=1)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume point if killed).")
+    gradient_checkpointing: bool = False
+
+
+class SFTStageConfig(StageCommon):
+    kind: Literal["sft"] = "sft"
+    max_length: int = Field(512, ge=8, description="Prompt + completion tokens (not published).")
+
+
+class ColdStartConfig(SFTStageConfig):
+    """Cold-start SFT on a small slice: paper 5k examples, 2 epochs, lr 2e-5, batch 32, cosine."""
+
+    _omit_when_default = ("kind", "from_", "splits")
+
+
+class StrongSFTConfig(SFTStageConfig):
+    """The strong SFT baseline on all training data (cold-start + RL splits), from the base model.
+    Recipe not published: same optimiser as cold start."""
+
+    splits: list[str] = Field(default_factory=lambda: ["cold_start", "rl"], description="Splits to train on.")
+
+    _omit_when_default = ("kind", "from_", "splits")
+
+
+class GRPOStageConfig(StageCommon):
+    """GRPO from the cold-start checkpoint. Paper: G=8, temperature 0.8, top-p 0.9, lr 5e-7, 1 epoch."""
+
+    kind: Literal["grpo"] = "grpo"
+    from_: str | None = Field("cold_start", alias="from", description="The stage whose output model GRPO starts from.")
+    splits: list[str] = Field(default_factory=lambda: ["rl"], description="Splits whose sources are GRPO's prompts.")
+    learning_rate: float = Field(5e-7, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(
+        32, ge=1, description="Completions per optimizer step, a multiple of num_generations (not published)."
+    )
+    num_generations: int = Field(8, ge=2, description="Group size G (paper: 8).")
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1.0)
+    beta: float = Field(0.0, ge=0, description="KL coefficient (not published; TRL default 0).")
+    epsilon: float = Field(0.2, gt=0, description="Clip range (not published; TRL default 0.2).")
+    loss_type: str = Field("dapo", description="TRL loss type (not published; TRL default 'dapo').")
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    max_completion_length: int = Field(128, ge=1, description="Generated tokens (not published).")
+    use_vllm: bool = Field(False, description="Generate with vLLM (GPU only; install semrl[gpu]).")
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+
+    _omit_when_default = ("kind", "from_", "splits")
+
+    @model_validator(mode="after")
+    def _batch_multiple_of_group(self) -> GRPOStageConfig:
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of num_generations "
+                f"({self.num_generations}): each prompt's group of completions is scored together"
+            )
+        return self
+
+
+class DeclaredSFTStage(SFTStageConfig):
+    """A stage a config adds, of kind sft: it must name its kind and splits."""
+
+    kind: Literal["sft"]
+    splits: list[str] = Field(min_length=1, description="Splits to train on.")
+
+
+class DeclaredGRPOStage(GRPOStageConfig):
+    """A stage a config adds, of kind grpo: it must name its kind, parent and splits."""
+
+    kind: Literal["grpo"]
+    from_: str | None = Field(alias="from", description="The stage whose output model this stage starts from.")
+    splits: list[str] = Field(min_length=1, description="Splits whose sources are the prompts.")
+
+
+DeclaredStage = Annotated[Union[DeclaredSFTStage, DeclaredGRPOStage], Field(discriminator="kind")]
+AnyStageConfig = Union[SFTStageConfig, GRPOStageConfig]
+
+
+class StagesConfig(Section):
+    """The built-in stages, any declared ones (extra keys), and which of them run."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    __pydantic_extra__: dict[str, DeclaredStage] = Field(init=False)  # type: ignore[assignment]
+
+    BUILT_IN: ClassVar[tuple[str, ...]] = ("cold_start", "sft", "grpo")
+
+    cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    sft: StrongSFTConfig = Field(default_factory=StrongSFTConfig)
+    grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig)
+    enabled: list[str] = Field(
+        default_factory=lambda: ["cold_start", "sft", "grpo"], description="Stages that run (any order)."
+    )
+
+    def declared(self) -> dict[str, AnyStageConfig]:
+        """Every stage section by name: the built-in ones, then those the config adds."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.BUILT_IN}
+        out.update(self.__pydantic_extra__ or {})
+        return out
+
+    def section(self, name: str) -> AnyStageConfig:
+        try:
+            return self.declared()[name]
+        except KeyError:
+            raise KeyError(f"no stage {name!r}; stages are {', '.join(self.declared())}") from None
+
+    @model_validator(mode="after")
+    def _graph_is_valid(self) -> StagesConfig:
+        declared = self.declared()
+        for name, cfg in declared.items():
+            if name in RESERVED_STAGE_NAMES:
+                raise ValueError(f"{name!r} cannot name a stage (reserved)")
+            if cfg.from_ is not None and cfg.from_ not in declared:
+                raise ValueError(f"{name}.from: no stage {cfg.from_!r}; stages are {', '.join(declared)}")
+            bad = [s for s in cfg.splits if s not in TRAINING_SPLITS]
+            if bad:
+                raise ValueError(
+                    f"{name}.splits: {bad} cannot be trained on; training splits are {', '.join(TRAINING_SPLITS)} "
+                    "(dev and test stay held out)"
+                )
+            seen = [name]
+            parent = cfg.from_
+            while parent is not None:
+                if parent in seen:
+                    raise ValueError(f"{name}.from: the stages form a cycle ({' -> '.join([*seen, parent])})")
+                seen.append(parent)
+                parent = declared[parent].from_
+        unknown = [s for s in self.enabled if s not in declared]
+        if unknown:
+            raise ValueError(f"enabled: unknown stage(s) {unknown}; stages are {', '.join(declared)}")
+        if len(set(self.enabled)) != len(self.enabled):
+            raise ValueError(f"enabled: each stage may appear once; got {self.enabled}")
+        return self

@@ -1,0 +1,165 @@
+"""Where everything lives on disk: the only code that knows the file names of a run, a stage, a
+sweep and a transfer.
+
+Run directory::
+
+    RUN_DIR/
+      config.yaml                   the resolved config the run was started with
+      splits/<split>.jsonl, splits/manifest.json
+      stages/<stage>/model/         the stage's output model
+      stages/<stage>/checkpoints/   trainer checkpoints (resume points)
+      stages/<stage>/log.jsonl      training logs
+      stages/<stage>/tau.json       GRPO: the semantic floor and its origin
+      stages/<stage>/manifest.json  written last: its presence means "finished"
+      eval/<method>.json, eval/judge.json
+      metrics.json, report.md, report.html, plots/*.png
+
+A sweep directory holds one run directory per variant plus ``shared/`` (the stages the variants
+share); a transfer directory is a run directory whose stages are the transferred models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "manifest.json"
+TRAINER_STATE_FILE = "trainer_state.json"  # written last by transformers into each checkpoint
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """One stage's folder (``RUN_DIR/stages/<stage>``, or a transfer's own stage folders)."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.jsonl"
+
+    @property
+    def tau(self) -> Path:
+        return self.root / "tau.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST_FILE
+
+    @property
+    def gathered(self) -> Path:
+        """Scratch folder for a gathering save of sharded weights (ZeRO-3, FSDP)."""
+        return self.root / "gathered"
+
+    def reward_stats(self, rank: int | str) -> Path:
+        """Process `rank`'s reward load (``"*"`` gives the glob pattern of all ranks)."""
+        return self.root / f"reward_stats.rank{rank}.json"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """One run directory."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits"
+
+    @property
+    def splits_manifest(self) -> Path:
+        return self.splits / MANIFEST_FILE
+
+    def split_file(self, split: str) -> Path:
+        return self.splits / f"{split}.jsonl"
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages"
+
+    def stage(self, stage: str) -> StageLayout:
+        return StageLayout(self.stages / stage)
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    def eval_file(self, method: str) -> Path:
+        return self.eval_dir / f"{method}.json"
+
+    @property
+    def judge(self) -> Path:
+        return self.eval_dir / "judge.json"
+
+    @property
+    def tax_meter_base(self) -> Path:
+        """The base model's NLL on the tax meter's texts, measured once per run."""
+        return self.root / "tax_meter_base.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+
+@dataclass(frozen=True)
+class ComparisonLayout:
+    """A sweep or transfer directory: its comparison report (``<kind>.md/.json/.html``) beside
+    the run directories it compares."""
+
+    root: Path
+    kind: str  # "sweep" or "transfer"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    SHARED = "shared"  # a sweep's shared stages and base evaluation
+
+    @property
+    def shared(self) -> RunLayout:
+        return RunLayout(self.root / self.SHARED)
+
+    def variant(self, name: str) -> RunLayout:
+        return RunLayout(self.root / name)
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / f"{self.kind}.md"
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / f"{self.kind}.json"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / f"{self.kind}.html"

@@ -1,0 +1,1 @@
+"""Where examples come from: local files, the hub, NTREX-128, Lotsawa House."""

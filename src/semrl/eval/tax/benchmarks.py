@@ -1,0 +1,385 @@
+"""General benchmarks and drift: what a model lost in general competence (the alignment tax).
+
+- Loaders for the general sets, read from a data directory (`--data-dir` / $SEMRL_DATA_DIR;
+  see each folder's SOURCE.md) or, when it lacks them, fetched from their public origin:
+  CMRC 2018 dev (SQuAD JSON, GitHub ymcui/cmrc2018), MMLU test (hub cais/mmlu), GSM8K test
+  (GitHub openai/grade-school-math). Fixed seeded subsets keep every method on the same items.
+- `evaluate_general` runs them through lm-evaluation-harness: semrl ships task YAMLs for
+  `cmrc2018` (lm-eval has none), `mmlu` and `gsm8k` in `semrl/tasks/` and, per run, writes the
+  prepared subset as JSONL plus a small YAML that includes the shipped one and points
+  `data_files` at it, so the harness never touches the hub for them. Any other name is passed
+  to lm-eval as one of its own tasks (these need the hub or a populated HF cache).
+- `measure_drift`: per-example NLL increase over the base model and per-token KL on general
+  text; `TaxMeterCallback` tracks the NLL increase during training.
+
+All benchmark scores are fractions in [0, 1] (the paper prints CMRC as 0-100: multiply by 100).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from semrl.config.evaluation import BenchmarkConfig
+from semrl.core.errors import ConfigError, DataError
+from semrl.core.io import write_jsonl, write_text
+from semrl.data.general import LOADERS, gsm8k_target, seeded_indices
+from semrl.eval.metrics import cmrc_em_f1
+
+logger = logging.getLogger(__name__)
+
+
+TASKS_DIR = Path(__file__).with_name("tasks")
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def process_cmrc2018(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """lm-eval `process_results` for semrl_cmrc2018: EM, F1 and their mean for one answer."""
+    em, f1 = cmrc_em_f1(_first_line(results[0]), doc["answers"])
+    return {"avg": (em + f1) / 2, "em": em, "f1": f1}
+
+
+_NUMBER = re.compile(r"-?[$]?\d[\d,]*(?:\.\d+)?")
+_STRICT = re.compile(r"####\s*(-?[$]?\d[\d,]*(?:\.\d+)?)")
+
+
+def _number_value(text: str) -> Decimal | None:
+    cleaned = text.replace(",", "").replace("$", "").rstrip(".")
+    try:
+        return Decimal(cleaned)
+    except InvalidOperation:
+        return None
+
+
+def gsm8k_extract(text: str, strict: bool = False) -> str | None:
+    """The model's final number: after '####' (strict), else the last number in the text."""
+    m = _STRICT.search(text)
+    if m:
+        return m.group(1)
+    if strict:
+        return None
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def process_gsm8k(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """lm-eval `process_results` for semrl_gsm8k: exact match of the final number (flexible and
+    strict extraction), compared as numbers (so '18.00' == '18' and '1,000' == '1000')."""
+    gold = _number_value(gsm8k_target(doc["answer"]))
+    scores = {}
+    for key, strict in (("exact_match", False), ("strict_match", True)):
+        found = gsm8k_extract(results[0], strict=strict)
+        value = _number_value(found) if found is not None else None
+        scores[key] = float(value is not None and gold is not None and value == gold)
+    return scores
+
+
+@dataclass
+class BenchmarkResult:
+    """One benchmark's score (a fraction in [0, 1]) with its per-item values, aligned with the
+    items evaluated (the same items for every model with the same seed and limit)."""
+
+    name: str
+    metric: str
+    score: float
+    per_example: list[float]
+    n: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# semrl's own tasks: shipped YAML, lm-eval task name, headline metric.
+SEMRL_TASKS: dict[str, tuple[str, str, str]] = {
+    "cmrc2018": ("cmrc2018.yaml", "semrl_cmrc2018", "avg"),
+    "mmlu": ("mmlu.yaml", "semrl_mmlu", "acc"),
+    "gsm8k": ("gsm8k.yaml", "semrl_gsm8k", "exact_match"),
+}
+
+
+FEWSHOT_POOL = 64  # rows outside the evaluated subset that few-shot examples are drawn from
+
+
+@contextlib.contextmanager
+def _preserved_state(model: Any) -> Iterator[None]:
+    """lm-eval reseeds the global RNGs and puts the model in eval mode; undo both afterwards so
+    that evaluating in the middle of a run does not change what follows."""
+    py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    was_training = getattr(model, "training", False)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        model.train(was_training)
+
+
+def _shipped_task(yaml_name: str) -> dict[str, Any]:
+    """A shipped task YAML as a dict (lm-eval's `!function` tags read as plain strings)."""
+    loader = type("_TaskLoader", (yaml.SafeLoader,), {})
+    loader.add_constructor("!function", lambda ld, node: ld.construct_scalar(node))
+    return yaml.load((TASKS_DIR / yaml_name).read_text(encoding="utf-8"), Loader=loader)
+
+
+def prepare_task(
+    bench: BenchmarkConfig, data_dir: str | Path | None, seed: int, out_dir: str | Path
+) -> tuple[str, Path]:
+    """Write a semrl benchmark's seeded subset (test.jsonl, plus fewshot.jsonl when few-shot
+    examples are asked for) and a task YAML that includes the shipped one; returns the lm-eval
+    task name and the folder to pass as TaskManager(include_path=...). The folder is
+    self-contained: `lm_eval --include_path <folder> --tasks <name>` reproduces the run."""
+    yaml_name, task_name, _ = SEMRL_TASKS[bench.name]
+    out_dir = Path(out_dir)
+    rows = LOADERS[bench.name](data_dir)
+    chosen = seeded_indices(rows, bench.limit, seed, stratify="subject" if bench.name == "mmlu" else None)
+    test_path = write_jsonl(out_dir / "test.jsonl", (rows[i] for i in chosen))
+    # The datasets cache for these files lives (and dies) with the folder: nothing piles up in
+    # ~/.cache, and a rewritten subset is never served from a stale cache.
+    cache_dir = out_dir / ".hf_cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    config: dict[str, Any] = {
+        "include": str((TASKS_DIR / yaml_name).resolve()),
+        "dataset_kwargs": {"data_files": {"test": str(test_path.resolve())}, "cache_dir": str(cache_dir.resolve())},
+        "num_fewshot": bench.num_fewshot,
+    }
+    if bench.num_fewshot:
+        # Few-shot examples come from items outside the evaluated subset, so no item is shown
+        # its own answer.
+        taken = set(chosen)
+        rest = [i for i in range(len(rows)) if i not in taken]
+        random.Random(seed + 1).shuffle(rest)
+        pool = rest[: max(FEWSHOT_POOL, bench.num_fewshot)]
+        if len(pool) < bench.num_fewshot:
+            raise ConfigError(
+                f"evaluation.benchmarks[{bench.name}].num_fewshot={bench.num_fewshot}: only {len(pool)} items are "
+                f"left outside the evaluated subset of {len(chosen)}; lower limit or num_fewshot"
+            )
+        fewshot_path = write_jsonl(out_dir / "fewshot.jsonl", (rows[i] for i in sorted(pool)))
+        config["dataset_kwargs"]["data_files"]["fewshot"] = str(fewshot_path.resolve())
+        config["fewshot_split"] = "fewshot"
+    if bench.max_gen_toks is not None:
+        # lm-eval's `include` replaces a whole top-level key, so the shipped generation_kwargs are
+        # copied and only the cap changed.
+        shipped = _shipped_task(yaml_name).get("generation_kwargs")
+        if shipped is None:
+            raise ConfigError(
+                f"evaluation.benchmarks[{bench.name}].max_gen_toks: {bench.name} is scored by log-likelihood and "
+                f"generates nothing; remove max_gen_toks"
+            )
+        config["generation_kwargs"] = {**shipped, "max_gen_toks": bench.max_gen_toks}
+    write_text(out_dir / f"{task_name}.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return task_name, out_dir
+
+
+def _samples_in_order(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(samples, key=lambda s: s["doc_id"])
+
+
+def _prediction(sample: dict[str, Any]) -> str:
+    resp = sample.get("filtered_resps") or sample.get("resps") or [""]
+    while isinstance(resp, (list, tuple)) and resp:
+        resp = resp[0]
+    return resp if isinstance(resp, str) else ""
+
+
+def _run(lm: Any, tasks: list[str], task_manager: Any, seed: int, **kwargs: Any) -> dict[str, Any]:
+    from lm_eval import simple_evaluate
+
+    out = simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        task_manager=task_manager,
+        log_samples=True,
+        bootstrap_iters=0,  # semrl computes its own intervals from the per-item values
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        **kwargs,
+    )
+    if out is None:  # lm-eval returns None on non-zero ranks
+        raise RuntimeError("lm-eval returned no results (not the main process?)")
+    return out
+
+
+def _evaluate_semrl_task(
+    lm: Any, bench: BenchmarkConfig, data_dir: str | Path | None, seed: int, work_dir: Path
+) -> BenchmarkResult:
+    from lm_eval.tasks import TaskManager
+
+    metric = SEMRL_TASKS[bench.name][2]
+    task_name, task_dir = prepare_task(bench, data_dir, seed, work_dir / bench.name)
+    n_items = sum(1 for _ in (task_dir / "test.jsonl").open(encoding="utf-8"))
+    # Only semrl's folder is indexed: no scan of lm-eval's thousands of built-in YAMLs, no hub.
+    out = _run(lm, [task_name], TaskManager(include_path=str(task_dir), include_defaults=False), seed)
+    samples = _samples_in_order(out["samples"][task_name])
+    if len(samples) != n_items:
+        raise RuntimeError(f"lm-eval scored {len(samples)} of {n_items} {bench.name} items")
+    per_example = [float(s[metric]) for s in samples]
+    summary = out["results"][task_name]
+    details: dict[str, Any] = {
+        "lm_eval_task": task_name,
+        "num_fewshot": bench.num_fewshot,
+        "limit": bench.limit,
+        "seed": seed,
+        "task_dir": str(task_dir),
+    }
+    if bench.name == "cmrc2018":
+        details.update(
+            em=float(summary["em,none"]),
+            f1=float(summary["f1,none"]),
+            per_example_em=[float(s["em"]) for s in samples],
+            per_example_f1=[float(s["f1"]) for s in samples],
+            ids=[s["doc"]["id"] for s in samples],
+            predictions=[_first_line(_prediction(s)) for s in samples],
+        )
+    elif bench.name == "mmlu":
+        by_subject: dict[str, list[float]] = {}
+        for s, v in zip(samples, per_example):
+            by_subject.setdefault(s["doc"]["subject"], []).append(v)
+        details["per_subject"] = {k: float(np.mean(v)) for k, v in sorted(by_subject.items())}
+        details["subjects"] = [s["doc"]["subject"] for s in samples]
+    elif bench.name == "gsm8k":
+        details.update(
+            strict_match=float(summary["strict_match,none"]),
+            predictions=[_prediction(s) for s in samples],
+        )
+    return BenchmarkResult(bench.name, metric, float(summary[f"{metric},none"]), per_example, len(samples), details)
+
+
+_NOT_METRICS = {"alias", "name", "sample_len", "samples"}
+
+
+def evaluate_harness_task(lm: Any, bench: BenchmarkConfig, seed: int, task_manager: Any) -> BenchmarkResult:
+    """Any lm-eval task or group by name; `limit` is lm-eval's (the first N items per task)."""
+    import difflib
+
+    if bench.name not in task_manager.all_tasks:
+        close = difflib.get_close_matches(bench.name, task_manager.all_tasks, n=5)
+        hint = f" Close lm-eval names: {', '.join(close)}." if close else ""
+        raise ConfigError(
+            f"evaluation.benchmarks: {bench.name!r} is neither a semrl benchmark ({', '.join(SEMRL_TASKS)}) "
+            f"nor an lm-evaluation-harness task or group.{hint}"
+        )
+    try:
+        gen_kwargs = {"max_gen_toks": bench.max_gen_toks} if bench.max_gen_toks is not None else None
+        out = _run(
+            lm,
+            [bench.name],
+            task_manager,
+            seed,
+            num_fewshot=bench.num_fewshot,
+            limit=bench.limit,
+            gen_kwargs=gen_kwargs,
+        )
+    except OSError as err:  # ConnectionError/FileNotFoundError from datasets and the hub client
+        raise DataError(
+            f"lm-eval task {bench.name!r}: its dataset could not be loaded ({err}). lm-eval's own tasks "
+            f"download from the Hugging Face hub: run with internet access once (the HF cache keeps it), "
+            f"or use semrl's offline benchmarks ({', '.join(SEMRL_TASKS)})."
+        ) from err
+    # A task reports its own metrics; a group or tag may report an aggregate, or only its members.
+    summary = out["results"].get(bench.name) or out["results"][sorted(out["samples"])[0]]
+    key = next(
+        (k for k, v in summary.items() if "," in k and "_stderr" not in k and isinstance(v, (int, float))),
+        None,
+    )
+    if key is None:
+        raise RuntimeError(f"lm-eval reported no numeric metric for {bench.name!r}: {summary}")
+    metric, filter_name = key.split(",", 1)
+    per_example = [
+        float(s[metric])
+        for task in sorted(out["samples"])
+        for s in _samples_in_order(out["samples"][task])
+        if s.get("filter") == filter_name and isinstance(s.get(metric), (int, float, bool))
+    ]
+    score = float(summary[key]) if bench.name in out["results"] else float(np.mean(per_example))
+    details = {
+        "lm_eval_task": bench.name,
+        "filter": filter_name,
+        "num_fewshot": bench.num_fewshot,
+        "limit": bench.limit,
+        "seed": seed,
+        "results": {t: {k: v for k, v in r.items() if k not in _NOT_METRICS} for t, r in out["results"].items()},
+    }
+    return BenchmarkResult(bench.name, metric, score, per_example, len(per_example), details)
+
+
+def evaluate_general(
+    model: Any,
+    tokenizer: Any,
+    benchmarks: Sequence[BenchmarkConfig],
+    data_dir: str | Path | None,
+    seed: int,
+    batch_size: int = 8,
+    *,
+    work_dir: str | Path | None = None,
+) -> dict[str, BenchmarkResult]:
+    """Score a model on general benchmarks with lm-evaluation-harness.
+
+    `cmrc2018` (score: (EM+F1)/2, "Avg" as in the paper; EM and F1 in details), `mmlu`
+    (accuracy over the letters A-D by log-likelihood, subset stratified by subject) and `gsm8k`
+    (exact match of the final number) run offline from the data directory on a fixed subset of
+    `limit` items drawn with `seed`. Any other name runs lm-eval's own task of that name.
+    The prepared data and task YAMLs go to `work_dir/<benchmark>/` (a temporary folder when
+    None). Global RNG states and the model's train/eval mode are restored afterwards.
+    """
+    if not benchmarks:
+        return {}
+    try:
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as err:
+        raise ConfigError(
+            "general benchmarks (evaluation.benchmarks) run on lm-evaluation-harness, which is not installed: "
+            "pip install 'semrl[eval]', or set evaluation.benchmarks: [] to skip them"
+        ) from err
+
+    names = [b.name for b in benchmarks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"evaluation.benchmarks: {duplicates} listed more than once")
+    results: dict[str, BenchmarkResult] = {}
+    harness_tasks = None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_preserved_state(model))  # before HFLM, which switches to eval mode
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        root = (
+            Path(work_dir)
+            if work_dir is not None
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="semrl-bench-")))
+        )
+        for bench in benchmarks:
+            started = time.perf_counter()
+            if bench.name in SEMRL_TASKS:
+                result = _evaluate_semrl_task(lm, bench, data_dir, seed, root)
+            else:
+                if harness_tasks is None:
+                    from lm_eval.tasks import TaskManager
+
+                    harness_tasks = TaskManager()  # indexes lm-eval's built-in tasks (~20 s)
+                result = evaluate_harness_task(lm, bench, seed, harness_tasks)
+            result.details["wall_time_s"] = round(time.perf_counter() - started, 2)
+            if work_dir is None:
+                result.details.pop("task_dir", None)  # a temporary folder, gone after this call
+            logger.info("%s: %s = %.4f on %d items", bench.name, result.metric, result.score, result.n)
+            results[bench.name] = result
+    return results

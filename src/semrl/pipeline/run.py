@@ -1,0 +1,288 @@
+"""The experiment behind `semrl run`: data, then the training stages in dependency order, then
+evaluation and the report, all inside one run directory (`semrl.core.layout.RunLayout`).
+
+Read `run_experiment` top to bottom: it is the whole flow. A finished stage (its manifest
+exists) is skipped when the run is started again; a stage that was killed resumes from its last
+checkpoint; `force` reruns a stage and every stage downstream of it. The stage graph comes from
+the config (`semrl.train.stages`); the reward encoder is built once and shared by the preflight
+check, every GRPO stage and the evaluation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from semrl.config.experiment import ExperimentConfig
+from semrl.core.dist import is_main_process, wait_for_everyone
+from semrl.core.errors import ConfigError
+from semrl.core.io import read_manifest, write_json, write_text
+from semrl.core.layout import RunLayout, StageLayout
+from semrl.core.provenance import package_versions, peak_rss_mb
+from semrl.data.splits import load_splits, prepare_data
+from semrl.encoders import Encoder, build_encoder, require_representation
+from semrl.eval.judge import run_judge
+from semrl.pipeline.evaluate import evaluate_run
+from semrl.results.report import write_report
+from semrl.train.grpo import SEMANTIC_PURPOSE
+from semrl.train.stage import last_checkpoint, train_stage
+from semrl.train.stages import (
+    downstream_of,
+    stage_config_hash,
+    stage_specs,
+    stages_to_run,
+)
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunSummary:
+    """What `run_experiment` did: per stage 'ran', 'skipped' or 'resumed', and the manifests."""
+
+    run_dir: Path
+    actions: dict[str, str] = field(default_factory=dict)
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report: Path | None = None
+
+
+def prepare_run_data(config: ExperimentConfig, layout: RunLayout) -> dict[str, list]:
+    """Write the document-level splits once per run (main process), then read them everywhere."""
+    manifest = read_manifest(layout.splits_manifest)
+    wanted = config.hash("seed", "task", "data")
+    if is_main_process():
+        if manifest is None:
+            prepare_data(config, layout.root)
+        elif manifest.get("config_hash") != wanted:
+            raise ConfigError(
+                f"{layout.splits}: these splits were made from a different data/task config "
+                f"(hash {manifest.get('config_hash')} vs {wanted}). Use a new --out directory, or "
+                f"delete {layout.splits} to re-split (finished stages would then be stale)."
+            )
+    wait_for_everyone()
+    return load_splits(layout.root)
+
+
+def run_stage_in_dir(
+    stage: str,
+    config: ExperimentConfig,
+    splits: dict[str, list],
+    stage_dir: Path,
+    init_model: str | Path | None,
+    callbacks: Iterable[Any] = (),
+    log: Log = print,
+    parent_manifest: dict[str, Any] | None = None,
+    config_hash: str | None = None,
+    encoder: Encoder | None = None,
+) -> dict[str, Any]:
+    """Train one stage into `stage_dir` and write its manifest last (atomically).
+
+    `parent_manifest` is the manifest of the stage whose model `init_model` is; its id is recorded
+    so that a later run notices when that parent was retrained (see `check_parent_current`).
+    `config_hash` defaults to `stage_config_hash` (the few-shot transfer hashes its own way).
+    """
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    result = train_stage(
+        stage, config, splits, stage_dir, init_model=init_model, callbacks=list(callbacks), resume=True, encoder=encoder
+    )
+    manifest = {
+        "stage": stage,
+        "id": uuid.uuid4().hex,  # the model's identity: evaluations and child stages record it
+        "config_hash": config_hash or stage_config_hash(config, stage),
+        "init_model": str(init_model) if init_model is not None else None,
+        "parent_id": (parent_manifest or {}).get("id"),
+        "model_dir": str(result.model_dir),
+        "seed": config.seed,
+        "wall_time_s": round(time.time() - started, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "metrics": result.metrics,
+        "extra": result.extra,
+        "versions": package_versions(),
+    }
+    if is_main_process():
+        write_json(StageLayout(stage_dir).manifest, manifest)
+    wait_for_everyone()
+    log(f"[{stage_dir.name}] finished in {manifest['wall_time_s']:.1f}s (peak RSS {manifest['peak_rss_mb']:.0f} MiB)")
+    return manifest
+
+
+def check_parent_current(config: ExperimentConfig, layout: RunLayout, stage: str, manifest: dict[str, Any]) -> None:
+    """ConfigError when a finished stage was trained from a parent model that has since been
+    retrained or removed (e.g. a sweep's shared cold-start stage rerun with --force)."""
+    parent = stage_specs(config.stages)[stage].parent
+    recorded = manifest.get("parent_id")
+    if parent is None or recorded is None:  # from the base model, or a manifest from before ids
+        return
+    current = read_manifest(layout.stage(parent).manifest)
+    if current is None or current.get("id") != recorded:
+        raise ConfigError(
+            f"{layout.stage(stage).manifest}: stage '{stage}' was trained from a '{parent}' model that "
+            f"{'is gone' if current is None else 'has since been retrained'} ({layout.stage(parent).root}). "
+            f"Rerun it with --force {stage}, or use a new --out directory."
+        )
+
+
+def remove_stage(layout: RunLayout, stage: str) -> None:
+    """Delete a stage's folder; a linked (shared) stage loses only the link, never the original."""
+    folder = layout.stage(stage).root
+    if folder.is_symlink():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
+
+
+def tax_meter_callbacks(config: ExperimentConfig, layout: RunLayout) -> list[Any]:
+    """The tax meter (NLL drift on fixed general texts every N steps), when the config asks for it.
+
+    The base model's NLL on those texts is measured once per run and cached in the run directory.
+    """
+    steps = config.evaluation.tax_meter_steps
+    if steps <= 0:
+        return []
+    from transformers import AutoTokenizer
+
+    from semrl.data.general import general_texts
+    from semrl.eval.tax.drift import base_nll_for
+    from semrl.eval.tax.meter import TaxMeterCallback
+    from semrl.models import load_policy, resolve_model
+
+    ev = config.evaluation
+    texts = general_texts(config.resolved_data_dir(), ev.drift_examples, config.seed, text_file=ev.drift_text_file)
+    cached = read_manifest(layout.tax_meter_base)
+    if cached is not None and cached.get("texts") == texts:
+        base_nll = cached["base_nll"]
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(resolve_model(config.model.name)), trust_remote_code=config.model.trust_remote_code
+        )
+    else:
+        model, tokenizer = load_policy(config.model, resolve_model(config.model.name))
+        base_nll = base_nll_for(model, tokenizer, texts)
+        del model
+        if is_main_process():
+            write_json(layout.tax_meter_base, {"texts": texts, "base_nll": base_nll})
+    return [TaxMeterCallback(texts, tokenizer, steps, base_nll)]
+
+
+def trains_on_semantic_reward(config: ExperimentConfig, stages: Iterable[str]) -> bool:
+    """Whether any of `stages` is a GRPO stage and the rewards include the semantic one."""
+    kinds = {stage_specs(config.stages)[s].kind for s in stages}
+    return "grpo" in kinds and any(c.name == "semantic" for c in config.rewards.components)
+
+
+def preflight(config: ExperimentConfig, stages: Iterable[str], encoder: Encoder | None = None) -> Encoder | None:
+    """Checks that would otherwise fail a run after hours of training, run before any stage: when
+    a GRPO stage will train on the semantic reward, its encoder must represent the task's output
+    language (`encoders.require_representation`; raises ModelError naming what to configure).
+
+    Returns the reward encoder it built (or was given), for the stages to reuse; None when no
+    pending stage needs it.
+    """
+    if not trains_on_semantic_reward(config, stages):
+        return encoder
+    encoder = encoder if encoder is not None else build_encoder(config.rewards.encoder)
+    require_representation(encoder, config.task.target_lang, SEMANTIC_PURPOSE)
+    return encoder
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    run_dir: str | Path | None = None,
+    only: str | None = None,
+    force: Iterable[str] = (),
+    evaluate: bool = True,
+    log: Log = print,
+) -> RunSummary:
+    """Run an experiment end to end (or one stage with `only`), skipping finished stages.
+
+    Args:
+        config: the validated experiment config.
+        run_dir: run directory (default: `config.output_dir`).
+        only: run just this stage; the stage it starts from must already be finished.
+        force: stages to rerun even if finished (their downstream stages rerun too).
+        evaluate: evaluate every method and write the report after training.
+        log: where progress lines go.
+    """
+    layout = RunLayout(Path(run_dir or config.output_dir))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    forced: set[str] = set()
+    for stage in force:
+        forced.update(downstream_of(config.stages, stage))
+    stages = [spec.name for spec in stages_to_run(config.stages, only)]
+
+    if is_main_process():
+        write_text(layout.config, config.to_yaml())
+    pending = [s for s in stages if s in forced or read_manifest(layout.stage(s).manifest) is None]
+    encoder = preflight(config, pending)
+    splits = prepare_run_data(config, layout)
+    summary = RunSummary(run_dir=layout.root)
+
+    for stage in stages:
+        manifest = read_manifest(layout.stage(stage).manifest)
+        if manifest is not None and stage not in forced:
+            want = stage_config_hash(config, stage)
+            if manifest.get("config_hash") != want:
+                raise ConfigError(
+                    f"{layout.stage(stage).manifest}: stage '{stage}' was finished with a different config "
+                    f"(hash {manifest.get('config_hash')} vs {want}). Rerun it with --force {stage}, "
+                    f"or use a new --out directory."
+                )
+            check_parent_current(config, layout, stage, manifest)
+            log(f"[{stage}] already finished: skipped (use --force {stage} to rerun)")
+            summary.actions[stage] = "skipped"
+            summary.manifests[stage] = manifest
+            continue
+        if stage in forced and is_main_process():
+            remove_stage(layout, stage)
+        wait_for_everyone()
+
+        parent = stage_specs(config.stages)[stage].parent
+        init_model: Path | None = None
+        parent_manifest = None
+        if parent is not None:
+            parent_manifest = read_manifest(layout.stage(parent).manifest)
+            if parent_manifest is None:
+                raise ConfigError(
+                    f"stage '{stage}' starts from the '{parent}' stage's model, which is not finished in "
+                    f"{layout.root}. Run `semrl run CONFIG --out {layout.root}` (or --only {parent}) first."
+                )
+            init_model = layout.stage(parent).model
+        resumed = last_checkpoint(layout.stage(stage).checkpoints) is not None
+        log(f"[{stage}] {'resuming from its last checkpoint' if resumed else 'starting'}")
+        summary.manifests[stage] = run_stage_in_dir(
+            stage,
+            config,
+            splits,
+            layout.stage(stage).root,
+            init_model,
+            callbacks=tax_meter_callbacks(config, layout),
+            log=log,
+            parent_manifest=parent_manifest,
+            encoder=encoder,
+        )
+        summary.actions[stage] = "resumed" if resumed else "ran"
+
+    if evaluate and only is None:
+        summary.report = evaluate_and_report(config, layout, log=log, encoder=encoder)
+    return summary
+
+
+def evaluate_and_report(
+    config: ExperimentConfig, layout: RunLayout, log: Log = print, encoder: Encoder | None = None
+) -> Path | None:
+    """Evaluate every method of the run, judge method pairs when `evaluation.judge.enabled`, and
+    write the report (see semrl.pipeline.evaluate, semrl.eval.judge, semrl.results.report)."""
+    evaluate_run(config, layout.root, log=log, encoder=encoder)
+    if is_main_process():
+        if config.evaluation.judge.enabled:
+            run_judge(config, layout.root, log=log)
+        return write_report(layout.root)
+    return None

@@ -1,0 +1,1 @@
+"""metrics.json and the report: build the numbers, render markdown, HTML and plots."""

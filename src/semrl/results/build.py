@@ -1,0 +1,343 @@
+"""The report: one `metrics.json`, `report.md` and `report.html` per run directory.
+
+`metrics.json` schema (version 1)::
+
+    {
+      "schema_version": 1,
+      "methods": {"<method>": {                       # base, cold_start, sft, grpo
+          "task": {"bleu", "chrf", "semantic", "lang_rate", "length_ratio", ...},
+          "general": {"<benchmark>": score},
+          "tax": {"<benchmark>": score(base) - score(method), "mean": mean over benchmarks},
+          "drift": {"nll_mean", "nll_p90", "kl_mean", "kl_p90"} | null (base)}},
+      "intervals": {
+          "task": {"<method>": {"<metric>": {"estimate", "low", "high"}}},
+          "differences": {"<a>-<b>": {"<metric>": {"estimate", "low", "high"}}},
+          "tax": {"<method>": {"<benchmark>" | "mean": {"estimate", "low", "high"}}}},
+      "signatures": {"bleu": "...", "chrf": "..."},
+      "judge": {                                      # only when RUN_DIR/eval/judge.json exists
+          "judge": {"kind": "local" | "endpoint", "model", "mode", "url"?},
+          "confidence": 0.95,
+          "stale": bool,                              # a compared method was re-evaluated since
+          "pairs": {"<a>-<b>": {                      # rates from a's side: win = a preferred
+              "first": a, "second": b, "n", "judge_prompts",
+              "counts": {"win", "tie", "loss", "inconsistent", "identical", "unparsed"},
+              "rates": {"win" | "tie" | "loss": {"estimate", "low", "high"}},
+              "inconsistent_rate", "first_position_rate"}}},
+      "scale": {"model", "train_examples", "test_examples", "steps", ...},
+      "training": {"<stage>": {"wall_time_s", "peak_rss_mb", "tau", ...}},
+      "monitors": {                                   # null when the run has no GRPO log
+          "rows": n logged GRPO steps, "window": rows per window,
+          "series": {"<monitor>": {"first", "last", "change"}},
+          "thresholds": {"<name>": value},
+          "flags": [{"monitor", "statistic", "value", "threshold", "message"}]},
+      "config": {...}, "versions": {...}
+    }
+
+Intervals are bootstrap percentile intervals at `evaluation.confidence` over test examples
+(task, judge) or benchmark items (tax), paired where two methods are compared. Judge pairs are
+asked in both orders: a win needs both orders to prefer a, a loss both to prefer b, anything else
+is a tie; `inconsistent` counts pairs whose two orders preferred opposite outputs (see semrl.judge).
+
+(task) or benchmark items (tax), paired where two methods are compared.
+
+Reward-hacking monitors: the GRPO log's ``monitor/*`` values (see `semrl.training`), averaged over
+the first and the last window of logged steps (a quarter of them, at least one). `<monitor>` is
+one of length_ratio, mixed_script_rate, source_copy_rate, repetition_rate, zero_std_group_share
+(``monitor/frac_groups_equal_reward``) and language_pass_rate. A flag is raised when the last
+window's value (or, for the mixed-script rate, its rise) crosses the threshold named in
+`MONITOR_FLAGS`; the report states every threshold. Task summaries carry `semantic_valid: false`
+(and `semantic_note`) when the encoder cannot represent the output language.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semrl.config.experiment import ExperimentConfig, load_config
+from semrl.core.errors import SemrlError
+from semrl.core.io import read_manifest
+from semrl.core.layout import RunLayout
+from semrl.eval.records import load_evaluations
+from semrl.eval.stats import (
+    mean_of_paired_means_ci,
+    paired_bootstrap,
+    paired_corpus_bootstrap,
+)
+from semrl.train.callbacks import read_log
+from semrl.train.stages import (
+    BASE_METHOD,
+    BASELINE,
+    COLD_START,
+    TREATMENT,
+    evaluated_methods,
+    stage_specs,
+)
+
+SCHEMA_VERSION = 1
+# Per-example task metrics that get intervals, and the corpus metrics that get paired bootstrap.
+PER_EXAMPLE_METRICS = ("semantic", "semantic_2", "lang_pass", "length_ratio", "rouge_l")
+CORPUS_METRICS = ("bleu", "chrf")
+COMPARISONS = (
+    (TREATMENT, BASELINE),
+    (TREATMENT, COLD_START),
+    (BASELINE, BASE_METHOD),
+    (TREATMENT, BASE_METHOD),
+    (COLD_START, BASE_METHOD),
+)
+PER_TO_SUMMARY = {"lang_pass": "lang_rate"}
+# Reward-hacking monitors: report name -> GRPO log key.
+MONITOR_KEYS = {
+    "length_ratio": "monitor/length_ratio",
+    "mixed_script_rate": "monitor/mixed_script_rate",
+    "source_copy_rate": "monitor/source_copy_rate",
+    "repetition_rate": "monitor/repetition_rate",
+    "zero_std_group_share": "monitor/frac_groups_equal_reward",
+    "language_pass_rate": "monitor/language_pass_rate",
+}
+
+
+MONITOR_WINDOW_FRACTION = 0.25  # first and last quarter of the logged GRPO steps
+# Flag thresholds. SG-SRL saw unguarded RL outputs grow to 3x the reference length.
+LENGTH_RATIO_MAX = 2.0  # completions (characters) / reference, last window
+MIXED_SCRIPT_RISE_MAX = 0.1  # rise of the mixed-script rate from the first to the last window
+SOURCE_COPY_RATE_MAX = 0.2  # share of completions copied from their source, last window
+REPETITION_RATE_MAX = 0.3  # share of completions with repeated 4-grams, last window
+ZERO_STD_SHARE_MAX = 0.5  # share of groups whose rewards are all equal (no learning signal), last window
+# (monitor, statistic, threshold, message): flagged when the statistic exceeds the threshold.
+MONITOR_FLAGS: tuple[tuple[str, str, float, str], ...] = (
+    ("length_ratio", "last", LENGTH_RATIO_MAX, "completions reached {value:.2f}x the reference length"),
+    ("mixed_script_rate", "change", MIXED_SCRIPT_RISE_MAX, "the mixed-script rate rose by {value:+.2f}"),
+    ("source_copy_rate", "last", SOURCE_COPY_RATE_MAX, "{value:.0%} of completions copy their source"),
+    ("repetition_rate", "last", REPETITION_RATE_MAX, "{value:.0%} of completions repeat 4-grams"),
+    (
+        "zero_std_group_share",
+        "last",
+        ZERO_STD_SHARE_MAX,
+        "{value:.0%} of groups got equal rewards (no learning signal)",
+    ),
+)
+
+
+def _interval_dict(iv: Any) -> dict[str, float]:
+    return {"estimate": float(iv.estimate), "low": float(iv.low), "high": float(iv.high)}
+
+
+def task_intervals(per_example: dict[str, list[float]], boot: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Bootstrap intervals of the per-example task metrics of one evaluation."""
+    from semrl.eval.stats import (
+        bootstrap_ci,
+    )
+
+    return {
+        PER_TO_SUMMARY.get(k, k): _interval_dict(bootstrap_ci(per_example[k], **boot))
+        for k in PER_EXAMPLE_METRICS
+        if per_example.get(k)
+    }
+
+
+def paired_differences(
+    ea: dict[str, Any], eb: dict[str, Any], target_lang: str, boot: dict[str, Any]
+) -> dict[str, Any]:
+    """Paired bootstrap intervals of evaluation a minus evaluation b on the same test examples:
+    per-example task metrics, and corpus BLEU/chrF."""
+
+    d: dict[str, Any] = {}
+    for k in PER_EXAMPLE_METRICS:
+        if k in ea["per_example"] and k in eb["per_example"] and ea["per_example"][k]:
+            d[PER_TO_SUMMARY.get(k, k)] = _interval_dict(
+                paired_bootstrap(ea["per_example"][k], eb["per_example"][k], **boot)
+            )
+    hyps_a = [o["output"] for o in ea["outputs"]]
+    hyps_b = [o["output"] for o in eb["outputs"]]
+    refs = [o["reference"] for o in ea["outputs"]]
+    for k in CORPUS_METRICS:
+        d[k] = _interval_dict(paired_corpus_bootstrap(k, hyps_a, hyps_b, refs, target_lang, **boot))
+    return d
+
+
+def bootstrap_args(config: ExperimentConfig) -> dict[str, Any]:
+    """The bootstrap settings of a config's evaluation (resamples, confidence, seed)."""
+    ev = config.evaluation
+    return {"n_resamples": ev.bootstrap_samples, "confidence": ev.confidence, "seed": config.seed}
+
+
+def summarize_monitors(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """First- vs last-window means of each reward-hacking monitor in GRPO log rows, and the flags
+    they raise (see the module docstring). None when no row carries a monitor."""
+    series: dict[str, dict[str, float]] = {}
+    window = 0
+    n_rows = 0
+    for name, key in MONITOR_KEYS.items():
+        values = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if not values:
+            continue
+        k = max(1, math.ceil(len(values) * MONITOR_WINDOW_FRACTION))
+        first, last = float(np.mean(values[:k])), float(np.mean(values[-k:]))
+        series[name] = {"first": first, "last": last, "change": last - first}
+        window, n_rows = max(window, k), max(n_rows, len(values))
+    if not series:
+        return None
+    flags = []
+    for name, statistic, threshold, message in MONITOR_FLAGS:
+        if name in series and series[name][statistic] > threshold:
+            value = series[name][statistic]
+            flags.append(
+                {
+                    "monitor": name,
+                    "statistic": statistic,
+                    "value": value,
+                    "threshold": threshold,
+                    "message": message.format(value=value) + f" ({statistic} > {threshold})",
+                }
+            )
+    thresholds = {f"{name}_{statistic}": threshold for name, statistic, threshold, _ in MONITOR_FLAGS}
+    return {"rows": n_rows, "window": window, "series": series, "thresholds": thresholds, "flags": flags}
+
+
+def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Assemble metrics.json's content from a run directory's evaluations (read from
+    `RUN_DIR/eval` unless given) and manifests."""
+
+    run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
+    config_path = layout.config
+    if not config_path.is_file():
+        raise SemrlError(
+            f"{run_dir}: not a semrl run directory (no config.yaml). Run `semrl run CONFIG --out {run_dir}` first."
+        )
+    config = load_config(config_path)
+    if evals is None:
+        evals = load_evaluations(run_dir, evaluated_methods(config))
+    if not evals:
+        raise SemrlError(f"{run_dir}: no evaluations in {layout.eval_dir}; `semrl run` evaluates after training.")
+    ev = config.evaluation
+    boot = bootstrap_args(config)
+    target = config.task.target_lang
+
+    methods: dict[str, Any] = {}
+    iv_task: dict[str, Any] = {}
+    iv_tax: dict[str, Any] = {}
+    base = evals.get(BASE_METHOD)
+    for method, e in evals.items():
+        general = {name: r["score"] for name, r in e["general"].items()}
+        entry: dict[str, Any] = {"task": e["task"], "general": general, "drift": None}
+        if e.get("drift"):
+            entry["drift"] = {k: e["drift"][k] for k in ("nll_mean", "nll_p90", "kl_mean", "kl_p90")}
+        iv_task[method] = task_intervals(e["per_example"], boot)
+        if base is not None:
+            tax: dict[str, float] = {}
+            tax_iv: dict[str, Any] = {}
+            diffs = []
+            for name, r in e["general"].items():
+                if name not in base["general"]:
+                    continue
+                b = np.asarray(base["general"][name]["per_example"], dtype=float)
+                m = np.asarray(r["per_example"], dtype=float)
+                if len(b) != len(m):
+                    continue  # different subsets cannot be paired
+                tax[name] = float(base["general"][name]["score"] - r["score"])
+                tax_iv[name] = _interval_dict(paired_bootstrap(b, m, **boot))
+                diffs.append(b - m)
+            if tax:
+                tax["mean"] = float(np.mean([v for k, v in tax.items()]))
+                tax_iv["mean"] = _interval_dict(mean_of_paired_means_ci(diffs, **boot))
+            entry["tax"] = tax
+            iv_tax[method] = tax_iv
+        methods[method] = entry
+
+    differences: dict[str, Any] = {}
+    for a, b in COMPARISONS:
+        if a not in evals or b not in evals:
+            continue
+        differences[f"{a}-{b}"] = paired_differences(evals[a], evals[b], target, boot)
+
+    training: dict[str, Any] = {}
+    for stage in stage_specs(config.stages):
+        m = read_manifest(layout.stage(stage).manifest)
+        if m is not None:
+            training[stage] = {k: m.get(k) for k in ("wall_time_s", "peak_rss_mb", "metrics", "extra")}
+    any_eval = next(iter(evals.values()))
+    from semrl.data.splits import load_splits
+
+    splits = load_splits(run_dir)
+    scale = {
+        "model": config.model.name,
+        "lora": config.model.lora.enabled,
+        "split_sizes": {k: len(v) for k, v in splits.items()},
+        "test_examples_evaluated": any_eval["task"]["n"],
+        "benchmark_items": {name: r["n"] for name, r in any_eval["general"].items()},
+        "steps": {s: (t.get("metrics") or {}).get("global_step") for s, t in training.items()},
+        "encoder": config.rewards.encoder.name or config.rewards.encoder.backend,
+    }
+    from semrl.core.provenance import package_versions
+    from semrl.eval.judge import judge_summary, load_judge
+
+    judged = load_judge(run_dir)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "methods": methods,
+        "intervals": {"task": iv_task, "differences": differences, "tax": iv_tax, "confidence": ev.confidence},
+        "signatures": {k: any_eval["task"].get(f"{k}_signature") for k in CORPUS_METRICS},
+        **({"judge": judge_summary(judged, evals)} if judged is not None else {}),
+        "scale": scale,
+        "training": training,
+        "monitors": summarize_monitors(read_log(layout.stage(TREATMENT).log)),
+        "config": config.to_dict(),
+        "versions": package_versions(),
+    }
+
+
+def verdict(metrics: dict[str, Any]) -> str:
+    """One honest sentence: at this scale, was GRPO's tax and drift lower than SFT's?"""
+    m = metrics["methods"]
+    if (
+        TREATMENT not in m
+        or BASELINE not in m
+        or "mean" not in m[TREATMENT].get("tax", {})
+        or "mean" not in m[BASELINE].get("tax", {})
+    ):
+        return "GRPO and SFT were not both evaluated against the base model, so no tax comparison is made."
+    conf = int(metrics["intervals"]["confidence"] * 100)
+    g, s = m[TREATMENT]["tax"]["mean"], m[BASELINE]["tax"]["mean"]
+    gi, si = metrics["intervals"]["tax"][TREATMENT]["mean"], metrics["intervals"]["tax"][BASELINE]["mean"]
+    overlap = not (gi["high"] < si["low"] or si["high"] < gi["low"])
+    tax_part = (
+        f"mean alignment tax: GRPO {g:+.3f} [{gi['low']:+.3f}, {gi['high']:+.3f}] vs SFT {s:+.3f} "
+        f"[{si['low']:+.3f}, {si['high']:+.3f}] ({conf}% intervals); "
+        + ("GRPO's tax was lower" if g < s else "GRPO's tax was not lower")
+        + (
+            ", but the intervals overlap, so this run does not separate them."
+            if overlap
+            else ", and the intervals do not overlap."
+        )
+    )
+    dg, ds = m[TREATMENT].get("drift"), m[BASELINE].get("drift")
+    drift_part = ""
+    if dg and ds:
+        drift_part = (
+            f" NLL drift on general text: GRPO mean {dg['nll_mean']:+.3f} (P90 {dg['nll_p90']:+.3f}) vs SFT "
+            f"{ds['nll_mean']:+.3f} (P90 {ds['nll_p90']:+.3f}): "
+            + ("lower for GRPO." if dg["nll_mean"] < ds["nll_mean"] else "not lower for GRPO.")
+        )
+    return "At this scale, " + tax_part + drift_part + _learning_part(metrics, conf)
+
+
+def _learning_part(metrics: dict[str, Any], conf: int) -> str:
+    """Did GRPO learn the task beyond its cold-start starting point? (semantic similarity on test)"""
+    d = metrics["intervals"]["differences"].get("grpo-cold_start", {}).get("semantic")
+    if d is None:
+        return ""
+    if d["low"] > 0:
+        outcome = "GRPO learned beyond its cold-start model (the interval lies above zero)."
+    elif d["high"] < 0:
+        outcome = "GRPO ended below its cold-start model (the interval lies below zero)."
+    else:
+        outcome = "the interval includes zero, so this run does not show that GRPO learned beyond its cold-start model."
+    return (
+        f" Test semantic similarity, GRPO minus cold-start: {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
+        f"({conf}% paired interval): " + outcome
+    )

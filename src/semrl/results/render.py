@@ -1,0 +1,271 @@
+"""Render metrics.json as markdown and self-contained HTML; the table and number formatting shared by every report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from semrl.results.build import MONITOR_FLAGS, verdict
+from semrl.results.plots import PLOTS
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def fmt_iv(iv: dict[str, float] | None, digits: int = 3) -> str:
+    if not iv:
+        return "–"
+    return f"{iv['estimate']:+.{digits}f} [{iv['low']:+.{digits}f}, {iv['high']:+.{digits}f}]"
+
+
+def fmt_with_iv(value: float | None, iv: dict[str, float] | None) -> str:
+    """A value with its interval, "0.812 [0.790, 0.834]"; the bare value when there is no interval."""
+    if value is None:
+        return "–"
+    return f"{value:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else f"{value:.3f}"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], plots: dict[str, str]) -> str:
+    methods = metrics["methods"]
+    sc = metrics["scale"]
+    out = [f"# semrl report: {metrics['config']['name']}", ""]
+    out += [
+        "## Scale",
+        "",
+        f"Model `{sc['model']}` ({'LoRA' if sc['lora'] else 'full fine-tuning'}), reward encoder `{sc['encoder']}`; "
+        f"splits {sc['split_sizes']}; {sc['test_examples_evaluated']} test examples evaluated; "
+        f"benchmark items {sc['benchmark_items']}; training steps {sc['steps']}.",
+        "",
+        "This is a small-scale check of the paper's claim (GRPO with a semantic reward keeps general skills "
+        "better than strong SFT), not a reproduction of its numbers.",
+        "",
+        "GRPO reward: "
+        + " + ".join(f"{c['weight']:g} {c['name']}" for c in metrics["config"]["rewards"]["components"])
+        + ".",
+        "",
+        "## Verdict",
+        "",
+        verdict(metrics),
+        "",
+        *_flag_summary(metrics.get("monitors")),
+        "## Task quality",
+        "",
+    ]
+    task_cols = ["bleu", "chrf", "semantic", "semantic_2", "rouge_l", "lang_rate", "length_ratio", "source_copy_rate"]
+    present = [c for c in task_cols if any(c in m["task"] for m in methods.values())]
+    out.append(
+        md_table(["method"] + present, [[k] + [fmt(m["task"].get(c)) for c in present] for k, m in methods.items()])
+    )
+    out += [
+        "",
+        f"BLEU signature: `{metrics['signatures'].get('bleu')}`; chrF signature: `{metrics['signatures'].get('chrf')}`.",
+        "",
+    ]
+    for key in ("semantic", "semantic_2"):
+        note = next(
+            (m["task"].get(f"{key}_note") for m in methods.values() if m["task"].get(f"{key}_valid") is False), None
+        )
+        if note:
+            out += [f"WARNING: `{key}` similarity is not meaningful in this run: {note}.", ""]
+    conf = int(metrics["intervals"]["confidence"] * 100)
+    diffs = metrics["intervals"]["differences"]
+    if diffs:
+        cols = sorted({k for d in diffs.values() for k in d})
+        out += [f"### Differences between methods (paired bootstrap, {conf}% intervals)", ""]
+        out.append(md_table(["comparison"] + cols, [[k] + [fmt_iv(d.get(c)) for c in cols] for k, d in diffs.items()]))
+        out.append("")
+    if "judge" in metrics:
+        out += _judge_section(metrics["judge"])
+    out += [
+        "## Alignment tax",
+        "",
+        "Tax = score(base) − score(method); positive means the method lost general competence.",
+        "",
+    ]
+    benches = sorted({b for m in methods.values() for b in m["general"]})
+    rows = []
+    for k, m in methods.items():
+        row = [k] + [fmt(m["general"].get(b)) for b in benches]
+        tiv = metrics["intervals"]["tax"].get(k, {})
+        row += [fmt_iv(tiv.get(b)) for b in benches + ["mean"]]
+        rows.append(row)
+    out.append(md_table(["method"] + benches + [f"tax {b}" for b in benches] + ["tax mean"], rows))
+    out += ["", "## Drift from the base model on general text", ""]
+    out.append(
+        md_table(
+            ["method", "NLL increase mean", "NLL increase P90", "token KL mean", "token KL P90"],
+            [
+                [k] + [fmt((m.get("drift") or {}).get(c), 4) for c in ("nll_mean", "nll_p90", "kl_mean", "kl_p90")]
+                for k, m in methods.items()
+            ],
+        )
+    )
+    out += ["", *_monitor_section(metrics.get("monitors")), "## Training", ""]
+    tr = metrics["training"]
+    out.append(
+        md_table(
+            ["stage", "wall time (s)", "peak RSS (MiB)", "tau"],
+            [
+                [
+                    s,
+                    fmt(t.get("wall_time_s"), 1),
+                    fmt(t.get("peak_rss_mb"), 0),
+                    fmt(((t.get("extra") or {}).get("tau") or {}).get("value"), 4),
+                ]
+                for s, t in tr.items()
+            ],
+        )
+    )
+    out += ["", "## Plots", ""]
+    for name, title in PLOTS.items():
+        if name in plots:
+            out += [f"### {title}", "", f"![{title}](plots/{name})", ""]
+    out += ["## Sample outputs", ""]
+    first = next(iter(evals.values()))
+    rows = []
+    for i, o in enumerate(first["outputs"][:8]):
+        row = [_short(o["source"]), _short(o["reference"])]
+        for k, e in evals.items():
+            sem = e["per_example"]["semantic"][i]
+            row.append(
+                f"{_short(e['outputs'][i]['output'])} (sim {sem:.2f}, lang {int(e['per_example']['lang_pass'][i])})"
+            )
+        rows.append(row)
+    out.append(md_table(["source", "reference"] + list(evals), rows))
+    out += ["", "## Versions", "", "`" + json.dumps(metrics["versions"]) + "`", ""]
+    return "\n".join(out)
+
+
+def _judge_section(judge: dict[str, Any]) -> list[str]:
+    """The report's judge table: win/tie/loss rates with intervals per compared pair."""
+    who = judge["judge"]
+    conf = int(round((judge.get("confidence") or 0.95) * 100))
+    out = [
+        "## LLM judge: pairwise preference",
+        "",
+        f"Judge `{who['model']}` ({who['kind']}{', ' + who['url'] if who.get('url') else ''}; verdicts by {who['mode']}). "
+        "Each pair was shown in both orders: a win needs both orders to prefer the first method's output, a loss both "
+        "to prefer the second's; anything else is a tie. Inconsistent: the two orders preferred opposite outputs "
+        f"(position bias). Rates from the first method's side, with {conf}% bootstrap intervals over examples.",
+        "",
+    ]
+    if judge.get("stale"):
+        out += ["Stale: a compared method was evaluated again after this judge pass; rerun `semrl judge RUN_DIR`.", ""]
+
+    def rate(iv: dict[str, float]) -> str:
+        return fmt_with_iv(iv["estimate"], iv)
+
+    rows = [
+        [
+            f"{p['first']} vs {p['second']}",
+            str(p["n"]),
+            rate(p["rates"]["win"]),
+            rate(p["rates"]["tie"]),
+            rate(p["rates"]["loss"]),
+            f"{p['counts']['inconsistent']} ({p['inconsistent_rate']:.2f})",
+            str(p["counts"]["identical"]),
+            fmt(p.get("first_position_rate"), 2),
+        ]
+        for p in judge["pairs"].values()
+    ]
+    out.append(
+        md_table(
+            ["comparison", "n", "win", "tie", "loss", "inconsistent", "identical outputs", "verdicts for position A"],
+            rows,
+        )
+    )
+    return out + [""]
+
+
+def _flag_summary(monitors: dict[str, Any] | None) -> list[str]:
+    flags = (monitors or {}).get("flags") or []
+    if not flags:
+        return []
+    names = ", ".join(f["monitor"] for f in flags)
+    return [f"GRPO raised {len(flags)} reward-hacking flag(s) ({names}): see Reward-hacking monitors.", ""]
+
+
+def _monitor_section(monitors: dict[str, Any] | None) -> list[str]:
+    out = ["## Reward-hacking monitors", ""]
+    if not monitors:
+        return out + ["No GRPO monitors were logged in this run.", ""]
+    out += [
+        f"Means over the first and the last {monitors['window']} of {monitors['rows']} logged GRPO steps.",
+        "",
+        md_table(
+            ["monitor", "first", "last", "change"],
+            [[k, fmt(v["first"]), fmt(v["last"]), f"{v['change']:+.3f}"] for k, v in monitors["series"].items()],
+        ),
+        "",
+        "Flag thresholds: "
+        + "; ".join(f"{name} {stat} > {thr}" for name, stat, thr, _ in MONITOR_FLAGS)
+        + " (statistic 'change' is last minus first).",
+        "",
+    ]
+    if monitors["flags"]:
+        out += ["Flags:", ""] + [f"- FLAG {f['monitor']}: {f['message']}" for f in monitors["flags"]] + [""]
+    else:
+        out += ["No monitor crossed its threshold.", ""]
+    return out
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def render_html(markdown_text: str, plot_dir: Path) -> str:
+    """A self-contained HTML page: the Markdown's tables and text, plots embedded as data URIs."""
+    body: list[str] = []
+    lines = markdown_text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            table = []
+            while i < len(lines) and lines[i].startswith("|"):
+                table.append(lines[i])
+                i += 1
+            body.append(_html_table(table))
+            continue
+        if line.startswith("!["):
+            name = line[line.index("(") + 1 : -1].split("/")[-1]
+            data = base64.b64encode((plot_dir / name).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line).replace('`', '')}</p>")
+        i += 1
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "th{background:#f4f4f4}img{max-width:560px;display:block;margin:1em 0}"
+    )
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>semrl report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+
+
+def _html_table(rows: list[str]) -> str:
+    def cells(row: str) -> list[str]:
+        return [c.strip().replace("\\|", "|") for c in row.strip().strip("|").split(" | ")]
+
+    head = cells(rows[0])
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"]
+    for r in rows[2:]:
+        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(r)) + "</tr>")
+    return "".join(out) + "</table>"

@@ -1,0 +1,1 @@
+"""Training stages on TRL: the stage graph, SFT and GRPO trainers, callbacks, the CPU LM-head switch."""

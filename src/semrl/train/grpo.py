@@ -1,0 +1,233 @@
+"""The GRPO stage: TRL's GRPOTrainer with semrl's rewards, monitors and the tau calibration."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from semrl.config.data import TaskConfig
+from semrl.config.evaluation import GenerationConfig
+from semrl.config.experiment import ExperimentConfig
+from semrl.core.dist import is_main_process
+from semrl.core.errors import DataError
+from semrl.core.io import write_json
+from semrl.core.layout import StageLayout
+from semrl.data.prompts import build_prompt, to_grpo_dataset
+from semrl.encoders import build_encoder, require_representation
+from semrl.generation import generate_completions
+from semrl.models import peft_config
+from semrl.rewards.registry import build_reward_functions
+from semrl.train.callbacks import TimedReward, completion_monitors, frac_groups_equal
+from semrl.train.common import common_args
+
+if TYPE_CHECKING:
+    from semrl.data.example import Example
+    from semrl.encoders import Encoder
+    from semrl.rewards.tau import TauCalibration
+
+
+logger = logging.getLogger(__name__)
+
+
+SEMANTIC_PURPOSE = "the semantic reward (and its tau calibration)"
+
+
+@functools.cache
+def _monitored_grpo_trainer_class() -> type:
+    """`GRPOTrainer` with semrl's monitors (built lazily: importing TRL is slow)."""
+    from trl import GRPOTrainer
+
+    from semrl.rewards.base import completion_text
+
+    class MonitoredGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer that logs reward time and reward-hacking/stall monitors per generation batch.
+
+        It hooks `_calculate_rewards`, where TRL holds the completions, the dataset columns and the
+        rewards gathered over all processes (whole groups), and logs through `_log_metric`, the
+        same channel TRL's `log_metric` reward hook uses (averaged per logging step and across
+        processes). TRL is pinned below 1.17 in pyproject; `_check_hooks` fails loudly if a TRL
+        version lacks these methods.
+        """
+
+        def __init__(self, *args: Any, target_lang: str, **kwargs: Any) -> None:
+            self.target_lang = target_lang
+            super().__init__(*args, **kwargs)
+
+        @classmethod
+        def _check_hooks(cls) -> None:
+            for name in ("_calculate_rewards", "_log_metric"):
+                if not hasattr(GRPOTrainer, name):
+                    import trl
+
+                    raise RuntimeError(
+                        f"semrl's GRPO monitors need GRPOTrainer.{name}, which trl {trl.__version__} lacks; "
+                        "install a trl version that semrl supports (see pyproject.toml)"
+                    )
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            start = time.perf_counter()
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            self._log_metric("timing/rewards_s", time.perf_counter() - start)
+
+            texts = [completion_text(c) for c in completions]
+            for name, value in completion_monitors(texts, inputs, self.target_lang).items():
+                self._log_metric(name, value)
+
+            # rewards_per_func is gathered over processes, so it holds whole groups of G.
+            group = self.num_generations if self.model.training else self.num_generations_eval
+            per_func = rewards_per_func.detach().float().cpu().numpy().reshape(-1, group, len(self.reward_funcs))
+            weights = self.reward_weights.detach().float().cpu().numpy()
+            scored = ~np.isnan(per_func).all(axis=2)
+            total = np.where(scored, np.nansum(per_func * weights, axis=2), np.nan)
+            self._log_metric("monitor/frac_groups_equal_reward", frac_groups_equal(total))
+            for i, name in enumerate(self.reward_func_names):
+                self._log_metric(f"monitor/{name}/frac_groups_equal", frac_groups_equal(per_func[:, :, i]))
+            return rewards_per_func
+
+    MonitoredGRPOTrainer._check_hooks()
+    return MonitoredGRPOTrainer
+
+
+def dev_similarity(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    task: TaskConfig,
+    generation: GenerationConfig,
+    encoder: Encoder,
+) -> float:
+    """Mean cosine (under the reward encoder) between the model's outputs on `examples` (decoded
+    with `generation`) and their references: the cold-start model's semantic adequacy, the
+    paper's tau."""
+    prompts = [build_prompt(ex.source, task, tokenizer) for ex in examples]
+    outputs = generate_completions(model, tokenizer, prompts, generation)
+    hyp = encoder.encode(outputs)
+    ref = encoder.encode([ex.reference for ex in examples])
+    sims = np.einsum("ij,ij->i", hyp.astype(np.float64), ref.astype(np.float64))
+    sims = sims[np.isfinite(sims)]
+    if not sims.size:
+        raise DataError("tau calibration: the encoder gave no finite similarity on the dev split")
+    return float(sims.mean())
+
+
+def _calibrate_tau(
+    stage: str,
+    config: ExperimentConfig,
+    splits: dict[str, list[Example]],
+    examples: Sequence[Example],
+    model: Any,
+    tokenizer: Any,
+    encoder: Encoder,
+    tau_path: Path,
+    resuming: bool,
+) -> TauCalibration:
+    """Resolve tau (see `semrl.rewards.resolve_tau`), reusing the value of an interrupted run so a
+    resumed stage optimises the same reward it started with."""
+    from semrl.rewards.tau import TauCalibration, resolve_tau
+
+    if resuming and tau_path.is_file():
+        saved = json.loads(tau_path.read_text(encoding="utf-8"))
+        logger.info("tau %.4f (%s) reused from %s", saved["value"], saved["origin"], tau_path)
+        return TauCalibration(float(saved["value"]), saved["origin"], saved.get("details", {}))
+    rewards = config.rewards
+    dev_sim = None
+    dev = splits.get("dev") or []
+    if rewards.tau == "auto" and rewards.tau_source == "cold_start_dev" and dev:
+        started = time.perf_counter()
+        # Greedy, at GRPO's completion length: the floor is what the starting model reaches.
+        generation = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=config.stages.section(stage).max_completion_length,
+            batch_size=config.evaluation.generation.batch_size,
+        )
+        dev_sim = dev_similarity(model, tokenizer, dev, config.task, generation, encoder)
+        logger.info(
+            "cold-start dev similarity %.4f on %d examples (%.1fs)", dev_sim, len(dev), time.perf_counter() - started
+        )
+    calibration = resolve_tau(
+        rewards, encoder, [ex.reference for ex in examples], dev_similarity=dev_sim, seed=config.seed
+    )
+    if calibration.origin == "cold_start_dev":
+        calibration.details.setdefault("n_dev_examples", len(dev))
+    if is_main_process():
+        write_json(tau_path, asdict(calibration))
+    return calibration
+
+
+def build_grpo_trainer(
+    stage: str,
+    config: ExperimentConfig,
+    splits: dict[str, list[Example]],
+    examples: list[Example],
+    model: Any,
+    tokenizer: Any,
+    stage_dir: Path,
+    callbacks: list[Any],
+    extra: dict[str, Any],
+    resuming: bool,
+    encoder: Encoder | None = None,
+) -> Any:
+    """The GRPO trainer of stage `stage` (a section of kind grpo), with semrl's rewards and
+    monitors. `encoder` is the reward encoder when the caller has built it already (the runner
+    builds it once per run); otherwise it is built here when the semantic reward needs it."""
+    from trl import GRPOConfig
+
+    rewards = config.rewards
+    tau: float | None = None
+    if any(c.name == "semantic" for c in rewards.components):
+        encoder = encoder if encoder is not None else build_encoder(rewards.encoder)
+        # Before tau calibration (which generates on the dev split): refuse an encoder blind to the
+        # output language rather than calibrate and train on noise.
+        probe = require_representation(encoder, config.task.target_lang, SEMANTIC_PURPOSE)
+        if probe is not None:
+            extra["encoder_probe"] = probe.summary()
+        calibration = _calibrate_tau(
+            stage, config, splits, examples, model, tokenizer, encoder, StageLayout(stage_dir).tau, resuming
+        )
+        tau = calibration.value
+        extra["tau"] = asdict(calibration)
+        logger.info("GRPO semantic floor tau = %.4f (origin: %s)", tau, calibration.origin)
+        if is_main_process():
+            print(f"[{stage}] semantic floor tau = {tau:.4f} ({calibration.origin})", flush=True)
+
+    else:
+        encoder = None
+    funcs, weights = build_reward_functions(rewards, config.task.target_lang, encoder, tau)
+
+    cfg = config.stages.section(stage)
+    args = GRPOConfig(
+        **common_args(stage, cfg, config, StageLayout(stage_dir).checkpoints),
+        num_generations=cfg.num_generations,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
+        max_completion_length=cfg.max_completion_length,
+        reward_weights=weights,
+        use_vllm=cfg.use_vllm,
+        vllm_mode=cfg.vllm_mode,
+    )
+    extra["gradient_accumulation_steps"] = args.gradient_accumulation_steps
+    extra["per_device_batch_size"] = args.per_device_train_batch_size
+    extra["reward_weights"] = {getattr(f, "__name__", str(f)): w for f, w in zip(funcs, weights)}
+    trainer_cls = _monitored_grpo_trainer_class()
+    return trainer_cls(
+        model=model,
+        reward_funcs=[TimedReward(f) for f in funcs],
+        args=args,
+        train_dataset=to_grpo_dataset(examples, config.task, tokenizer),
+        processing_class=tokenizer,
+        peft_config=peft_config(config.model.lora, model),
+        callbacks=callbacks,
+        target_lang=config.task.target_lang,
+    )

@@ -1,0 +1,46 @@
+"""The SFT stages (cold start, strong SFT, declared SFT stages): TRL's SFTTrainer on completion-only loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from semrl.config.experiment import ExperimentConfig
+from semrl.train.common import common_args
+
+if TYPE_CHECKING:
+    from semrl.data.example import Example
+
+
+def build_sft_trainer(
+    stage: str,
+    config: ExperimentConfig,
+    examples: list[Example],
+    model: Any,
+    tokenizer: Any,
+    output_dir: Path,
+    callbacks: list[Any],
+    extra: dict[str, Any],
+) -> Any:
+    from trl import SFTConfig, SFTTrainer
+
+    from semrl.data.prompts import to_sft_dataset
+    from semrl.models import peft_config
+
+    cfg = config.stages.section(stage)
+    args = SFTConfig(
+        **common_args(stage, cfg, config, output_dir),
+        max_length=cfg.max_length,
+        completion_only_loss=True,  # learn the reference, not the prompt
+        packing=False,
+    )
+    extra["gradient_accumulation_steps"] = args.gradient_accumulation_steps
+    extra["per_device_batch_size"] = args.per_device_train_batch_size
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_sft_dataset(examples, config.task, tokenizer),
+        processing_class=tokenizer,
+        peft_config=peft_config(config.model.lora, model),
+        callbacks=callbacks,
+    )

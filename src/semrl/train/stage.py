@@ -1,0 +1,264 @@
+"""The training stages, on TRL: cold-start SFT, the strong-SFT baseline and semantic GRPO.
+
+`train_stage` maps one stage of the experiment config onto TRL's `SFTTrainer`/`SFTConfig` or
+`GRPOTrainer`/`GRPOConfig`, trains (resuming from the stage's last complete checkpoint when there is
+one) and writes the stage's output as a full safetensors checkpoint (LoRA merged) to
+``stage_dir/model``, so that every later stage and the evaluation load models the same way.
+
+Stage folder::
+
+    stage_dir/
+      checkpoints/checkpoint-N/   trainer checkpoints (resume points; TensorBoard logs under runs/)
+      log.jsonl                   one JSON object per trainer log (step, epoch, time, metrics)
+      tau.json                    GRPO only: the semantic floor tau and where it came from
+      reward_stats.rank<N>.json   GRPO only: process N's reward calls, completions scored, seconds
+      model/                      the stage's output
+
+GRPO logs carry TRL's own metrics (``rewards/<name>/mean``, ``frac_reward_zero_std``, completion
+lengths, ``kl`` when beta > 0) plus semrl's monitors against reward hacking and stalls:
+``monitor/language_pass_rate`` (completions in the target script only), ``monitor/length_ratio``
+(completion / reference length in characters), ``monitor/frac_groups_equal_reward`` (groups whose
+G weighted rewards are all equal, i.e. no learning signal, whatever `scale_rewards` is) and
+``monitor/<reward>/frac_groups_equal`` per reward (a saturated binary language reward shows up
+here), ``monitor/mixed_script_rate`` (completions mixing scripts), ``monitor/source_copy_rate``
+(completions copied from their source, `rewards.is_source_copy`) and ``monitor/repetition_rate``
+(completions with repeated 4-grams, `rewards.is_repetitive`) at the guards' default thresholds, so
+runs with and without guards compare (see `completion_monitors`), and timings:
+``timing/reward/<name>_s`` per reward call, ``timing/rewards_s`` for all rewards of a generation
+batch, ``step_time_s`` and ``timing/reward_share`` (reward time / step time).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from semrl.config.experiment import ExperimentConfig
+from semrl.core.dist import is_main_process, wait_for_everyone
+from semrl.core.errors import ConfigError, DataError
+from semrl.core.io import write_jsonl
+from semrl.core.layout import TRAINER_STATE_FILE, StageLayout
+from semrl.train.callbacks import (
+    JsonlLogCallback,
+    json_safe,
+    read_log,
+    use_rich_progress,
+    write_reward_stats,
+)
+from semrl.train.cpu import compact_lm_head_on_cpu
+from semrl.train.grpo import build_grpo_trainer
+from semrl.train.sft import build_sft_trainer
+from semrl.train.stages import StageSpec, stage_specs
+
+if TYPE_CHECKING:
+    from semrl.data.example import Example
+    from semrl.encoders import Encoder
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    """What a stage produced: its model directory, the trainer's final metrics, and extras
+    (tau calibration, resume point, batch arithmetic) for the stage manifest."""
+
+    stage: str
+    model_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def last_checkpoint(checkpoints_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under `checkpoints_dir`, or None.
+
+    transformers writes `trainer_state.json` last, so a checkpoint without it was interrupted
+    while saving and is not a safe resume point.
+    """
+    folder = Path(checkpoints_dir)
+    if not folder.is_dir():
+        return None
+    complete = []
+    for path in folder.glob("checkpoint-*"):
+        suffix = path.name.split("-", 1)[1]
+        if suffix.isdigit() and (path / TRAINER_STATE_FILE).is_file():
+            complete.append((int(suffix), path))
+    return max(complete)[1] if complete else None
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))["global_step"])
+
+
+def _stage_examples(spec: StageSpec, splits: dict[str, list[Example]]) -> list[Example]:
+    missing = [name for name in spec.splits if name not in splits]
+    if missing:
+        raise DataError(
+            f"stage '{spec.name}' trains on the split(s) {list(spec.splits)}, but {missing} is missing from the "
+            f"run's splits (present: {sorted(splits)}); prepare the data again (`semrl data`)"
+        )
+    examples = [ex for name in spec.splits for ex in splits[name]]
+    if not examples:
+        raise DataError(
+            f"stage '{spec.name}' has no training examples: split(s) {list(spec.splits)} are empty; "
+            f"check data.splits in the config"
+        )
+    return examples
+
+
+def _prepare_stage_dir(stage_dir: Path, resume: bool) -> Path | None:
+    """Decide the resume point and make the log agree with it (main process only writes).
+
+    Without a resume point the stage starts fresh: old checkpoints, log and tau are removed. With
+    one, log rows after the checkpoint's step are dropped, since those steps will run again.
+    """
+    layout = StageLayout(stage_dir)
+    checkpoints = layout.checkpoints
+    log_path = layout.log
+    resume_from = last_checkpoint(checkpoints) if resume else None
+    if is_main_process():
+        # Each run writes these again at its end; old ones may be from a different process count.
+        for stale in stage_dir.glob(layout.reward_stats("*").name):
+            stale.unlink(missing_ok=True)
+        if resume_from is None:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+            for path in (layout.log, layout.tau):
+                path.unlink(missing_ok=True)
+        else:
+            step = _checkpoint_step(resume_from)
+            kept = [row for row in read_log(log_path) if int(row.get("step", 0)) <= step]
+            write_jsonl(log_path, kept)
+    wait_for_everyone()
+    return resume_from
+
+
+def _weights_are_sharded(accelerator: Any) -> bool:
+    """DeepSpeed ZeRO-3 and FSDP keep a slice of each weight per process."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
+def _save_stage_model(trainer: Any, tokenizer: Any, stage_dir: Path, model_dir: Path) -> None:
+    """Write the stage's full, merged checkpoint. With sharded weights every process first takes
+    part in the trainer's gathering save (adapters or full weights); the main process then
+    reloads that on CPU and merges, so no process ever saves only its own shard."""
+    from semrl.models import save_merged
+
+    if not _weights_are_sharded(trainer.accelerator):
+        if trainer.accelerator.is_main_process:
+            save_merged(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir)
+        wait_for_everyone()
+        return
+    gathered = StageLayout(stage_dir).gathered
+    trainer.save_model(str(gathered))  # collective: all processes must call it
+    if trainer.accelerator.is_main_process:
+        if (gathered / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(str(gathered), torch_dtype="auto")
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(gathered), torch_dtype="auto")
+        save_merged(model, tokenizer, model_dir)
+        shutil.rmtree(gathered, ignore_errors=True)
+    wait_for_everyone()
+
+
+def train_stage(
+    stage: str,
+    config: ExperimentConfig,
+    splits: dict[str, list[Example]],
+    stage_dir: str | Path,
+    init_model: str | Path | None = None,
+    callbacks: Sequence[Any] = (),
+    resume: bool = True,
+    encoder: Encoder | None = None,
+) -> StageResult:
+    """Train one stage and write its full checkpoint to ``stage_dir/model``.
+
+    Args:
+        stage: a stage of `config.stages` (built-in: 'cold_start', SFT on the cold-start split;
+            'sft', the strong-SFT baseline on the cold-start and RL splits; 'grpo', semantic GRPO
+            on the RL split; or one the config declares). Its kind decides the trainer.
+        config: the experiment config; the stage reads `stages.<stage>`, `model`, `task`, `seed`
+            and, for GRPO, `rewards`.
+        splits: the run's splits by name (`semrl.data.load_splits`).
+        stage_dir: the stage's folder (checkpoints, log.jsonl, model).
+        init_model: the checkpoint to start from (GRPO: the cold-start output); None starts from
+            the configured base model.
+        callbacks: extra `transformers.TrainerCallback`s.
+        resume: continue from the last complete checkpoint in ``stage_dir/checkpoints`` if there
+            is one; False starts over and deletes old checkpoints.
+        encoder: the reward encoder, when the caller built it already (GRPO stages only).
+    """
+    from transformers import set_seed
+
+    from semrl.models import load_policy
+
+    specs = stage_specs(config.stages)
+    if stage not in specs:
+        raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(specs)}")
+    spec = specs[stage]
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    examples = _stage_examples(spec, splits)
+    resume_from = _prepare_stage_dir(stage_dir, resume)
+
+    # Seed before loading: LoRA adapters are initialised randomly when the trainer wraps the model.
+    set_seed(config.seed)
+    if spec.kind == "grpo" and init_model is None:
+        logger.warning("GRPO stage %r starts from the base model (no starting checkpoint given)", stage)
+    model, tokenizer = load_policy(config.model, init_model)
+    # User callbacks first: one that adds to the logs (the tax meter) must run before the writer.
+    layout = StageLayout(stage_dir)
+    all_callbacks = [*callbacks, JsonlLogCallback(layout.log)]
+    extra: dict[str, Any] = {
+        "init_model": str(init_model) if init_model is not None else config.model.name,
+        "num_examples": len(examples),
+        "lora": config.model.lora.enabled,
+        "resumed_from": str(resume_from) if resume_from else None,
+    }
+    if spec.kind == "grpo":
+        trainer = build_grpo_trainer(
+            stage,
+            config,
+            splits,
+            examples,
+            model,
+            tokenizer,
+            stage_dir,
+            all_callbacks,
+            extra,
+            resuming=resume_from is not None,
+            encoder=encoder,
+        )
+    else:
+        trainer = build_sft_trainer(stage, config, examples, model, tokenizer, layout.checkpoints, all_callbacks, extra)
+    use_rich_progress(trainer)
+
+    with compact_lm_head_on_cpu():
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    if spec.kind == "grpo":
+        write_reward_stats(stage_dir, trainer.reward_funcs)
+    model_dir = layout.model
+    _save_stage_model(trainer, tokenizer, stage_dir, model_dir)
+    metrics = {k: json_safe(v) for k, v in output.metrics.items()}
+    metrics["global_step"] = trainer.state.global_step
+    # The accelerator keeps references to the model and optimizer; drop them so that the next
+    # stage run in this process (the runner trains all stages in one) starts with free memory.
+    trainer.accelerator.free_memory()
+    del trainer, model
+    gc.collect()
+    return StageResult(stage=stage, model_dir=model_dir, metrics=metrics, extra=extra)
