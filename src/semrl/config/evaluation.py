@@ -39,7 +39,7 @@ MethodName = str
 
 class JudgeConfig(Section):
     """The LLM-judge pairwise win rate (judge and prompt not published): a judge model compares two
-    methods' outputs for the same source, each pair asked in both orders (see semrl.judge)."""
+    methods' outputs for the same source, each pair asked in both orders (see semrl.eval.judge)."""
 
     enabled: bool = Field(
         False, description="Run the judge after evaluation (`semrl judge RUN_DIR` runs it on demand)."

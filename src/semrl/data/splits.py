@@ -20,7 +20,7 @@ are an exact prefix of prompt+completion (what TRL's completion mask relies on) 
 learns to emit the space itself; a prompt ending in a space would leave a lone space token that
 never precedes a word in pretraining. Rewards read generated text through
 `semrl.rewards.completion_text`; the evaluation keeps its first line, stripped
-(`semrl.evaluation.clean_completion`).
+(`semrl.generation.clean_completion`).
 """
 
 from __future__ import annotations

@@ -36,11 +36,11 @@
 Intervals are bootstrap percentile intervals at `evaluation.confidence` over test examples
 (task, judge) or benchmark items (tax), paired where two methods are compared. Judge pairs are
 asked in both orders: a win needs both orders to prefer a, a loss both to prefer b, anything else
-is a tie; `inconsistent` counts pairs whose two orders preferred opposite outputs (see semrl.judge).
+is a tie; `inconsistent` counts pairs whose two orders preferred opposite outputs (see semrl.eval.judge).
 
 (task) or benchmark items (tax), paired where two methods are compared.
 
-Reward-hacking monitors: the GRPO log's ``monitor/*`` values (see `semrl.training`), averaged over
+Reward-hacking monitors: the GRPO log's ``monitor/*`` values (see `semrl.train.callbacks`), averaged over
 the first and the last window of logged steps (a quarter of them, at least one). `<monitor>` is
 one of length_ratio, mixed_script_rate, source_copy_rate, repetition_rate, zero_std_group_share
 (``monitor/frac_groups_equal_reward``) and language_pass_rate. A flag is raised when the last

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _warn_cannot_compact(reason: str) -> None:
+    # Once per process: every stage enters the block, and one line says what is lost.
+    logger.warning(
+        "compact_lm_head_on_cpu: %s; CPU training runs TRL's LM head over every position (slower, same numbers)",
+        reason,
+    )
 
 
 @contextlib.contextmanager
@@ -24,13 +33,19 @@ def compact_lm_head_on_cpu() -> Iterator[None]:
     26 s -> 11 s, GRPO steps 38 s -> 25 s.
 
     `train_stage` trains inside this block; a TRL script can use it the same way around
-    `trainer.train()`. With a TRL that no longer has the switch it changes nothing.
+    `trainer.train()`. With a TRL that no longer has the switch it changes nothing and warns once.
     """
     try:
         import trl.trainer.utils as trl_utils
-
-        use_triton = trl_utils._use_triton
-    except (ImportError, AttributeError):
+    except ImportError:
+        _warn_cannot_compact("trl is not installed")
+        yield
+        return
+    use_triton = getattr(trl_utils, "_use_triton", None)
+    if use_triton is None:
+        _warn_cannot_compact(
+            f"trl {getattr(__import__('trl'), '__version__', '?')} has no trl.trainer.utils._use_triton"
+        )
         yield
         return
     # `_use_triton` in trl.trainer.utils decides only this compaction; the kernel reads its own copy,

@@ -96,7 +96,7 @@ def _checkpoint_step(path: Path) -> int:
     return int(json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))["global_step"])
 
 
-def _stage_examples(spec: StageSpec, splits: dict[str, list[Example]]) -> list[Example]:
+def stage_examples(spec: StageSpec, splits: dict[str, list[Example]]) -> list[Example]:
     missing = [name for name in spec.splits if name not in splits]
     if missing:
         raise DataError(
@@ -212,7 +212,7 @@ def train_stage(
     spec = specs[stage]
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    examples = _stage_examples(spec, splits)
+    examples = stage_examples(spec, splits)
     resume_from = _prepare_stage_dir(stage_dir, resume)
 
     # Seed before loading: LoRA adapters are initialised randomly when the trainer wraps the model.
