@@ -67,8 +67,8 @@ class RewardComponent(Section):
         description="semantic (R_sim), language (R_lang), bleu, chrf; guards: language_gate (-1 unless the "
         "output is in the target script only), length_penalty, repetition_penalty, source_copy_penalty. "
         "Or a custom reward by dotted path, 'package.module:callable' or 'package.module.callable' (as TRL's "
-        "grpo script): a function (prompts, completions, **columns) -> list[float], or a class or factory "
-        "returning one (called with `kwargs`)."
+        "grpo script): a function (prompts, completions, **columns) -> list[float] (bound to `kwargs` with "
+        "functools.partial), or a class of such callables (instantiated with `kwargs`)."
     )
     weight: float = 1.0
     mode: Literal["binary", "continuous"] = Field(
