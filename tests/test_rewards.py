@@ -525,3 +525,57 @@ def test_score_completions_with_guards_uses_the_source_column() -> None:
     copied, own = score_completions(rows, "bo", funcs, weights)
     assert (copied["source_copy_penalty"], own["source_copy_penalty"]) == (-1.0, 0.0)
     assert copied["total"] == 0.0 and own["total"] == 1.0  # both Tibetan: only the guard separates them
+
+
+def test_custom_rewards_by_dotted_path_load_through_the_config_and_score() -> None:
+    from semrl.config.experiment import parse_config
+
+    config = parse_config(
+        {
+            "rewards": {
+                "components": [
+                    {"name": "language", "weight": 1.0},
+                    {"name": "custom_rewards:length_reward", "weight": 0.5, "kwargs": {"scale": 2.0}},
+                    {"name": "custom_rewards.ExactMatch", "kwargs": {"miss": -1.0}},
+                    {"name": "custom_rewards.length_reward"},
+                ]
+            }
+        }
+    )
+    funcs, weights = build_reward_functions(config.rewards, "zh", None, None)
+    # A function bound to kwargs (a partial) and a class instance get a name from the path.
+    assert [f.__name__ for f in funcs] == ["language", "length_reward", "ExactMatch", "length_reward"]
+    assert weights == [1.0, 0.5, 1.0, 1.0]
+    rows = [
+        {"source": "བཀྲ་ཤིས་བདེ་ལེགས།", "reference": "吉祥如意。", "completion": "吉祥如意。"},
+        {"source": "ཐུགས་རྗེ་ཆེ།", "reference": "谢谢。", "completion": "thanks"},
+    ]
+    scored = score_completions(rows, "zh", funcs, weights)
+    assert [r["ExactMatch"] for r in scored] == [1.0, -1.0]
+    assert scored[0]["total"] == pytest.approx(1.0 + 0.5 * 2 * 5 + 1.0 + 5)
+    assert scored[1]["total"] == pytest.approx(0.0 + 0.5 * 2 * 6 - 1.0 + 6)
+    # TRL's call form, conversational completions and extra columns.
+    conversational = [[{"role": "assistant", "content": "吉祥如意。"}]]
+    assert funcs[1](prompts=["p"], completions=conversational, completion_ids=None, reference=["吉祥如意。"]) == [10.0]
+    # kwargs are left out of dumps while empty, so built-in components hash as before.
+    assert "kwargs" not in config.to_dict()["rewards"]["components"][0]
+
+
+def test_custom_reward_errors_name_the_component() -> None:
+    from semrl.config.experiment import parse_config
+
+    with pytest.raises(ConfigError, match=r"rewards\.components\.0\.name: .*unknown reward 'semantik'.*semantic"):
+        parse_config({"rewards": {"components": [{"name": "semantik"}]}})
+    with pytest.raises(ConfigError, match="kwargs applies to custom rewards"):
+        parse_config({"rewards": {"components": [{"name": "language", "kwargs": {"x": 1}}]}})
+    for name, message in [
+        ("no_such_module.reward", r"cannot import the custom reward 'no_such_module\.reward': ModuleNotFoundError"),
+        ("custom_rewards:missing", r"cannot import the custom reward 'custom_rewards:missing': AttributeError"),
+        ("custom_rewards.NOT_CALLABLE", r"the custom reward .* is not callable"),
+    ]:
+        cfg = RewardsConfig(components=[RewardComponent(name="language"), RewardComponent(name=name)])
+        with pytest.raises(ConfigError, match=rf"rewards\.components\[1\]\.name: {message}"):
+            build_reward_functions(cfg, "zh", None, None)
+    bad_kwargs = RewardsConfig(components=[RewardComponent(name="custom_rewards.ExactMatch", kwargs={"hit": 2})])
+    with pytest.raises(ConfigError, match=r"rewards\.components\[0\]\.name: cannot instantiate"):
+        build_reward_functions(bad_kwargs, "zh", None, None)

@@ -29,6 +29,7 @@ from semrl.config.experiment import (
 from semrl.config.model import LoraConfig, ModelConfig
 from semrl.config.overrides import apply_override
 from semrl.config.rewards import (
+    BUILT_IN_REWARDS,
     COMPONENT_OPTIONS,
     GUARD_NAMES,
     REWARD_PRESETS,
@@ -81,6 +82,7 @@ __all__ = [
     "AnyStageConfig",
     "StagesConfig",
     "EncoderConfig",
+    "BUILT_IN_REWARDS",
     "GUARD_NAMES",
     "COMPONENT_OPTIONS",
     "RewardComponent",

@@ -131,6 +131,10 @@ def _format_validation_error(err: ValidationError, path: str | Path) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `semrl config init` writes every allowed key)"
+        elif e["type"] == "trl_key":  # a stage's `trl:` key: name the key itself
+            key = f"{key}.{e['ctx']['field']}"
+            lines.append(f"  - {key}: {msg}")
+            continue
         elif e["type"] == "literal_error":
             expected = e.get("ctx", {}).get("expected")
             msg = f"must be one of {expected}"

@@ -34,6 +34,17 @@ class EncoderConfig(Section):
         return self
 
 
+# The rewards semrl builds by name; any other component name is a dotted path to a custom reward.
+BUILT_IN_REWARDS: tuple[str, ...] = (
+    "semantic",
+    "language",
+    "bleu",
+    "chrf",
+    "language_gate",
+    "length_penalty",
+    "repetition_penalty",
+    "source_copy_penalty",
+)
 GUARD_NAMES: tuple[str, ...] = ("language_gate", "length_penalty", "repetition_penalty", "source_copy_penalty")
 # Which components read each option; setting an option to a non-default value on another
 # component is an error (it would silently do nothing).
@@ -52,18 +63,12 @@ class RewardComponent(Section):
     terms) return 0 for a clean completion and a negative value for a suspect one, so they take a
     positive weight."""
 
-    name: Literal[
-        "semantic",
-        "language",
-        "bleu",
-        "chrf",
-        "language_gate",
-        "length_penalty",
-        "repetition_penalty",
-        "source_copy_penalty",
-    ] = Field(
+    name: str = Field(
         description="semantic (R_sim), language (R_lang), bleu, chrf; guards: language_gate (-1 unless the "
-        "output is in the target script only), length_penalty, repetition_penalty, source_copy_penalty."
+        "output is in the target script only), length_penalty, repetition_penalty, source_copy_penalty. "
+        "Or a custom reward by dotted path, 'package.module:callable' or 'package.module.callable' (as TRL's "
+        "grpo script): a function (prompts, completions, **columns) -> list[float] (bound to `kwargs` with "
+        "functools.partial), or a class of such callables (instantiated with `kwargs`)."
     )
     weight: float = 1.0
     mode: Literal["binary", "continuous"] = Field(
@@ -88,11 +93,33 @@ class RewardComponent(Section):
         "source_copy_penalty: share of the output's n-grams found verbatim in the source (null: 0.6).",
     )
     ngram: int = Field(4, ge=1, description="repetition_penalty / source_copy_penalty: n-gram order (metric tokens).")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Custom rewards only: arguments for the class (instantiated with them) or function "
+        "(bound with functools.partial).",
+    )
 
-    _omit_when_default = ("relative_to", "ratio_start", "ratio_full", "threshold", "ngram")
+    _omit_when_default = ("relative_to", "ratio_start", "ratio_full", "threshold", "ngram", "kwargs")
+
+    @property
+    def is_custom(self) -> bool:
+        """Whether `name` is a dotted path to a custom reward rather than a built-in one."""
+        return self.name not in BUILT_IN_REWARDS
+
+    @field_validator("name")
+    @classmethod
+    def _known_or_dotted(cls, v: str) -> str:
+        if v not in BUILT_IN_REWARDS and not ("." in v or ":" in v):
+            raise ValueError(
+                f"unknown reward {v!r}: built-in rewards are {', '.join(BUILT_IN_REWARDS)}; a custom reward "
+                "is a dotted path, 'package.module:callable' or 'package.module.callable'"
+            )
+        return v
 
     @model_validator(mode="after")
     def _options_apply(self) -> RewardComponent:
+        if self.kwargs and not self.is_custom:
+            raise ValueError(f"kwargs applies to custom rewards (dotted paths) only, not to {self.name!r}; remove it")
         for option, users in COMPONENT_OPTIONS.items():
             if self.name not in users and getattr(self, option) != type(self).model_fields[option].default:
                 raise ValueError(

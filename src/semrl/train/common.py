@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from semrl.config.experiment import ExperimentConfig
 from semrl.core.dist import world_size
@@ -11,6 +11,8 @@ from semrl.core.errors import ConfigError
 
 if TYPE_CHECKING:
     pass
+
+T = TypeVar("T")
 
 
 # Resuming needs only the newest checkpoint; one older is kept in case the newest is damaged.
@@ -31,7 +33,9 @@ def batch_arithmetic(stage: str, batch_size: int, per_device_batch_size: int, wo
     return per_device, batch_size // denominator
 
 
-def _report_to() -> list[str]:
+def default_report_to() -> list[str]:
+    """semrl's default `report_to`: TensorBoard when it is installed, else none (a stage's
+    `trl: {report_to: ...}` overrides it)."""
     try:
         import tensorboard  # noqa: F401
     except ImportError:
@@ -62,7 +66,7 @@ def common_args(stage: str, cfg: Any, config: ExperimentConfig, output_dir: Path
         save_total_limit=SAVE_TOTAL_LIMIT,
         seed=config.seed,
         data_seed=config.seed,
-        report_to=_report_to(),
+        report_to=default_report_to(),
         **_checkpointing_arg(cfg.gradient_checkpointing),
         **trainer_hardware_kwargs(),
     )
@@ -76,3 +80,26 @@ def _checkpointing_arg(enabled: bool) -> dict[str, bool]:
     if "activation_checkpointing" in TrainingArguments.__dataclass_fields__:
         return {"activation_checkpointing": enabled}
     return {"gradient_checkpointing": enabled}
+
+
+def build_trl_config(stage: str, cfg: Any, config_cls: type[T], semrl_kwargs: dict[str, Any]) -> T:
+    """`config_cls` (TRL's SFTConfig or GRPOConfig) from semrl's derived values, then the stage's
+    `trl:` keys verbatim (their names were checked when the config loaded; TRL checks their
+    values here). A value TRL refuses raises ConfigError naming stages.<stage>.trl.<key>."""
+    passthrough = dict(cfg.trl)
+    try:
+        return config_cls(**{**semrl_kwargs, **passthrough})
+    except (TypeError, ValueError) as err:
+        if not passthrough:
+            raise
+        # Find the key TRL refuses: the first whose value alone, over semrl's values, fails.
+        culprits = []
+        for key, value in passthrough.items():
+            try:
+                config_cls(**{**semrl_kwargs, key: value})
+            except (TypeError, ValueError):
+                culprits.append(key)
+        keys = culprits or list(passthrough)
+        named = ", ".join(f"stages.{stage}.trl.{k}" for k in keys)
+        shown = ", ".join(f"{k}={passthrough[k]!r}" for k in keys)
+        raise ConfigError(f"{named}: trl.{config_cls.__name__} refused {shown}: {err}") from None

@@ -26,7 +26,7 @@ from semrl.generation import generate_completions
 from semrl.models import peft_config
 from semrl.rewards.registry import build_reward_functions
 from semrl.train.callbacks import TimedReward, completion_monitors, frac_groups_equal
-from semrl.train.common import common_args
+from semrl.train.common import build_trl_config, common_args
 
 if TYPE_CHECKING:
     from semrl.data.example import Example
@@ -162,6 +162,28 @@ def _calibrate_tau(
     return calibration
 
 
+def grpo_args(stage: str, config: ExperimentConfig, output_dir: Path, reward_weights: list[float]) -> Any:
+    """TRL's GRPOConfig for stage `stage`: semrl's values, then the stage's `trl:` keys."""
+    from trl import GRPOConfig
+
+    cfg = config.stages.section(stage)
+    semrl_kwargs = dict(
+        **common_args(stage, cfg, config, output_dir),
+        num_generations=cfg.num_generations,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
+        max_completion_length=cfg.max_completion_length,
+        reward_weights=reward_weights,
+        use_vllm=cfg.use_vllm,
+        vllm_mode=cfg.vllm_mode,
+    )
+    return build_trl_config(stage, cfg, GRPOConfig, semrl_kwargs)
+
+
 def build_grpo_trainer(
     stage: str,
     config: ExperimentConfig,
@@ -178,8 +200,6 @@ def build_grpo_trainer(
     """The GRPO trainer of stage `stage` (a section of kind grpo), with semrl's rewards and
     monitors. `encoder` is the reward encoder when the caller has built it already (the runner
     builds it once per run); otherwise it is built here when the semantic reward needs it."""
-    from trl import GRPOConfig
-
     rewards = config.rewards
     tau: float | None = None
     if any(c.name == "semantic" for c in rewards.components):
@@ -202,21 +222,7 @@ def build_grpo_trainer(
         encoder = None
     funcs, weights = build_reward_functions(rewards, config.task.target_lang, encoder, tau)
 
-    cfg = config.stages.section(stage)
-    args = GRPOConfig(
-        **common_args(stage, cfg, config, StageLayout(stage_dir).checkpoints),
-        num_generations=cfg.num_generations,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        beta=cfg.beta,
-        epsilon=cfg.epsilon,
-        loss_type=cfg.loss_type,
-        scale_rewards=cfg.scale_rewards,
-        max_completion_length=cfg.max_completion_length,
-        reward_weights=weights,
-        use_vllm=cfg.use_vllm,
-        vllm_mode=cfg.vllm_mode,
-    )
+    args = grpo_args(stage, config, StageLayout(stage_dir).checkpoints, weights)
     extra["gradient_accumulation_steps"] = args.gradient_accumulation_steps
     extra["per_device_batch_size"] = args.per_device_train_batch_size
     extra["reward_weights"] = {getattr(f, "__name__", str(f)): w for f, w in zip(funcs, weights)}

@@ -6,10 +6,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semrl.config.experiment import ExperimentConfig
-from semrl.train.common import common_args
+from semrl.train.common import build_trl_config, common_args
 
 if TYPE_CHECKING:
     from semrl.data.example import Example
+
+
+def sft_args(stage: str, config: ExperimentConfig, output_dir: Path) -> Any:
+    """TRL's SFTConfig for stage `stage`: semrl's values, then the stage's `trl:` keys."""
+    from trl import SFTConfig
+
+    cfg = config.stages.section(stage)
+    semrl_kwargs = dict(
+        **common_args(stage, cfg, config, output_dir),
+        max_length=cfg.max_length,
+        completion_only_loss=True,  # learn the reference, not the prompt
+        packing=False,
+    )
+    return build_trl_config(stage, cfg, SFTConfig, semrl_kwargs)
 
 
 def build_sft_trainer(
@@ -22,18 +36,12 @@ def build_sft_trainer(
     callbacks: list[Any],
     extra: dict[str, Any],
 ) -> Any:
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from semrl.data.prompts import to_sft_dataset
     from semrl.models import peft_config
 
-    cfg = config.stages.section(stage)
-    args = SFTConfig(
-        **common_args(stage, cfg, config, output_dir),
-        max_length=cfg.max_length,
-        completion_only_loss=True,  # learn the reference, not the prompt
-        packing=False,
-    )
+    args = sft_args(stage, config, output_dir)
     extra["gradient_accumulation_steps"] = args.gradient_accumulation_steps
     extra["per_device_batch_size"] = args.per_device_train_batch_size
     return SFTTrainer(
