@@ -438,3 +438,38 @@ def test_compact_lm_head_warns_once_when_trl_lacks_the_switch(monkeypatch, caplo
                 pass
     warnings = [r for r in caplog.records if "compact_lm_head_on_cpu" in r.getMessage()]
     assert len(warnings) == 1 and "_use_triton" in warnings[0].getMessage()
+
+
+def _trainable_differences(config: ExperimentConfig, before: str | Path | None, after: Path) -> dict[str, float]:
+    """Largest absolute change per parameter between two models as semrl loads them."""
+    import torch
+
+    from semrl.models import load_policy
+
+    a, _ = load_policy(config.model, before)
+    b, _ = load_policy(config.model, after)
+    with torch.no_grad():
+        params_b = dict(b.named_parameters())
+        return {n: float((p - params_b[n]).abs().max()) for n, p in a.named_parameters()}
+
+
+def test_an_sft_step_changes_the_adapted_weights_only(cold_start: StageResult) -> None:
+    diffs = _trainable_differences(make_config(), None, cold_start.model_dir)
+    changed = {n for n, d in diffs.items() if d > 0}
+    assert changed, "two SFT steps at lr 1e-3 left every weight unchanged"
+    # LoRA on the attention and MLP projections: embeddings and norms are never trained.
+    assert all(
+        any(m in n for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+        for n in changed
+    )
+
+
+def test_a_grpo_step_changes_the_weights(cold_start: StageResult, splits, tmp_path: Path) -> None:
+    from semrl.config.rewards import RewardComponent
+
+    cfg = make_config(max_steps=1)
+    cfg.rewards.components = [RewardComponent(name="chrf", weight=1.0)]  # continuous: groups differ
+    result = train_stage("grpo", cfg, splits, tmp_path / "grpo", init_model=cold_start.model_dir)
+    rows = loss_rows(tmp_path / "grpo" / "log.jsonl")
+    assert rows[0]["frac_reward_zero_std"] < 1.0  # some group had a learning signal
+    assert max(_trainable_differences(cfg, cold_start.model_dir, result.model_dir).values()) > 0

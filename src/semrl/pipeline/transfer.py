@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from semrl.config.experiment import ExperimentConfig, parse_config
+from semrl.config.stages import TRAINING_SPLITS
 from semrl.core.dist import is_main_process
 from semrl.core.errors import ConfigError, DataError
 from semrl.core.io import read_manifest, write_json, write_text
@@ -66,7 +67,7 @@ def method_name(stage: str) -> str:
 def transfer_examples(splits: dict[str, list[Any]], n: int | None, seed: int) -> list[Any]:
     """The transfer's training examples: the cold_start and rl splits, shuffled with `seed`, the
     first `n` (all when n is None or larger)."""
-    pool = list(splits["cold_start"]) + list(splits["rl"])
+    pool = [ex for name in TRAINING_SPLITS for ex in splits[name]]
     random.Random(seed).shuffle(pool)
     return pool[:n] if n is not None else pool
 

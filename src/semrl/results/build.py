@@ -328,7 +328,7 @@ def verdict(metrics: dict[str, Any]) -> str:
 
 def _learning_part(metrics: dict[str, Any], conf: int) -> str:
     """Did GRPO learn the task beyond its cold-start starting point? (semantic similarity on test)"""
-    d = metrics["intervals"]["differences"].get("grpo-cold_start", {}).get("semantic")
+    d = metrics["intervals"]["differences"].get(f"{TREATMENT}-{COLD_START}", {}).get("semantic")
     if d is None:
         return ""
     if d["low"] > 0:

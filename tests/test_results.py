@@ -1,0 +1,61 @@
+"""The verdict on hand-built metrics: what the report and `semrl run` say about tax, drift and learning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from semrl.results.build import verdict
+
+
+def _iv(estimate: float, half: float) -> dict[str, float]:
+    return {"estimate": estimate, "low": estimate - half, "high": estimate + half}
+
+
+def _metrics(
+    grpo_tax: float, sft_tax: float, half: float, learned: tuple[float, float] | None = None, drift=(0.2, 0.4)
+) -> dict[str, Any]:
+    methods = {
+        "base": {"tax": {"mean": 0.0}, "drift": None},
+        "grpo": {"tax": {"mean": grpo_tax}, "drift": {"nll_mean": drift[0], "nll_p90": drift[0] + 0.1}},
+        "sft": {"tax": {"mean": sft_tax}, "drift": {"nll_mean": drift[1], "nll_p90": drift[1] + 0.1}},
+    }
+    differences = {}
+    if learned is not None:
+        differences["grpo-cold_start"] = {"semantic": _iv(learned[0], learned[1])}
+    return {
+        "methods": methods,
+        "intervals": {
+            "confidence": 0.95,
+            "tax": {"grpo": {"mean": _iv(grpo_tax, half)}, "sft": {"mean": _iv(sft_tax, half)}},
+            "differences": differences,
+        },
+    }
+
+
+def test_separated_lower_tax_is_said_so() -> None:
+    text = verdict(_metrics(0.01, 0.10, 0.02))
+    assert "GRPO's tax was lower, and the intervals do not overlap." in text
+    assert "lower for GRPO." in text and "95% intervals" in text
+
+
+def test_overlapping_intervals_do_not_separate() -> None:
+    text = verdict(_metrics(0.05, 0.06, 0.05))
+    assert "GRPO's tax was lower, but the intervals overlap, so this run does not separate them." in text
+
+
+def test_higher_tax_and_drift_are_not_called_lower() -> None:
+    text = verdict(_metrics(0.10, 0.01, 0.02, drift=(0.5, 0.1)))
+    assert "GRPO's tax was not lower, and the intervals do not overlap." in text
+    assert "not lower for GRPO." in text
+
+
+def test_learning_is_claimed_only_when_the_interval_clears_zero() -> None:
+    assert "GRPO learned beyond its cold-start model" in verdict(_metrics(0.0, 0.0, 0.01, learned=(0.02, 0.01)))
+    assert "does not show that GRPO learned" in verdict(_metrics(0.0, 0.0, 0.01, learned=(0.01, 0.02)))
+    assert "ended below its cold-start model" in verdict(_metrics(0.0, 0.0, 0.01, learned=(-0.03, 0.01)))
+
+
+def test_no_comparison_without_both_methods() -> None:
+    m = _metrics(0.0, 0.0, 0.01)
+    del m["methods"]["sft"]
+    assert verdict(m).startswith("GRPO and SFT were not both evaluated")
