@@ -59,3 +59,41 @@ def test_no_comparison_without_both_methods() -> None:
     m = _metrics(0.0, 0.0, 0.01)
     del m["methods"]["sft"]
     assert verdict(m).startswith("GRPO and SFT were not both evaluated")
+
+
+def _with_primary(metrics: dict[str, Any], low: float, high: float) -> dict[str, Any]:
+    reading = "lower" if high < 0 else ("higher" if low > 0 else "not separated")
+    est = (low + high) / 2
+    metrics["comparison"] = {
+        "primary": "continuous",
+        "pair": ["grpo", "sft"],
+        "measures": {
+            "continuous": {"measure": "continuous", "estimate": est, "low": low, "high": high, "reading": reading}
+        },
+    }
+    return metrics
+
+
+def test_the_verdict_leads_with_the_primary_measure() -> None:
+    assert verdict(_with_primary(_metrics(0, 0, 0.01), -0.05, -0.01)).startswith(
+        "Primary tax measure (mean per-item continuous tax over the benchmarks), GRPO minus SFT: -0.0300"
+    )
+    assert ": GRPO lower." in verdict(_with_primary(_metrics(0, 0, 0.01), -0.05, -0.01))
+    assert ": SFT lower." in verdict(_with_primary(_metrics(0, 0, 0.01), 0.01, 0.05))
+    assert ": not separated." in verdict(_with_primary(_metrics(0, 0, 0.01), -0.01, 0.02))
+    assert "is not available" in verdict(_metrics(0, 0, 0.01))  # no comparison block
+
+
+def test_no_learning_claim_for_outputs_at_chance() -> None:
+    m = _metrics(0.0, 0.0, 0.01, learned=(0.02, 0.01))  # the interval alone would say "learned"
+    m["methods"]["grpo"]["chance"] = {
+        "semantic": {"value": 0.873, "floor": 0.870, "margin": _iv(0.003, 0.004), "above_chance": False}
+    }
+    text = verdict(m)
+    assert "not above chance" in text and "learned beyond" not in text
+
+
+def test_format_change_is_named() -> None:
+    m = _metrics(0.06, 0.06, 0.05)
+    m["methods"]["sft"]["tax_evidence"] = {"cmrc2018": {"format_change": True}}
+    assert "On cmrc2018 the accuracy drop comes with a rise in empty predictions" in verdict(m)

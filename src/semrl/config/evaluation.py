@@ -138,4 +138,16 @@ class EvaluationConfig(Section):
     bootstrap_samples: int = Field(1000, ge=100)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     tax_meter_steps: int = Field(0, ge=0, description="Measure NLL drift every N training steps (0: off).")
+    primary_tax: Literal["continuous", "accuracy", "drift", "task_kl"] = Field(
+        "continuous",
+        description="The tax measure the verdict rests on: 'continuous' (the mean per-item continuous tax over the "
+        "benchmarks: gold-choice probability, gold-answer log-likelihood), 'accuracy' (their accuracy-style scores), "
+        "'drift' (NLL increase on general text) or 'task_kl' (forward KL from the base model on the task's own "
+        "distribution). The others are reported as supporting evidence.",
+    )
+    task_kl_examples: int = Field(
+        32,
+        ge=0,
+        description="Dev prompts sampled from the base model once per run for the task-distribution KL (0: off).",
+    )
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-judge pairwise win rate (off by default).")

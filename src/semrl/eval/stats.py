@@ -144,8 +144,12 @@ def paired_corpus_bootstrap(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    refs_b: Sequence[str] | None = None,
 ) -> Interval:
     """Interval for corpus_metric(a) - corpus_metric(b) by paired bootstrap over sentences.
+
+    `refs_b` scores b against other references than a (default: the same): with b = a and
+    shuffled references it is a metric's margin over its chance floor.
 
     Each resample draws sentence indices with replacement and recomputes both corpus scores on
     the same indices (Koehn 2004). Sentence statistics are extracted once with sacrebleu (the
@@ -155,7 +159,8 @@ def paired_corpus_bootstrap(
     if metric not in ("bleu", "chrf"):
         raise ValueError(f"metric must be 'bleu' or 'chrf', got {metric!r}")
     check_pairs(hyps_a, refs)
-    check_pairs(hyps_b, refs)
+    refs_b = refs if refs_b is None else refs_b
+    check_pairs(hyps_b, refs_b)
     if not refs:
         raise ValueError("no sentences: a corpus bootstrap needs at least one")
     scorer = bleu_metric(target_lang) if metric == "bleu" else chrf_metric()
@@ -164,7 +169,10 @@ def paired_corpus_bootstrap(
         scorer._extract_corpus_statistics(normalized_texts(hyps_a, target_lang), norm_refs), dtype=float
     )
     stats_b = np.asarray(
-        scorer._extract_corpus_statistics(normalized_texts(hyps_b, target_lang), norm_refs), dtype=float
+        scorer._extract_corpus_statistics(
+            normalized_texts(hyps_b, target_lang), [normalized_texts(refs_b, target_lang)]
+        ),
+        dtype=float,
     )
 
     def corpus(stats_rows: np.ndarray) -> float:
@@ -180,3 +188,32 @@ def paired_corpus_bootstrap(
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(deltas, [alpha, 1.0 - alpha])
     return Interval(float(estimate), float(low), float(high))
+
+
+@dataclass(frozen=True)
+class Flips:
+    """Paired flips of one benchmark between the base model and a method, item by item (as in
+    "Mapping post-training forgetting at scale", arXiv 2510.17776): `lost` items right for the base
+    model and wrong for the method (1 -> 0), `gained` the reverse, and the two-sided p-value of
+    McNemar's exact test that lost and gained are equally likely (a binomial test on the
+    discordant items; 1.0 when there are none)."""
+
+    n: int
+    lost: int
+    gained: int
+    p_value: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"n": self.n, "lost": self.lost, "gained": self.gained, "p_value": self.p_value}
+
+
+def paired_flips(base_correct: Sequence[float], method_correct: Sequence[float], threshold: float = 0.5) -> Flips:
+    """Flips between two per-item correctness vectors (an item counts as right when its score is
+    at least `threshold`, so F1-like scores can be used too)."""
+    a = _as_array(base_correct, "base_correct") >= threshold
+    b = _as_array(method_correct, "method_correct") >= threshold
+    if a.shape != b.shape:
+        raise ValueError(f"paired values must have the same length: {a.size} vs {b.size}")
+    lost, gained = int((a & ~b).sum()), int((~a & b).sum())
+    p = 1.0 if lost + gained == 0 else float(stats.binomtest(lost, lost + gained, 0.5).pvalue)
+    return Flips(int(a.size), lost, gained, p)

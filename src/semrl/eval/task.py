@@ -8,9 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from semrl.config.data import TaskConfig
+from semrl.config.evaluation import GenerationConfig
 from semrl.config.experiment import ExperimentConfig
 from semrl.core import lang
 from semrl.generation import generate_completions
+from semrl.rewards.tau import derangement
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -26,8 +29,15 @@ def task_metrics(
     task_kind: str,
     encoder: Any,
     second_encoder: Any | None = None,
+    seed: int = 0,
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    """Corpus-level task metrics and the per-example values they come from."""
+    """Corpus-level task metrics and the per-example values they come from.
+
+    Beside them, `summary["chance"]`: each metric's chance floor, the same outputs scored against
+    the references in a seeded derangement (no output meets its own reference), with the order
+    used (`reference_order`) so that the report can put an interval on the margin over the floor.
+    Per example, `semantic_floor` (and `semantic_2_floor`) hold the shuffled-reference cosines.
+    """
     from semrl.eval.metrics import (
         corpus_bleu,
         corpus_chrf,
@@ -38,10 +48,15 @@ def task_metrics(
     from semrl.rewards.guards import is_source_copy
 
     per: dict[str, list[float]] = {}
-    sim = cosine_rows(encoder.encode(hypotheses), encoder.encode(references))
-    per["semantic"] = sim.tolist()
-    if second_encoder is not None:
-        per["semantic_2"] = cosine_rows(second_encoder.encode(hypotheses), second_encoder.encode(references)).tolist()
+    n = len(hypotheses)
+    order = derangement(n, np.random.default_rng(seed)) if n >= 2 else None
+    for key, enc in (("semantic", encoder), ("semantic_2", second_encoder)):
+        if enc is None:
+            continue
+        hyp_vec, ref_vec = enc.encode(hypotheses), enc.encode(references)
+        per[key] = cosine_rows(hyp_vec, ref_vec).tolist()
+        if order is not None:
+            per[f"{key}_floor"] = cosine_rows(hyp_vec, ref_vec[order]).tolist()
     per["lang_pass"] = [float(lang.is_target_script_only(h, target_lang)) for h in hypotheses]
     per["script_share"] = [lang.target_script_share(h, target_lang) for h in hypotheses]
     per["length_ratio"] = [len(h) / max(1, len(r)) for h, r in zip(hypotheses, references)]
@@ -66,6 +81,14 @@ def task_metrics(
     }
     if "semantic_2" in per:
         summary["semantic_2"] = float(np.mean(per["semantic_2"]))
+    if order is not None:
+        shuffled = [references[j] for j in order]
+        summary["chance"] = {
+            "bleu": corpus_bleu(hypotheses, shuffled, target_lang).score,
+            "chrf": corpus_chrf(hypotheses, shuffled, target_lang).score,
+            **{k: float(np.mean(per[f"{k}_floor"])) for k in ("semantic", "semantic_2") if f"{k}_floor" in per},
+            "reference_order": order.tolist(),
+        }
     if task_kind != "headline":
         summary.pop("rouge_l")  # ROUGE-L is the headline metric; kept per example for reference
     return summary, per
@@ -100,27 +123,31 @@ def evaluate_task(
     model: Any,
     tokenizer: Any,
     examples: Sequence[Any],
-    config: ExperimentConfig,
+    task: TaskConfig,
+    generation: GenerationConfig,
     encoder: Any,
     second_encoder: Any | None = None,
+    seed: int = 0,
 ) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[str, str]]]:
-    """Generate on `examples` with the evaluation's decoding settings and score the outputs.
+    """Generate on `examples` with the `generation` settings and score the outputs (`task_metrics`;
+    `seed` draws the chance floor's shuffled references).
 
     Returns the corpus metrics, the per-example values (see `task_metrics`) and the outputs
     (`id`, `source`, `reference`, `output` per example).
     """
     from semrl.data.prompts import build_prompt
 
-    prompts = [build_prompt(e.source, config.task, tokenizer) for e in examples]
-    hyps = generate_completions(model, tokenizer, prompts, config.evaluation.generation)
+    prompts = [build_prompt(e.source, task, tokenizer) for e in examples]
+    hyps = generate_completions(model, tokenizer, prompts, generation)
     summary, per = task_metrics(
         hyps,
         [e.reference for e in examples],
         [e.source for e in examples],
-        config.task.target_lang,
-        config.task.kind,
+        task.target_lang,
+        task.kind,
         encoder,
         second_encoder,
+        seed=seed,
     )
     outputs = [{"id": e.id, "source": e.source, "reference": e.reference, "output": h} for e, h in zip(examples, hyps)]
     return summary, per, outputs

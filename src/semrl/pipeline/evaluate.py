@@ -102,7 +102,9 @@ def evaluate_run(
         started = time.time()
         model, tokenizer = load_policy(config.model, model_dir)
         log(f"[eval:{method}] generating {len(test)} test outputs")
-        summary, per, outputs = evaluate_task(model, tokenizer, test, config, encoder, second)
+        summary, per, outputs = evaluate_task(
+            model, tokenizer, test, config.task, config.evaluation.generation, encoder, second, seed=config.seed
+        )
         summary.update(representation)
         log(f"[eval:{method}] general benchmarks: {', '.join(b.name for b in ev.benchmarks)}")
         general = evaluate_general(

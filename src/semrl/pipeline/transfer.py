@@ -180,7 +180,9 @@ def run_transfer(
         started = time.time()
         model, tokenizer = load_policy(config.model, paths.stage(method).model)
         log(f"[eval:{method}] generating {len(test)} test outputs")
-        task, per, outputs = evaluate_task(model, tokenizer, test, config, encoder, second)
+        task, per, outputs = evaluate_task(
+            model, tokenizer, test, config.task, config.evaluation.generation, encoder, second, seed=config.seed
+        )
         write_json(
             out_path,
             {

@@ -1,14 +1,27 @@
-"""The report: one `metrics.json`, `report.md` and `report.html` per run directory.
+"""metrics.json: every number of a run, built from its evaluations and manifests.
 
-`metrics.json` schema (version 1)::
+`metrics.json` schema (version 2)::
 
     {
-      "schema_version": 1,
-      "methods": {"<method>": {                       # base, cold_start, sft, grpo
-          "task": {"bleu", "chrf", "semantic", "lang_rate", "length_ratio", ...},
+      "schema_version": 2,
+      "methods": {"<method>": {                       # base and every evaluated stage
+          "task": {"bleu", "chrf", "semantic", "lang_rate", "length_ratio", ...,
+                   "chance": {"bleu", "chrf", "semantic", "reference_order"}},  # shuffled-reference floors
+          "chance": {"<metric>": {"value", "floor", "margin": {"estimate", "low", "high"},
+                                  "above_chance": bool}},               # margin interval above zero
           "general": {"<benchmark>": score},
           "tax": {"<benchmark>": score(base) - score(method), "mean": mean over benchmarks},
+          "tax_evidence": {"<benchmark>": {                              # not for base
+              "metric", "n", "accuracy_tax": {"estimate", "low", "high"},
+              "flips": {"n", "lost", "gained", "p_value"},               # McNemar exact test
+              "continuous_measure", "continuous": {"base", "method"},    # when the benchmark has one
+              "continuous_tax": {"estimate", "low", "high"},             # per item, base - method
+              "empty_share": {"base", "method"}, "format_change": bool}},  # generative benchmarks
+          "task_kl": {"n", "estimate", "low", "high"},                   # forward KL from base on the task
           "drift": {"nll_mean", "nll_p90", "kl_mean", "kl_p90"} | null (base)}},
+      "comparison": {"primary": "continuous" | "accuracy" | "drift" | "task_kl", "pair": [grpo, sft],
+          "measures": {"<measure>": {"estimate", "low", "high", "reading"}}},  # tax(grpo) - tax(sft);
+                                                      # reading: lower | higher | not separated
       "intervals": {
           "task": {"<method>": {"<metric>": {"estimate", "low", "high"}}},
           "differences": {"<a>-<b>": {"<metric>": {"estimate", "low", "high"}}},
@@ -37,8 +50,7 @@ Intervals are bootstrap percentile intervals at `evaluation.confidence` over tes
 (task, judge) or benchmark items (tax), paired where two methods are compared. Judge pairs are
 asked in both orders: a win needs both orders to prefer a, a loss both to prefer b, anything else
 is a tie; `inconsistent` counts pairs whose two orders preferred opposite outputs (see semrl.eval.judge).
-
-(task) or benchmark items (tax), paired where two methods are compared.
+The tax measures and chance floors are explained in `semrl.results.evidence`.
 
 Reward-hacking monitors: the GRPO log's ``monitor/*`` values (see `semrl.train.callbacks`), averaged over
 the first and the last window of logged steps (a quarter of them, at least one). `<monitor>` is
@@ -67,6 +79,13 @@ from semrl.eval.stats import (
     paired_bootstrap,
     paired_corpus_bootstrap,
 )
+from semrl.results.evidence import (
+    PRIMARY_TAX_MEASURES,
+    benchmark_evidence,
+    chance_margins,
+    task_kl_summary,
+    tax_difference,
+)
 from semrl.train.callbacks import read_log
 from semrl.train.stages import (
     BASE_METHOD,
@@ -77,7 +96,7 @@ from semrl.train.stages import (
     stage_specs,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Per-example task metrics that get intervals, and the corpus metrics that get paired bootstrap.
 PER_EXAMPLE_METRICS = ("semantic", "semantic_2", "lang_pass", "length_ratio", "rouge_l")
 CORPUS_METRICS = ("bleu", "chrf")
@@ -247,7 +266,25 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
                 tax_iv["mean"] = _interval_dict(mean_of_paired_means_ci(diffs, **boot))
             entry["tax"] = tax
             iv_tax[method] = tax_iv
+            if method != BASE_METHOD:
+                entry["tax_evidence"] = {
+                    name: benchmark_evidence(base["general"][name], r, name, boot)
+                    for name, r in e["general"].items()
+                    if name in base["general"]
+                }
+        entry["chance"] = chance_margins(e, target, boot)
+        kl = task_kl_summary(e, boot)
+        if kl is not None:
+            entry["task_kl"] = kl
         methods[method] = entry
+
+    comparison = {
+        "primary": ev.primary_tax,
+        "pair": [TREATMENT, BASELINE],
+        "measures": {
+            m: d for m in PRIMARY_TAX_MEASURES if (d := tax_difference(evals, TREATMENT, BASELINE, m, boot)) is not None
+        },
+    }
 
     differences: dict[str, Any] = {}
     for a, b in COMPARISONS:
@@ -281,6 +318,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
         "schema_version": SCHEMA_VERSION,
         "methods": methods,
         "intervals": {"task": iv_task, "differences": differences, "tax": iv_tax, "confidence": ev.confidence},
+        "comparison": comparison,
         "signatures": {k: any_eval["task"].get(f"{k}_signature") for k in CORPUS_METRICS},
         **({"judge": judge_summary(judged, evals)} if judged is not None else {}),
         "scale": scale,
@@ -291,8 +329,33 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
     }
 
 
+MEASURE_NAMES = {
+    "continuous": "mean per-item continuous tax over the benchmarks",
+    "accuracy": "mean accuracy-style tax over the benchmarks",
+    "drift": "NLL increase on general text",
+    "task_kl": "forward KL from the base model on the task distribution",
+}
+
+
+def _primary_part(metrics: dict[str, Any], conf: int) -> str:
+    """The headline: GRPO's tax minus SFT's on the primary measure, and its reading."""
+    comparison = metrics.get("comparison") or {}
+    primary = comparison.get("primary", "continuous")
+    d = (comparison.get("measures") or {}).get(primary)
+    if d is None:
+        return (
+            f"The primary tax measure ({MEASURE_NAMES.get(primary, primary)}) is not available for both GRPO and SFT. "
+        )
+    reading = {"lower": "GRPO lower", "higher": "SFT lower", "not separated": "not separated"}[d["reading"]]
+    return (
+        f"Primary tax measure ({MEASURE_NAMES.get(primary, primary)}), GRPO minus SFT: {d['estimate']:+.4f} "
+        f"[{d['low']:+.4f}, {d['high']:+.4f}] ({conf}% paired interval): {reading}. "
+    )
+
+
 def verdict(metrics: dict[str, Any]) -> str:
-    """One honest sentence: at this scale, was GRPO's tax and drift lower than SFT's?"""
+    """The honest reading of a run: the primary tax measure first (GRPO lower, SFT lower or not
+    separated), then the accuracy-style tax, drift and whether GRPO learned above chance."""
     m = metrics["methods"]
     if (
         TREATMENT not in m
@@ -306,7 +369,7 @@ def verdict(metrics: dict[str, Any]) -> str:
     gi, si = metrics["intervals"]["tax"][TREATMENT]["mean"], metrics["intervals"]["tax"][BASELINE]["mean"]
     overlap = not (gi["high"] < si["low"] or si["high"] < gi["low"])
     tax_part = (
-        f"mean alignment tax: GRPO {g:+.3f} [{gi['low']:+.3f}, {gi['high']:+.3f}] vs SFT {s:+.3f} "
+        f"mean accuracy-style tax: GRPO {g:+.3f} [{gi['low']:+.3f}, {gi['high']:+.3f}] vs SFT {s:+.3f} "
         f"[{si['low']:+.3f}, {si['high']:+.3f}] ({conf}% intervals); "
         + ("GRPO's tax was lower" if g < s else "GRPO's tax was not lower")
         + (
@@ -315,6 +378,19 @@ def verdict(metrics: dict[str, Any]) -> str:
             else ", and the intervals do not overlap."
         )
     )
+    formats = sorted(
+        {
+            name
+            for method in (TREATMENT, BASELINE)
+            for name, ev in m[method].get("tax_evidence", {}).items()
+            if ev.get("format_change")
+        }
+    )
+    if formats:
+        tax_part += (
+            f" On {', '.join(formats)} the accuracy drop comes with a rise in empty predictions while the "
+            "gold answer's likelihood holds: a change of output format, not forgetting."
+        )
     dg, ds = m[TREATMENT].get("drift"), m[BASELINE].get("drift")
     drift_part = ""
     if dg and ds:
@@ -323,11 +399,23 @@ def verdict(metrics: dict[str, Any]) -> str:
             f"{ds['nll_mean']:+.3f} (P90 {ds['nll_p90']:+.3f}): "
             + ("lower for GRPO." if dg["nll_mean"] < ds["nll_mean"] else "not lower for GRPO.")
         )
-    return "At this scale, " + tax_part + drift_part + _learning_part(metrics, conf)
+        d = ((metrics.get("comparison") or {}).get("measures") or {}).get("drift")
+        if d is not None:
+            drift_part = (
+                drift_part[:-1] + f" (paired difference {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}])."
+            )
+    return _primary_part(metrics, conf) + "At this scale, " + tax_part + drift_part + _learning_part(metrics, conf)
 
 
 def _learning_part(metrics: dict[str, Any], conf: int) -> str:
     """Did GRPO learn the task beyond its cold-start starting point? (semantic similarity on test)"""
+    chance = metrics["methods"].get(TREATMENT, {}).get("chance", {}).get("semantic")
+    if chance is not None and not chance["above_chance"]:
+        return (
+            f" GRPO's test outputs are not above chance: semantic similarity {chance['value']:.3f} against "
+            f"{chance['floor']:.3f} for the same outputs with shuffled references (margin {chance['margin']['estimate']:+.3f} "
+            f"[{chance['margin']['low']:+.3f}, {chance['margin']['high']:+.3f}]), so no claim that GRPO learned is made."
+        )
     d = metrics["intervals"]["differences"].get(f"{TREATMENT}-{COLD_START}", {}).get("semantic")
     if d is None:
         return ""

@@ -26,7 +26,7 @@ class TauCalibration:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _sattolo(n: int, rng: np.random.Generator) -> np.ndarray:
+def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
     """A uniformly random cyclic permutation: perm[i] != i for every i (a derangement)."""
     perm = np.arange(n)
     for i in range(n - 1, 0, -1):
@@ -54,7 +54,7 @@ def shuffled_pair_similarities(
     pairs: set[tuple[int, int]] = set()
     # A round adds up to n new pairs; spare rounds absorb pairs drawn twice.
     for _ in range(4 * math.ceil(target / n)):
-        perm = _sattolo(n, rng)
+        perm = derangement(n, rng)
         for i in rng.permutation(n).tolist():  # random order: a partial round is an unbiased sample
             j = int(perm[i])
             pairs.add((min(i, j), max(i, j)))
