@@ -83,7 +83,23 @@ def test_grpo_log_holds_each_reward_component_and_monitors(tiny_run: Path) -> No
 
 def test_tax_meter_logged_during_training(tiny_run: Path) -> None:
     rows = [r for r in _jsonl(tiny_run / "stages" / "sft" / "log.jsonl") if "tax/nll_drift" in r]
-    assert rows and all(isinstance(r["tax/nll_drift"], float) for r in rows)
+    assert rows and all(isinstance(r["tax/nll_drift"], float) and isinstance(r["task/dev_gain"], float) for r in rows)
+
+
+def test_tax_evidence_and_chance_in_metrics(tiny_run: Path) -> None:
+    m = json.loads((tiny_run / "metrics.json").read_text(encoding="utf-8"))
+    assert m["schema_version"] == 2 and m["comparison"]["primary"] == "continuous"
+    assert {"accuracy", "drift", "task_kl"} <= set(m["comparison"]["measures"])
+    n_dev = len(_jsonl(tiny_run / "splits" / "dev.jsonl"))
+    for method, entry in m["methods"].items():
+        assert {"bleu", "chrf", "semantic"} <= set(entry["chance"])
+        assert all(isinstance(c["above_chance"], bool) for c in entry["chance"].values())
+        if method != "base":
+            assert entry["task_kl"]["n"] == n_dev and entry["task_kl"]["low"] <= entry["task_kl"]["high"]
+            for bench, ev in entry["tax_evidence"].items():
+                assert ev["flips"]["lost"] + ev["flips"]["gained"] <= ev["flips"]["n"] == 4, bench
+            assert "empty_share" in entry["tax_evidence"]["cmrc2018"]
+    assert (tiny_run / "task_kl_base.json").is_file()
 
 
 def test_metrics_json_schema(tiny_run: Path) -> None:
@@ -141,11 +157,18 @@ def test_report_has_every_section_and_plot(tiny_run: Path) -> None:
         "## Sample outputs",
     ):
         assert section in md, section
-    for plot in ("gain_vs_tax.png", "reward_components.png", "nll_drift.png", "tax_meter.png"):
+    for plot in ("gain_vs_tax.png", "reward_components.png", "nll_drift.png", "tax_meter.png", "tradeoff.png"):
         assert (tiny_run / "plots" / plot).stat().st_size > 1000, plot
         assert f"plots/{plot}" in md
     html = (tiny_run / "report.html").read_text(encoding="utf-8")
-    assert html.count("data:image/png;base64,") == 4 and "<table>" in html
+    assert html.count("data:image/png;base64,") == 5 and "<table>" in html
+    for section in (
+        "### Against chance",
+        "### Tax per benchmark",
+        "### Forward KL from the base model",
+        "### Tax of grpo minus tax of sft",
+    ):
+        assert section in md, section
 
 
 def test_rerun_skips_finished_stages_and_force_reruns_dependents(

@@ -116,6 +116,11 @@ class RunLayout:
         return self.root / "tax_meter_base.json"
 
     @property
+    def task_kl_base(self) -> Path:
+        """The base model's samples on dev prompts and their log-probabilities, drawn once per run."""
+        return self.root / "task_kl_base.json"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 

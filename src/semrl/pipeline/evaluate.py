@@ -33,7 +33,8 @@ from semrl.encoders import Encoder, build_encoder
 from semrl.eval.records import benchmark_dict, drift_dict, read_evaluation
 from semrl.eval.task import evaluate_task, evaluation_examples, representation_note
 from semrl.eval.tax.benchmarks import evaluate_general
-from semrl.eval.tax.drift import measure_drift
+from semrl.eval.tax.drift import measure_drift_many
+from semrl.eval.tax.task_kl import forward_kl, sample_completions, sequence_logprobs
 from semrl.models import load_policy, resolve_model
 from semrl.train.stages import BASE_METHOD, evaluated_methods
 
@@ -90,7 +91,16 @@ def evaluate_run(
     drift_texts = general_texts(data_dir, ev.drift_examples, config.seed, text_file=ev.drift_text_file)
 
     results: dict[str, dict[str, Any]] = {}
-    base_model = None
+    base: dict[str, Any] = {}  # the base model and tokenizer, loaded at most once
+
+    def base_model() -> tuple[Any, Any]:
+        if not base:
+            base["model"], base["tokenizer"] = load_policy(config.model, resolve_model(config.model.name))
+        return base["model"], base["tokenizer"]
+
+    task_kl_prompts = _task_kl_prompts(config, layout)
+    pending: dict[str, tuple[Any, dict[str, Any]]] = {}  # methods waiting for the shared drift pass
+    tokenizer = None
     for method, model_dir in method_model_dirs(config, run_dir).items():
         out_path = layout.eval_file(method)
         key = eval_key(config, run_dir, method)
@@ -100,7 +110,10 @@ def evaluate_run(
             results[method] = cached
             continue
         started = time.time()
-        model, tokenizer = load_policy(config.model, model_dir)
+        if method == BASE_METHOD:
+            model, tokenizer = base_model()
+        else:
+            model, tokenizer = load_policy(config.model, model_dir)
         log(f"[eval:{method}] generating {len(test)} test outputs")
         summary, per, outputs = evaluate_task(
             model, tokenizer, test, config.task, config.evaluation.generation, encoder, second, seed=config.seed
@@ -110,14 +123,6 @@ def evaluate_run(
         general = evaluate_general(
             model, tokenizer, ev.benchmarks, data_dir, config.seed, batch_size=ev.benchmark_batch_size
         )
-        if method == BASE_METHOD:
-            base_model = model
-            drift = None
-        else:
-            if base_model is None:
-                base_model, _ = load_policy(config.model, resolve_model(config.model.name))
-            log(f"[eval:{method}] drift from base on {len(drift_texts)} general texts")
-            drift = measure_drift(base_model, model, tokenizer, drift_texts)
         record = {
             "method": method,
             "model_dir": str(model_dir),
@@ -126,13 +131,92 @@ def evaluate_run(
             "per_example": per,
             "outputs": outputs,
             "general": {name: benchmark_dict(r) for name, r in general.items()},
-            "drift": drift_dict(drift) if drift is not None else None,
-            "wall_time_s": round(time.time() - started, 2),
+            "drift": None,
         }
-        write_json(out_path, record)
-        results[method] = record
-        log(f"[eval:{method}] done in {record['wall_time_s']:.1f}s")
-        if model is not base_model:
-            del model
-            gc.collect()
+        if task_kl_prompts:
+            samples = _task_kl_base(config, layout, task_kl_prompts, base_model, log)
+            if method != BASE_METHOD:
+                log(f"[eval:{method}] task-distribution KL on {len(task_kl_prompts)} base samples")
+                logps = sequence_logprobs(
+                    model, tokenizer, task_kl_prompts, samples["completions"], ev.benchmark_batch_size
+                )
+                kl = forward_kl(samples["base_logprobs"], logps)
+                record["task_kl"] = {"per_example": kl, "mean": float(sum(kl) / len(kl))}
+        record["wall_time_s"] = round(time.time() - started, 2)
+        if method == BASE_METHOD:
+            write_json(out_path, record)
+            results[method] = record
+            log(f"[eval:{method}] done in {record['wall_time_s']:.1f}s")
+        else:
+            pending[method] = (model, record)  # drift below, against one pass of the base model
+
+    if pending:
+        log(f"[eval] drift from base on {len(drift_texts)} general texts: {', '.join(pending)} in one pass")
+        started = time.time()
+        reference, _ = base_model()
+        drifts = measure_drift_many(reference, {m: model for m, (model, _) in pending.items()}, tokenizer, drift_texts)
+        share = round((time.time() - started) / len(pending), 2)
+        for method, (_, record) in pending.items():
+            record["drift"] = drift_dict(drifts[method])
+            record["wall_time_s"] = round(record["wall_time_s"] + share, 2)
+            write_json(layout.eval_file(method), record)
+            results[method] = record
+            log(f"[eval:{method}] done in {record['wall_time_s']:.1f}s")
+        pending.clear()
+        gc.collect()
     return results
+
+
+def _task_kl_prompts(config: ExperimentConfig, layout: RunLayout) -> list[Any]:
+    """The dev prompts of the task-distribution KL (none when it is off or the dev split is empty)."""
+    n = config.evaluation.task_kl_examples
+    if n <= 0:
+        return []
+    from semrl.data.prompts import build_prompt
+    from semrl.data.splits import load_splits
+
+    dev = load_splits(layout.root).get("dev") or []
+    tokenizer = None if config.task.use_chat_template == "never" else _tokenizer(config)
+    return [build_prompt(ex.source, config.task, tokenizer) for ex in dev[:n]]
+
+
+def _tokenizer(config: ExperimentConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        str(resolve_model(config.model.name)), trust_remote_code=config.model.trust_remote_code
+    )
+
+
+def _task_kl_base(config: ExperimentConfig, layout: RunLayout, prompts: list[Any], base_model, log) -> dict[str, Any]:
+    """The base model's samples on the KL prompts and their log-probabilities: drawn once per run
+    (at the first GRPO-kind stage's sampling settings) and cached in the run directory."""
+    from semrl.config.evaluation import GenerationConfig
+    from semrl.train.stages import stage_specs
+
+    grpo = next((config.stages.section(s.name) for s in stage_specs(config.stages).values() if s.kind == "grpo"), None)
+    generation = GenerationConfig(
+        do_sample=True,
+        temperature=grpo.temperature if grpo else 1.0,
+        top_p=grpo.top_p if grpo else 1.0,
+        max_new_tokens=grpo.max_completion_length if grpo else config.evaluation.generation.max_new_tokens,
+        batch_size=config.evaluation.generation.batch_size,
+    )
+    key = digest(
+        {
+            "prompts": prompts,
+            "generation": generation.model_dump(mode="json"),
+            "seed": config.seed,
+            "model": config.model.model_dump(mode="json"),
+        }
+    )
+    cached = read_manifest(layout.task_kl_base)
+    if cached is not None and cached.get("key") == key:
+        return cached
+    model, tokenizer = base_model()
+    log(f"[eval] sampling {len(prompts)} base-model completions on dev prompts for the task-distribution KL")
+    completions = sample_completions(model, tokenizer, prompts, generation, config.seed)
+    logps = sequence_logprobs(model, tokenizer, prompts, completions, config.evaluation.benchmark_batch_size)
+    record = {"key": key, "completions": completions, "base_logprobs": logps}
+    write_json(layout.task_kl_base, record)
+    return record

@@ -140,10 +140,12 @@ def remove_stage(layout: RunLayout, stage: str) -> None:
         shutil.rmtree(folder)
 
 
-def tax_meter_callbacks(config: ExperimentConfig, layout: RunLayout) -> list[Any]:
-    """The tax meter (NLL drift on fixed general texts every N steps), when the config asks for it.
+def tax_meter_callbacks(config: ExperimentConfig, layout: RunLayout, splits: dict[str, list]) -> list[Any]:
+    """The tax meter (NLL drift on fixed general texts, and the task gain on the dev split, every N
+    steps), when the config asks for it.
 
-    The base model's NLL on those texts is measured once per run and cached in the run directory.
+    The base model's NLL on those texts and its log-likelihood of the dev references are measured
+    once per run and cached in the run directory.
     """
     steps = config.evaluation.tax_meter_steps
     if steps <= 0:
@@ -151,25 +153,48 @@ def tax_meter_callbacks(config: ExperimentConfig, layout: RunLayout) -> list[Any
     from transformers import AutoTokenizer
 
     from semrl.data.general import general_texts
+    from semrl.data.prompts import COMPLETION_PREFIX, prompt_text
     from semrl.eval.tax.drift import base_nll_for
+    from semrl.eval.tax.likelihood import continuation_scores, finite_mean, per_char_logprobs
     from semrl.eval.tax.meter import TaxMeterCallback
     from semrl.models import load_policy, resolve_model
 
     ev = config.evaluation
     texts = general_texts(config.resolved_data_dir(), ev.drift_examples, config.seed, text_file=ev.drift_text_file)
+    dev = (splits.get("dev") or [])[: max(ev.task_kl_examples, 8)]
+    contexts = [prompt_text(ex.source, config.task) for ex in dev]
+    continuations = [COMPLETION_PREFIX + ex.reference for ex in dev]
     cached = read_manifest(layout.tax_meter_base)
-    if cached is not None and cached.get("texts") == texts:
-        base_nll = cached["base_nll"]
+    if cached is not None and cached.get("texts") == texts and cached.get("task_contexts") == contexts:
+        base_nll, base_task = cached["base_nll"], cached.get("base_task_logprob")
         tokenizer = AutoTokenizer.from_pretrained(
             str(resolve_model(config.model.name)), trust_remote_code=config.model.trust_remote_code
         )
     else:
         model, tokenizer = load_policy(config.model, resolve_model(config.model.name))
         base_nll = base_nll_for(model, tokenizer, texts)
+        base_task = (
+            finite_mean(per_char_logprobs(continuation_scores(model, tokenizer, contexts, continuations)))
+            if dev
+            else None
+        )
         del model
         if is_main_process():
-            write_json(layout.tax_meter_base, {"texts": texts, "base_nll": base_nll})
-    return [TaxMeterCallback(texts, tokenizer, steps, base_nll)]
+            write_json(
+                layout.tax_meter_base,
+                {"texts": texts, "base_nll": base_nll, "task_contexts": contexts, "base_task_logprob": base_task},
+            )
+    return [
+        TaxMeterCallback(
+            texts,
+            tokenizer,
+            steps,
+            base_nll,
+            task_contexts=contexts,
+            task_continuations=continuations,
+            base_task_logprob=base_task,
+        )
+    ]
 
 
 def trains_on_semantic_reward(config: ExperimentConfig, stages: Iterable[str]) -> bool:
@@ -263,7 +288,7 @@ def run_experiment(
             splits,
             layout.stage(stage).root,
             init_model,
-            callbacks=tax_meter_callbacks(config, layout),
+            callbacks=tax_meter_callbacks(config, layout, splits),
             log=log,
             parent_manifest=parent_manifest,
             encoder=encoder,

@@ -106,9 +106,42 @@ def plot_tax_meter(run_dir: Path, path: Path) -> bool:
     return found
 
 
+def plot_tradeoff(run_dir: Path, path: Path) -> bool:
+    """Task gain against tax along training, one curve per stage (RL's Razor's frontier plot): the
+    tax meter's NLL drift on general text (x) and the dev references' log-likelihood gain (y), from
+    the base model at (0, 0) to the stage's last measured step. Up and to the left is better."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    found = False
+    layout = RunLayout(run_dir)
+    for folder in sorted(layout.stages.iterdir()) if layout.stages.is_dir() else []:
+        rows = [r for r in read_log(layout.stage(folder.name).log) if "tax/nll_drift" in r and "task/dev_gain" in r]
+        if rows:
+            found = True
+            xs = [0.0] + [r["tax/nll_drift"] for r in rows]
+            ys = [0.0] + [r["task/dev_gain"] for r in rows]
+            (line,) = ax.plot(xs, ys, marker=".", label=folder.name)
+            ax.annotate(f"step {rows[-1]['step']}", (xs[-1], ys[-1]), fontsize=7, color=line.get_color())
+    if found:
+        ax.legend()
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+    else:
+        ax.text(
+            0.5, 0.5, "tax meter off (evaluation.tax_meter_steps: 0)", ha="center", va="center", transform=ax.transAxes
+        )
+    ax.set_xlabel("tax: mean NLL increase on general text (nats/token)")
+    ax.set_ylabel("task gain: dev reference log-lik. per char")
+    ax.set_title("Task gain against tax along training")
+    _save_figure(fig, path)
+    return found
+
+
 PLOTS = {
     "gain_vs_tax.png": "Task gain against alignment tax",
     "reward_components.png": "Reward components over GRPO steps",
     "nll_drift.png": "NLL drift distributions",
     "tax_meter.png": "Tax meter over training steps",
+    "tradeoff.png": "Task gain against tax along training",
 }

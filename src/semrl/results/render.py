@@ -33,6 +33,125 @@ def fmt_with_iv(value: float | None, iv: dict[str, float] | None) -> str:
     return f"{value:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else f"{value:.3f}"
 
 
+MEASURE_LABELS = {
+    "continuous": "continuous per-item tax (mean over benchmarks)",
+    "accuracy": "accuracy-style tax (mean over benchmarks)",
+    "drift": "NLL increase on general text",
+    "task_kl": "forward KL on the task distribution",
+}
+
+
+def _chance_section(methods: dict[str, Any], conf: int) -> list[str]:
+    """Each task metric beside its shuffled-reference floor and the margin's interval."""
+    keys = [
+        k
+        for k in ("chrf", "bleu", "semantic", "semantic_2")
+        if any(k in (m.get("chance") or {}) for m in methods.values())
+    ]
+    if not keys:
+        return []
+    rows = []
+    for name, m in methods.items():
+        ch = m.get("chance") or {}
+        cells = []
+        for k in keys:
+            c = ch.get(k)
+            cells.append(
+                "–"
+                if c is None
+                else f"{c['value']:.3f} vs {c['floor']:.3f}: {fmt_iv(c['margin'])}"
+                + ("" if c["above_chance"] else " **at chance**")
+            )
+        rows.append([name, *cells])
+    return [
+        f"### Against chance (the same outputs scored against shuffled references; margin with its {conf}% paired interval)",
+        "",
+        md_table(["method", *keys], rows),
+        "",
+        "A method whose margin interval reaches zero is not above chance on that metric: its outputs are no "
+        "closer to their own references than to unrelated ones.",
+        "",
+    ]
+
+
+def _tax_evidence_section(metrics: dict[str, Any], conf: int) -> list[str]:
+    """The sensitive tax measures: GRPO - SFT on every measure, then per benchmark and method the
+    accuracy and continuous tax, paired flips and empty predictions, and the task-distribution KL."""
+    methods = metrics["methods"]
+    out: list[str] = []
+    comparison = metrics.get("comparison") or {}
+    if comparison.get("measures"):
+        a, b = comparison["pair"]
+        rows = [
+            [
+                MEASURE_LABELS.get(k, k) + (" (primary)" if k == comparison["primary"] else ""),
+                fmt_iv(d, 4),
+                d["reading"],
+            ]
+            for k, d in comparison["measures"].items()
+        ]
+        out += [
+            f"### Tax of {a} minus tax of {b} ({conf}% paired intervals; negative: {a} paid less)",
+            "",
+            md_table(["measure", f"{a} − {b}", "reading"], rows),
+            "",
+        ]
+    rows = []
+    for name, m in methods.items():
+        for bench, e in (m.get("tax_evidence") or {}).items():
+            flips = e.get("flips") or {}
+            empty = e.get("empty_share")
+            rows.append(
+                [
+                    name,
+                    bench,
+                    fmt_iv(e.get("accuracy_tax")),
+                    fmt_iv(e.get("continuous_tax"), 4),
+                    f"{flips.get('lost', '–')} / {flips.get('gained', '–')} (p={fmt(flips.get('p_value'))})"
+                    if flips
+                    else "–",
+                    f"{empty['base']:.0%} → {empty['method']:.0%}" if empty else "–",
+                    "**format change**" if e.get("format_change") else "",
+                ]
+            )
+    if rows:
+        out += [
+            "### Tax per benchmark: accuracy, continuous score, flips, empty answers",
+            "",
+            md_table(
+                [
+                    "method",
+                    "benchmark",
+                    "accuracy tax",
+                    "continuous tax",
+                    "lost / gained (McNemar)",
+                    "empty answers",
+                    "",
+                ],
+                rows,
+            ),
+            "",
+            "Continuous tax: base − method per item on the gold answer's score (MMLU: its probability among the "
+            "choices; CMRC 2018, GSM8K: its log-likelihood per character), which does not depend on the output "
+            "format. Lost / gained: items right for the base model and wrong for the method, and the reverse. "
+            "A format change is an accuracy drop with a rise in empty answers while the continuous score holds.",
+            "",
+        ]
+    kl_rows = [
+        [name, fmt_with_iv(m["task_kl"]["estimate"], m["task_kl"]), str(m["task_kl"]["n"])]
+        for name, m in methods.items()
+        if m.get("task_kl")
+    ]
+    if kl_rows:
+        out += [
+            "### Forward KL from the base model on the task distribution (RL's Razor)",
+            "",
+            md_table(["method", f"KL(base ‖ method), nats per completion [{conf}%]", "samples"], kl_rows),
+            "",
+        ]
+    return out
+
+
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -88,6 +207,7 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
         out += [f"### Differences between methods (paired bootstrap, {conf}% intervals)", ""]
         out.append(md_table(["comparison"] + cols, [[k] + [fmt_iv(d.get(c)) for c in cols] for k, d in diffs.items()]))
         out.append("")
+    out += _chance_section(methods, conf)
     if "judge" in metrics:
         out += _judge_section(metrics["judge"])
     out += [
@@ -104,7 +224,7 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
         row += [fmt_iv(tiv.get(b)) for b in benches + ["mean"]]
         rows.append(row)
     out.append(md_table(["method"] + benches + [f"tax {b}" for b in benches] + ["tax mean"], rows))
-    out += ["", "## Drift from the base model on general text", ""]
+    out += ["", *_tax_evidence_section(metrics, conf), "## Drift from the base model on general text", ""]
     out.append(
         md_table(
             ["method", "NLL increase mean", "NLL increase P90", "token KL mean", "token KL P90"],

@@ -13,6 +13,7 @@ from semrl.results.plots import (
     plot_gain_vs_tax,
     plot_reward_components,
     plot_tax_meter,
+    plot_tradeoff,
 )
 from semrl.results.render import render_html, render_markdown
 
@@ -29,6 +30,7 @@ def write_report(run_dir: str | Path) -> Path:
         plot_reward_components(run_dir, plot_dir / "reward_components.png")
         plot_drift(evals, plot_dir / "nll_drift.png")
         plot_tax_meter(run_dir, plot_dir / "tax_meter.png")
+        plot_tradeoff(run_dir, plot_dir / "tradeoff.png")
     plots = {p.name: str(p) for p in layout.plots.glob("*.png")}
     md = render_markdown(metrics, evals, plots)
     write_json(layout.metrics, metrics)

@@ -101,44 +101,66 @@ def measure_drift(
     batch_size: int = 4,
     max_length: int = 256,
 ) -> DriftResult:
-    """NLL increase per text and KL(model || base) per token on general texts.
+    """NLL increase per text and KL(model || base) per token on general texts (one model; see
+    `measure_drift_many` to score several against one pass of the base model)."""
+    return measure_drift_many(base_model, {"model": model}, tokenizer, texts, batch_size, max_length)["model"]
 
-    Both models read the same token ids (one tokenizer), one batch at a time under no_grad.
-    Peak memory is about two batches of logits (2 x batch_size x max_length x vocab floats):
-    lower batch_size for large vocabularies (Gemma 3: 262k)."""
+
+def measure_drift_many(
+    base_model: Any,
+    models: dict[str, Any],
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int = 4,
+    max_length: int = 256,
+) -> dict[str, DriftResult]:
+    """Drift of each of `models` from the base model on general texts, with one base forward per
+    batch shared by all of them (base + M forwards instead of 2M).
+
+    Every model reads the same token ids (one tokenizer), one batch at a time under no_grad. Peak
+    memory is about two batches of logits (2 x batch_size x max_length x vocab floats) plus the
+    models themselves: lower batch_size for large vocabularies (Gemma 3: 262k)."""
     from torch.nn.functional import kl_div
 
     if not texts:
         raise ValueError("measure_drift needs at least one text")
+    if not models:
+        return {}
     nll_base: list[float] = []
-    nll_model: list[float] = []
-    token_kl: list[float] = []
-    with eval_mode(base_model, model):
+    nll_model: dict[str, list[float]] = {name: [] for name in models}
+    token_kl: dict[str, list[float]] = {name: [] for name in models}
+    with eval_mode(base_model, *models.values()):
         for input_ids, mask in _encoded_batches(tokenizer, texts, batch_size, max_length):
             logits_base = _logits(base_model, input_ids, mask)
-            logits_model = _logits(model, input_ids, mask)
-            if logits_base.shape[-1] != logits_model.shape[-1]:
-                raise ModelError(
-                    f"the base model and the model have different vocabularies ({logits_base.shape[-1]} vs "
-                    f"{logits_model.shape[-1]} logits); drift needs one shared tokenizer"
-                )
-            # One row at a time: the float32 log-softmax of a whole batch would double peak memory.
-            for row in range(input_ids.shape[0]):
-                n = int(mask[row].sum())
-                targets = input_ids[row, 1:n, None]
-                lp_base = _row_logprobs(logits_base, row, n)
-                lp_model = _row_logprobs(logits_model, row, n)
-                nll_base.append(float(-lp_base.gather(-1, targets).mean()))
-                nll_model.append(float(-lp_model.gather(-1, targets).mean()))
-                # kl_div(input=log q, target=log p, log_target=True) sums p * (log p - log q): KL(p || q).
-                kl = kl_div(lp_base, lp_model, reduction="none", log_target=True).sum(-1)
-                token_kl.extend(kl.clamp_min(0.0).tolist())  # clamp float round-off below 0
-            del logits_base, logits_model
-    increase = [m - b for m, b in zip(nll_model, nll_base)]
-    summary = {
-        "nll_mean": float(np.mean(increase)),
-        "nll_p90": _p90(increase),
-        "kl_mean": float(np.mean(token_kl)) if token_kl else 0.0,
-        "kl_p90": _p90(token_kl),
-    }
-    return DriftResult(nll_base, nll_model, increase, token_kl, summary)
+            rows = [int(mask[row].sum()) for row in range(input_ids.shape[0])]
+            # The base model's log-probabilities, row by row (a whole batch's float32 log-softmax
+            # would double peak memory), kept for every model of this batch.
+            lp_base = [_row_logprobs(logits_base, row, n) for row, n in enumerate(rows)]
+            del logits_base
+            for row, n in enumerate(rows):
+                nll_base.append(float(-lp_base[row].gather(-1, input_ids[row, 1:n, None]).mean()))
+            for name, model in models.items():
+                logits_model = _logits(model, input_ids, mask)
+                if lp_base[0].shape[-1] != logits_model.shape[-1]:
+                    raise ModelError(
+                        f"the base model and the model have different vocabularies ({lp_base[0].shape[-1]} vs "
+                        f"{logits_model.shape[-1]} logits); drift needs one shared tokenizer"
+                    )
+                for row, n in enumerate(rows):
+                    lp_model = _row_logprobs(logits_model, row, n)
+                    nll_model[name].append(float(-lp_model.gather(-1, input_ids[row, 1:n, None]).mean()))
+                    # kl_div(input=log q, target=log p, log_target=True) sums p * (log p - log q): KL(p || q).
+                    kl = kl_div(lp_base[row], lp_model, reduction="none", log_target=True).sum(-1)
+                    token_kl[name].extend(kl.clamp_min(0.0).tolist())  # clamp float round-off below 0
+                del logits_model
+    out: dict[str, DriftResult] = {}
+    for name in models:
+        increase = [m - b for m, b in zip(nll_model[name], nll_base)]
+        summary = {
+            "nll_mean": float(np.mean(increase)),
+            "nll_p90": _p90(increase),
+            "kl_mean": float(np.mean(token_kl[name])) if token_kl[name] else 0.0,
+            "kl_p90": _p90(token_kl[name]),
+        }
+        out[name] = DriftResult(list(nll_base), nll_model[name], increase, token_kl[name], summary)
+    return out
