@@ -119,17 +119,16 @@ FEWSHOT_POOL = 64  # rows outside the evaluated subset that few-shot examples ar
 def _preserved_state(model: Any) -> Iterator[None]:
     """lm-eval reseeds the global RNGs and puts the model in eval mode; undo both afterwards so
     that evaluating in the middle of a run does not change what follows."""
-    py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    # torch.random.fork_rng covers torch's CPU and CUDA generators; Python's and NumPy's, which
+    # lm-eval reseeds too, have no library helper and are restored by hand.
+    py, np_state = random.getstate(), np.random.get_state()
     was_training = getattr(model, "training", False)
     try:
-        yield
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            yield
     finally:
         random.setstate(py)
         np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
         model.train(was_training)
 
 
