@@ -27,13 +27,10 @@ from semrl.data.general import (
     seeded_indices,
 )
 from semrl.eval.tax.benchmarks import (
-    TASKS_DIR,
     evaluate_general,
     evaluate_harness_task,
-    gsm8k_extract,
     prepare_task,
     process_cmrc2018,
-    process_gsm8k,
 )
 from semrl.eval.tax.drift import base_nll_for, measure_drift, text_nll
 from semrl.eval.tax.meter import TaxMeterCallback
@@ -203,17 +200,78 @@ def test_process_cmrc2018_scores_the_first_line() -> None:
     assert scores["em"] == 0.0 and scores["f1"] == pytest.approx(0.8) and scores["avg"] == pytest.approx(0.4)
 
 
-def test_gsm8k_extraction_and_matching() -> None:
-    doc = {"answer": "1000 - 250 = 750\n#### 750"}
-    assert process_gsm8k(doc, [" She has 1000 - 250 = 750 dollars left.\n#### 750"]) == {
-        "exact_match": 1.0,
-        "strict_match": 1.0,
-    }
-    assert process_gsm8k(doc, [" 1000 - 250 = $750.00."]) == {"exact_match": 1.0, "strict_match": 0.0}
-    assert process_gsm8k(doc, [" The answer is 750 or maybe 751"]) == {"exact_match": 0.0, "strict_match": 0.0}
-    assert process_gsm8k({"answer": "#### 1,200"}, ["1200"])["exact_match"] == 1.0
-    assert process_gsm8k(doc, ["no idea"])["exact_match"] == 0.0
-    assert gsm8k_extract("#### -3 then 5") == "-3"
+class _CannedLM:
+    """An lm-eval model that answers from a table: what lm-eval asks and how it scores the
+    answers is then visible without a real model."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        from lm_eval.api.model import LM
+
+        outer = self
+        self.contexts: list[str] = []
+        self.gen_kwargs: list[dict] = []
+
+        class Canned(LM):
+            def generate_until(self, requests):
+                out = []
+                for r in requests:
+                    context, kwargs = r.args
+                    outer.contexts.append(context)
+                    outer.gen_kwargs.append(kwargs)
+                    out.append(answers.get(r.doc["question"], ""))
+                return out
+
+            def loglikelihood(self, requests):
+                outer.contexts += [r.args[0] for r in requests]
+                return [(0.0 if r.args[1] == " B" else -1.0, False) for r in requests]
+
+            def loglikelihood_rolling(self, requests):
+                raise NotImplementedError
+
+        self.lm = Canned()
+
+    def run(self, bench: BenchmarkConfig, data_dir: Path, out_dir: Path) -> dict:
+        from lm_eval import simple_evaluate
+        from lm_eval.tasks import TaskManager
+
+        name, folder = prepare_task(bench, data_dir, seed=0, out_dir=out_dir)
+        manager = TaskManager(include_path=str(folder), include_defaults=False)
+        return simple_evaluate(model=self.lm, tasks=[name], task_manager=manager, bootstrap_iters=0)["results"][name]
+
+
+def test_gsm8k_is_scored_by_lm_evals_own_task(data_dir: Path, tmp_path: Path) -> None:
+    import lm_eval
+
+    canned = _CannedLM(
+        {
+            GSM8K_ROWS[0][0]: " 3 + 2 = 5 apples.\n#### 5",  # strict and flexible
+            GSM8K_ROWS[1][0]: " 12 * 3 = $36.00.",  # lm-eval compares strings: "36.00" is not "36"
+            GSM8K_ROWS[2][0]: " 1,000 - 250 = 750",  # flexible only: commas and no "####"
+            GSM8K_ROWS[3][0]: " no idea",
+        }
+    )
+    results = canned.run(BenchmarkConfig(name="gsm8k", limit=None), data_dir, tmp_path / "gsm8k")
+    n = len(GSM8K_ROWS)
+    assert results["exact_match,strict-match"] == pytest.approx(1 / n)
+    assert results["exact_match,flexible-extract"] == pytest.approx(2 / n)
+    # The prompt and stop sequences are lm-eval's gsm8k, only the data is semrl's.
+    own = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml").read_text(encoding="utf-8"))
+    assert f"Question: {GSM8K_ROWS[0][0]}\nAnswer:" in canned.contexts
+    assert canned.gen_kwargs[0]["until"] == own["generation_kwargs"]["until"]
+
+
+def test_mmlu_prompt_is_lm_evals_per_subject_prompt(data_dir: Path, tmp_path: Path) -> None:
+    canned = _CannedLM({})
+    results = canned.run(BenchmarkConfig(name="mmlu", limit=None), data_dir, tmp_path / "mmlu")
+    rows = [json.loads(line) for line in (tmp_path / "mmlu" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert results["acc,none"] == pytest.approx(np.mean([r["answer"] == 1 for r in rows]))
+    first = rows[0]
+    expected = (
+        f"The following are multiple choice questions (with answers) about {first['subject'].replace('_', ' ')}.\n\n"
+        f"{first['question'].strip()}\nA. {first['choices'][0]}\nB. {first['choices'][1]}\n"
+        f"C. {first['choices'][2]}\nD. {first['choices'][3]}\nAnswer:"
+    )
+    assert expected in canned.contexts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +282,9 @@ def test_prepare_task_writes_a_self_contained_task(data_dir: Path, tmp_path: Pat
     name, folder = prepare_task(bench, data_dir, seed=0, out_dir=tmp_path / "gsm8k")
     assert name == "semrl_gsm8k"
     config = yaml.safe_load((folder / "semrl_gsm8k.yaml").read_text(encoding="utf-8"))
-    assert Path(config["include"]) == (TASKS_DIR / "gsm8k.yaml").resolve()
+    # lm-eval's own gsm8k task, with only the data (and the number of shots) overridden
+    assert Path(config["include"]).parts[-3:] == ("tasks", "gsm8k", "gsm8k.yaml")
+    assert config["dataset_path"] == "json" and config["dataset_name"] is None
     assert config["num_fewshot"] == 1 and config["fewshot_split"] == "fewshot"
     test = [json.loads(line) for line in (folder / "test.jsonl").read_text(encoding="utf-8").splitlines()]
     fewshot = [json.loads(line) for line in (folder / "fewshot.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -238,7 +298,7 @@ def test_max_gen_toks_caps_generation_but_keeps_the_stop_sequences(data_dir: Pat
     config = yaml.safe_load((folder / "semrl_gsm8k.yaml").read_text(encoding="utf-8"))
     # `include` would replace the whole generation_kwargs, so the shipped stop sequences must be copied
     assert config["generation_kwargs"]["max_gen_toks"] == 32
-    assert config["generation_kwargs"]["until"] == ["Question:", "\n\n"]
+    assert config["generation_kwargs"]["until"] == ["Question:", "</s>", "<|im_end|>"]  # lm-eval's gsm8k
 
 
 def test_max_gen_toks_on_a_loglikelihood_task_is_an_error(data_dir: Path, tmp_path: Path) -> None:
@@ -250,8 +310,10 @@ def test_evaluate_general_on_a_tiny_model(tiny, data_dir: Path, tmp_path: Path) 
     model, tokenizer = tiny
     model.train()
     random.seed(123)
-    expected_next = random.random()
+    torch.manual_seed(123)
+    expected_next, expected_torch = random.random(), torch.rand(3)
     random.seed(123)
+    torch.manual_seed(123)
     benches = [
         BenchmarkConfig(name="cmrc2018", limit=4),
         BenchmarkConfig(name="mmlu", limit=5),
@@ -259,6 +321,7 @@ def test_evaluate_general_on_a_tiny_model(tiny, data_dir: Path, tmp_path: Path) 
     ]
     results = evaluate_general(model, tokenizer, benches, data_dir, seed=0, batch_size=4, work_dir=tmp_path / "work")
     assert random.random() == expected_next  # lm-eval's reseeding did not leak out
+    assert torch.equal(torch.rand(3), expected_torch)
     assert model.training  # train mode restored
 
     assert set(results) == {"cmrc2018", "mmlu", "gsm8k"}
@@ -278,7 +341,9 @@ def test_evaluate_general_on_a_tiny_model(tiny, data_dir: Path, tmp_path: Path) 
     mmlu = results["mmlu"]
     assert mmlu.metric == "acc" and set(mmlu.per_example) <= {0.0, 1.0}
     assert set(mmlu.details["per_subject"]) == set(MMLU_SUBJECTS)
-    assert results["gsm8k"].metric == "exact_match" and "strict_match" in results["gsm8k"].details
+    gsm8k = results["gsm8k"]
+    assert gsm8k.metric == "exact_match" and gsm8k.details["filter"] == "flexible-extract"
+    assert len(gsm8k.details["per_example_strict_match"]) == 3 and len(gsm8k.details["predictions"]) == 3
 
 
 def test_evaluate_general_rejects_unknown_and_duplicate_names(tiny) -> None:

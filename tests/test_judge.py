@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -335,13 +336,30 @@ def test_semrl_judge_without_any_evaluated_pair_is_a_clear_error(
 class _ChatHandler(BaseHTTPRequestHandler):
     rule = staticmethod(prefer_good)
     status = 200
+    fail_first = 0  # answer this many requests with HTTP 503 before serving
+    delay_s = 0.0
     seen: list[dict[str, Any]] = []
+    in_flight: list[int] = []  # requests being served when each request arrived, itself included
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        if self.status != 200:
-            self.send_response(self.status)
+        cls = type(self)
+        with cls.lock:
+            cls.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+            cls.active += 1
+            cls.in_flight.append(cls.active)
+            failing = len(cls.seen) <= cls.fail_first
+        try:
+            time.sleep(cls.delay_s)
+            self._answer(body, 503 if failing else self.status)
+        finally:
+            with cls.lock:
+                cls.active -= 1
+
+    def _answer(self, body: dict[str, Any], status: int) -> None:
+        if status != 200:
+            self.send_response(status)
+            self.send_header("Content-Length", "16")
             self.end_headers()
             self.wfile.write(b"model overloaded")
             return
@@ -359,7 +377,7 @@ class _ChatHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def chat_server() -> Iterator[tuple[str, type[_ChatHandler]]]:
-    handler = type("Handler", (_ChatHandler,), {"seen": []})
+    handler = type("Handler", (_ChatHandler,), {"seen": [], "in_flight": [], "active": 0, "lock": threading.Lock()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -407,6 +425,28 @@ def test_endpoint_http_error_is_reported(chat_server) -> None:
     handler.status = 500
     with pytest.raises(ModelError, match="HTTP 500.*model overloaded"):
         EndpointJudge(url, "m")(["prompt"])
+
+
+def test_endpoint_retries_a_failed_request(chat_server) -> None:
+    url, handler = chat_server
+    handler.rule = staticmethod(lambda prompt: "tie")
+    handler.fail_first = 1
+    replies = EndpointJudge(url, "m", max_retries=1)(["prompt"])
+    assert [r.verdict for r in replies] == ["tie"] and len(handler.seen) == 2  # 503, then the answer
+    handler.seen.clear()
+    handler.fail_first = 1
+    with pytest.raises(ModelError, match="HTTP 503"):
+        EndpointJudge(url, "m", max_retries=0)(["prompt"])
+
+
+def test_endpoint_requests_run_concurrently_within_the_bound(chat_server) -> None:
+    url, handler = chat_server
+    handler.delay_s = 0.2
+    handler.rule = staticmethod(lambda prompt: "A" if prompt.endswith("0") else "B")
+    prompts = [f"prompt {i % 2}" for i in range(8)]
+    replies = EndpointJudge(url, "m", concurrency=3)(prompts)
+    assert [r.verdict for r in replies] == ["A", "B"] * 4  # in the order asked
+    assert max(handler.in_flight) == 3
 
 
 def test_unreachable_endpoint_is_a_clear_error() -> None:

@@ -14,7 +14,6 @@ in GRPO every reference recurs G times per step and again every epoch.
 
 from __future__ import annotations
 
-import os
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+from huggingface_hub import is_offline_mode
 
 from semrl.core import lang as L
 from semrl.core.errors import ModelError
@@ -81,10 +81,9 @@ class SentenceTransformerEncoder:
         try:
             self.model = SentenceTransformer(self.name, device=device, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
-            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
             where = (
                 "HF_HUB_OFFLINE is set, so only local paths and the Hugging Face cache are searched"
-                if offline
+                if is_offline_mode()
                 else "the hub could not be reached or has no such model"
             )
             raise ModelError(

@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from semrl.config.evaluation import GenerationConfig
 
@@ -22,7 +21,9 @@ def generate_completions(
 
     Prompts are completion-style strings or conversational message lists (rendered with the
     tokenizer's chat template). Completion-style outputs are cut at the first newline: the
-    prompt format asks for one line.
+    prompt format asks for one line, so a completion-style batch stops at "\\n" (transformers'
+    `stop_strings`) and `clean_completion` keeps its first non-empty line. A row whose first
+    token is a newline therefore stops there and comes out empty.
     """
     texts: list[str] = []
     chat = [isinstance(p, list) for p in prompts]
@@ -40,11 +41,11 @@ def generate_completions(
             enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not any(chat))
             enc = {k: v.to(model.device) for k, v in enc.items()}
             one_line = not any(chat[start : start + len(batch)])
-            stop = [FirstLineDone(tokenizer, enc["input_ids"].shape[1])] if one_line else []
+            stop = {"stop_strings": ["\n"], "tokenizer": tokenizer} if one_line else {}
             with torch.no_grad():
                 out = model.generate(
                     **enc,
-                    stopping_criteria=StoppingCriteriaList(stop),
+                    **stop,
                     max_new_tokens=generation.max_new_tokens,
                     do_sample=generation.do_sample,
                     temperature=generation.temperature if generation.do_sample else None,
@@ -61,19 +62,6 @@ def generate_completions(
         tokenizer.padding_side = previous_side
         model.train(was_training)
     return texts
-
-
-class FirstLineDone(StoppingCriteria):
-    """Stops a row once its first non-empty line is complete: only that line is kept, so decoding
-    on (often a whole repeated prompt pattern) would cost time and change nothing."""
-
-    def __init__(self, tokenizer: Any, prompt_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        return torch.tensor(["\n" in t.lstrip() for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
 def clean_completion(text: str, one_line: bool = True) -> str:

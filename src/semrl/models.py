@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from huggingface_hub import is_offline_mode
 
 from semrl.core.errors import ModelError
 from semrl.core.io import atomic_path
@@ -250,10 +251,6 @@ def trainer_hardware_kwargs() -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no")
-
-
 def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the policy and its tokenizer.
 
@@ -280,7 +277,7 @@ def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTr
         hint = (
             "HF_HUB_OFFLINE is set, so only local directories and the Hugging Face cache are searched: "
             "download the model once with internet access, or point model.name at a local checkpoint"
-            if _offline()
+            if is_offline_mode()
             else "check the name, model.revision and your network; private models need `huggingface-cli login`"
         )
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -51,7 +51,7 @@ class JudgeConfig(Section):
     )
     url: str | None = Field(
         None,
-        description="An OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (semrl POSTs to URL/chat/completions).",
+        description="An OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (asked through the openai client at URL/chat/completions).",
     )
     api_key_env: str | None = Field(
         None, description="Name of the environment variable holding the endpoint's API key (sent as a Bearer token)."
@@ -76,6 +76,12 @@ class JudgeConfig(Section):
     max_tokens: int = Field(16, ge=1, description="Tokens a generating judge may produce for its verdict.")
     batch_size: int = Field(8, ge=1, description="Prompts per forward pass of a local judge.")
     timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for one endpoint reply.")
+    max_retries: int = Field(
+        2, ge=0, description="Endpoint: retries of a failed request (connection error, 429, 5xx), with backoff."
+    )
+    concurrency: int = Field(8, ge=1, description="Endpoint: requests in flight at once.")
+
+    _omit_when_default = ("max_retries", "concurrency")
 
     @field_validator("pairs")
     @classmethod

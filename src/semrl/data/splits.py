@@ -154,6 +154,7 @@ def split_examples(examples: Sequence[Example], sizes: SplitSizes, seed: int) ->
     overshoot by less than one document); the -1 split takes what is left. Within a split,
     examples keep their input order. DataError when the data cannot fill the requested sizes.
     """
+    # Hand-written: datasets' train_test_split splits rows; keeping documents whole needs a grouped split.
     total = len(examples)
     if total == 0:
         raise DataError("no examples to split")

@@ -13,8 +13,9 @@ Judges:
   `models.resolve_model`). Mode 'logprob' (the default for base models) compares
   log P(label | prompt) of the labels A, B and tie; mode 'generate' (the default for chat models)
   generates a short reply and parses it.
-- `EndpointJudge`: any OpenAI-compatible server (vLLM, llama.cpp, a hosted API) by URL;
-  semrl POSTs to URL/chat/completions with `requests`.
+- `EndpointJudge`: any OpenAI-compatible server (vLLM, llama.cpp, a hosted API) by URL, asked
+  through the `openai` client (its timeout and retries with backoff), a bounded number of
+  requests in flight at once.
 
 `run_judge` compares the configured method pairs of a run from `RUN_DIR/eval/<method>.json` and
 writes `RUN_DIR/eval/judge.json`, which the report reads.
@@ -287,56 +288,80 @@ class LocalJudge:
 
 
 class EndpointJudge:
-    """An OpenAI-compatible chat endpoint as judge: POST {url}/chat/completions, greedy decoding."""
+    """An OpenAI-compatible chat endpoint as judge ({url}/chat/completions, greedy decoding),
+    through the `openai` client: `timeout_s` per request, `max_retries` with the client's backoff
+    (connection errors, 408/409/429 and 5xx), at most `concurrency` requests in flight."""
 
     def __init__(
-        self, url: str, model: str, api_key: str | None = None, max_tokens: int = 16, timeout_s: float = 120.0
+        self,
+        url: str,
+        model: str,
+        api_key: str | None = None,
+        max_tokens: int = 16,
+        timeout_s: float = 120.0,
+        max_retries: int = 2,
+        concurrency: int = 8,
     ) -> None:
-        base = url.rstrip("/")
-        self.endpoint = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.base_url = url.rstrip("/").removesuffix("/chat/completions")
+        self.endpoint = self.base_url + "/chat/completions"
         self.model, self.api_key, self.max_tokens, self.timeout_s = model, api_key, max_tokens, timeout_s
+        self.max_retries, self.concurrency = max_retries, concurrency
         self.description = {"kind": "endpoint", "model": model, "url": self.endpoint, "mode": "generate"}
 
     def __call__(self, prompts: Sequence[str]) -> list[JudgeReply]:
-        import requests
+        from concurrent.futures import ThreadPoolExecutor
 
-        with requests.Session() as session:
-            return [self._ask(session, p) for p in prompts]
+        from openai import OpenAI
 
-    def _ask(self, session: Any, prompt: str) -> JudgeReply:
-        import requests
+        if not prompts:
+            return []
+        # The client needs some key; servers started without one (vLLM, llama.cpp) ignore "EMPTY".
+        client = OpenAI(
+            base_url=self.base_url,
+            api_key=self.api_key or "EMPTY",
+            timeout=self.timeout_s,
+            max_retries=self.max_retries,
+        )
+        with client:
+            pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)))
+            try:
+                replies = list(pool.map(lambda p: self._ask(client, p), prompts))
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)  # after a failure, send no more
+        return replies
 
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        body = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": self.max_tokens,
-            "temperature": 0.0,
-        }
+    def _ask(self, client: Any, prompt: str) -> JudgeReply:
+        import openai
+
         try:
-            response = session.post(self.endpoint, json=body, headers=headers, timeout=self.timeout_s)
-        except requests.exceptions.ConnectionError as err:
-            raise ModelError(
-                f"cannot reach the judge endpoint {self.endpoint} ({type(err).__name__}). Is the server running and "
-                f"evaluation.judge.url right? e.g. `vllm serve MODEL --port 8000` with url http://localhost:8000/v1"
-            ) from None
-        except requests.exceptions.Timeout:
-            raise ModelError(
-                f"the judge endpoint {self.endpoint} did not answer within {self.timeout_s:g}s (evaluation.judge.timeout_s)"
-            ) from None
-        except requests.exceptions.RequestException as err:
-            raise ModelError(f"request to the judge endpoint {self.endpoint} failed: {err}") from None
-        if response.status_code != 200:
-            hint = " Check the API key (evaluation.judge.api_key_env)." if response.status_code in (401, 403) else ""
-            raise ModelError(
-                f"the judge endpoint {self.endpoint} answered HTTP {response.status_code}: {response.text[:300]!r}.{hint}"
+            completion = client.chat.completions.create(
+                model=self.model,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=self.max_tokens,
+                temperature=0.0,
             )
+        except openai.APITimeoutError:
+            raise ModelError(
+                f"the judge endpoint {self.endpoint} did not answer within {self.timeout_s:g}s, "
+                f"{self.max_retries + 1} tries (evaluation.judge.timeout_s, evaluation.judge.max_retries)"
+            ) from None
+        except openai.APIConnectionError as err:
+            raise ModelError(
+                f"cannot reach the judge endpoint {self.endpoint} ({type(err.__cause__ or err).__name__}). Is the "
+                f"server running and evaluation.judge.url right? e.g. `vllm serve MODEL --port 8000` with url "
+                f"http://localhost:8000/v1"
+            ) from None
+        except openai.APIStatusError as err:
+            hint = " Check the API key (evaluation.judge.api_key_env)." if err.status_code in (401, 403) else ""
+            raise ModelError(
+                f"the judge endpoint {self.endpoint} answered HTTP {err.status_code}: {err.response.text[:300]!r}.{hint}"
+            ) from None
         try:
-            text = response.json()["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError):
+            text = completion.choices[0].message.content or ""
+        except (AttributeError, IndexError, TypeError):
             raise ModelError(
                 f"the judge endpoint {self.endpoint} did not answer in the OpenAI chat format "
-                f"(choices[0].message.content): {response.text[:300]!r}"
+                f"(choices[0].message.content): {str(completion)[:300]!r}"
             ) from None
         return JudgeReply(parse_verdict(text), text=text.strip()[:500])
 
@@ -355,7 +380,9 @@ def build_judge(cfg: JudgeConfig) -> Judge:
                 raise ConfigError(
                     f"evaluation.judge.api_key_env names ${cfg.api_key_env}, which is not set; export it or remove the key"
                 )
-        return EndpointJudge(cfg.url, cfg.model, api_key, cfg.max_tokens, cfg.timeout_s)
+        return EndpointJudge(
+            cfg.url, cfg.model, api_key, cfg.max_tokens, cfg.timeout_s, cfg.max_retries, cfg.concurrency
+        )
     from semrl.models import load_policy
 
     model, tokenizer = load_policy(ModelConfig(name=cfg.model))
@@ -495,7 +522,9 @@ def run_judge(
         return None
     used = sorted({m for pair in pairs for m in pair})
     eval_keys = {m: evals[m].get("eval_key") for m in used}
-    judge_settings = cfg.model_dump(mode="json", exclude={"enabled", "timeout_s", "batch_size", "api_key_env"})
+    judge_settings = cfg.model_dump(
+        mode="json", exclude={"enabled", "timeout_s", "batch_size", "api_key_env", "max_retries", "concurrency"}
+    )
     key = digest(
         {
             "judge": judge_settings,

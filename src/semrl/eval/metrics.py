@@ -175,6 +175,7 @@ def cmrc_em_f1(prediction: str, answers: Sequence[str]) -> tuple[float, float]:
     recall = lcs/len(answer); the result is the best F1 over the answers. The paper's "Avg" is
     (EM + F1) / 2.
     """
+    # Hand-written: no library ships CMRC 2018's metric (longest common substring F1, not SQuAD's).
     if isinstance(answers, str):
         answers = [answers]
     if not answers:

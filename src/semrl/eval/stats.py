@@ -156,6 +156,8 @@ def paired_corpus_bootstrap(
     sufficient statistics its own significance module resamples), so a resample is a sum and a
     formula, not a re-tokenisation.
     """
+    # Hand-written: sacrebleu's paired bootstrap returns p-values for its CLI report, not the
+    # interval of the difference (with a seeded rng) that the report prints.
     if metric not in ("bleu", "chrf"):
         raise ValueError(f"metric must be 'bleu' or 'chrf', got {metric!r}")
     check_pairs(hyps_a, refs)

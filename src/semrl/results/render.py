@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from markdown_it import MarkdownIt
+
 from semrl.results.build import MONITOR_FLAGS, verdict
 from semrl.results.plots import PLOTS
 
@@ -349,43 +351,20 @@ def _short(text: str, n: int = 60) -> str:
 
 
 def render_html(markdown_text: str, plot_dir: Path) -> str:
-    """A self-contained HTML page: the Markdown's tables and text, plots embedded as data URIs."""
-    body: list[str] = []
-    lines = markdown_text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("|"):
-            table = []
-            while i < len(lines) and lines[i].startswith("|"):
-                table.append(lines[i])
-                i += 1
-            body.append(_html_table(table))
-            continue
-        if line.startswith("!["):
-            name = line[line.index("(") + 1 : -1].split("/")[-1]
-            data = base64.b64encode((plot_dir / name).read_bytes()).decode()
-            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line).replace('`', '')}</p>")
-        i += 1
+    """A self-contained HTML page: the Markdown rendered by markdown-it-py (CommonMark with GFM
+    tables), raw HTML in it escaped (user text such as model outputs lands in the report), and
+    each plot image embedded as a data URI read from `plot_dir` by its file name."""
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+    def embedded_image(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+        name = Path(str(tokens[idx].attrGet("src"))).name
+        data = base64.b64encode((plot_dir / name).read_bytes()).decode()
+        return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+
+    md.add_render_rule("image", embedded_image)
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:4px 8px}"
         "th{background:#f4f4f4}img{max-width:560px;display:block;margin:1em 0}"
     )
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>semrl report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
-
-
-def _html_table(rows: list[str]) -> str:
-    def cells(row: str) -> list[str]:
-        return [c.strip().replace("\\|", "|") for c in row.strip().strip("|").split(" | ")]
-
-    head = cells(rows[0])
-    out = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"]
-    for r in rows[2:]:
-        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(r)) + "</tr>")
-    return "".join(out) + "</table>"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>semrl report</title><style>{style}</style></head><body>{md.render(markdown_text)}</body></html>\n"

@@ -81,6 +81,8 @@ def last_checkpoint(checkpoints_dir: str | Path) -> Path | None:
     transformers writes `trainer_state.json` last, so a checkpoint without it was interrupted
     while saving and is not a safe resume point.
     """
+    # Hand-written: transformers' get_last_checkpoint picks the highest step even when that
+    # checkpoint is half-written, which is the case this check exists for.
     folder = Path(checkpoints_dir)
     if not folder.is_dir():
         return None

@@ -4,11 +4,14 @@
   see each folder's SOURCE.md) or, when it lacks them, fetched from their public origin:
   CMRC 2018 dev (SQuAD JSON, GitHub ymcui/cmrc2018), MMLU test (hub cais/mmlu), GSM8K test
   (GitHub openai/grade-school-math). Fixed seeded subsets keep every method on the same items.
-- `evaluate_general` runs them through lm-evaluation-harness: semrl ships task YAMLs for
-  `cmrc2018` (lm-eval has none), `mmlu` and `gsm8k` in `semrl/tasks/` and, per run, writes the
-  prepared subset as JSONL plus a small YAML that includes the shipped one and points
-  `data_files` at it, so the harness never touches the hub for them. Any other name is passed
-  to lm-eval as one of its own tasks (these need the hub or a populated HF cache).
+- `evaluate_general` runs them through lm-evaluation-harness. `mmlu` and `gsm8k` are lm-eval's
+  own task YAMLs (`lm_eval/tasks/mmlu/default/_default_template_yaml`, `lm_eval/tasks/gsm8k/
+  gsm8k.yaml`), so prompts, stop sequences, answer extraction and scoring are exactly the
+  published ones; `cmrc2018` is semrl's (lm-eval has none), shipped in `eval/tax/tasks/`. Per run,
+  semrl writes the prepared subset as JSONL plus a small YAML that includes the base YAML and
+  overrides only the data (`dataset_path: json`, `data_files`, splits), so the harness never
+  touches the hub for them. Any other name is passed to lm-eval as one of its own tasks (these
+  need the hub or a populated HF cache).
 - `measure_drift`: per-example NLL increase over the base model and per-token KL on general
   text; `TaxMeterCallback` tracks the NLL increase during training.
 
@@ -18,15 +21,14 @@ All benchmark scores are fractions in [0, 1] (the paper prints CMRC as 0-100: mu
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import random
-import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ import yaml
 from semrl.config.evaluation import BenchmarkConfig
 from semrl.core.errors import ConfigError, DataError
 from semrl.core.io import write_jsonl, write_text
-from semrl.data.general import LOADERS, gsm8k_target, seeded_indices
+from semrl.data.general import LOADERS, seeded_indices
 from semrl.eval.metrics import cmrc_em_f1
 
 logger = logging.getLogger(__name__)
@@ -51,44 +53,10 @@ def _first_line(text: str) -> str:
 
 
 def process_cmrc2018(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    """lm-eval `process_results` for semrl_cmrc2018: EM, F1 and their mean for one answer."""
+    """lm-eval `process_results` for semrl_cmrc2018: EM, F1 and their mean for one answer.
+    (Hand-written because lm-eval has no CMRC task; the F1 follows CMRC's official script.)"""
     em, f1 = cmrc_em_f1(_first_line(results[0]), doc["answers"])
     return {"avg": (em + f1) / 2, "em": em, "f1": f1}
-
-
-_NUMBER = re.compile(r"-?[$]?\d[\d,]*(?:\.\d+)?")
-_STRICT = re.compile(r"####\s*(-?[$]?\d[\d,]*(?:\.\d+)?)")
-
-
-def _number_value(text: str) -> Decimal | None:
-    cleaned = text.replace(",", "").replace("$", "").rstrip(".")
-    try:
-        return Decimal(cleaned)
-    except InvalidOperation:
-        return None
-
-
-def gsm8k_extract(text: str, strict: bool = False) -> str | None:
-    """The model's final number: after '####' (strict), else the last number in the text."""
-    m = _STRICT.search(text)
-    if m:
-        return m.group(1)
-    if strict:
-        return None
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
-
-
-def process_gsm8k(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    """lm-eval `process_results` for semrl_gsm8k: exact match of the final number (flexible and
-    strict extraction), compared as numbers (so '18.00' == '18' and '1,000' == '1000')."""
-    gold = _number_value(gsm8k_target(doc["answer"]))
-    scores = {}
-    for key, strict in (("exact_match", False), ("strict_match", True)):
-        found = gsm8k_extract(results[0], strict=strict)
-        value = _number_value(found) if found is not None else None
-        scores[key] = float(value is not None and gold is not None and value == gold)
-    return scores
 
 
 @dataclass
@@ -104,11 +72,42 @@ class BenchmarkResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-# semrl's own tasks: shipped YAML, lm-eval task name, headline metric.
-SEMRL_TASKS: dict[str, tuple[str, str, str]] = {
-    "cmrc2018": ("cmrc2018.yaml", "semrl_cmrc2018", "avg"),
-    "mmlu": ("mmlu.yaml", "semrl_mmlu", "acc"),
-    "gsm8k": ("gsm8k.yaml", "semrl_gsm8k", "exact_match"),
+def _lm_eval_tasks_dir() -> Path:
+    """lm-eval's task folder, found without importing lm_eval (slow, and optional)."""
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "general benchmarks (evaluation.benchmarks) run on lm-evaluation-harness, which is not installed: "
+            "pip install 'semrl[eval]', or set evaluation.benchmarks: [] to skip them"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "tasks"
+
+
+@dataclass(frozen=True)
+class SemrlTask:
+    """A benchmark semrl runs offline on a prepared subset: the YAML it includes (under semrl's
+    `eval/tax/tasks/` or lm-eval's task folder), the task name it registers, its headline metric
+    and the lm-eval filter that metric is reported under."""
+
+    base: str
+    lm_eval_owned: bool
+    task: str
+    metric: str
+    filter: str = "none"
+
+    @property
+    def base_path(self) -> Path:
+        return (_lm_eval_tasks_dir() if self.lm_eval_owned else TASKS_DIR) / self.base
+
+
+# The MMLU subset mixes subjects in one task; lm-eval's per-subject YAMLs differ only in this
+# description, which its _generate_configs.py writes from the subject name.
+MMLU_DESCRIPTION = "The following are multiple choice questions (with answers) about {{subject.replace('_', ' ')}}.\n\n"
+
+SEMRL_TASKS: dict[str, SemrlTask] = {
+    "cmrc2018": SemrlTask("cmrc2018.yaml", False, "semrl_cmrc2018", "avg"),
+    "mmlu": SemrlTask("mmlu/default/_default_template_yaml", True, "semrl_mmlu", "acc"),
+    "gsm8k": SemrlTask("gsm8k/gsm8k.yaml", True, "semrl_gsm8k", "exact_match", "flexible-extract"),
 }
 
 
@@ -119,35 +118,36 @@ FEWSHOT_POOL = 64  # rows outside the evaluated subset that few-shot examples ar
 def _preserved_state(model: Any) -> Iterator[None]:
     """lm-eval reseeds the global RNGs and puts the model in eval mode; undo both afterwards so
     that evaluating in the middle of a run does not change what follows."""
-    py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    # torch.random.fork_rng covers torch's CPU and CUDA generators; Python's and NumPy's, which
+    # lm-eval reseeds too, have no library helper and are restored by hand.
+    py, np_state = random.getstate(), np.random.get_state()
     was_training = getattr(model, "training", False)
     try:
-        yield
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            yield
     finally:
         random.setstate(py)
         np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
         model.train(was_training)
 
 
-def _shipped_task(yaml_name: str) -> dict[str, Any]:
-    """A shipped task YAML as a dict (lm-eval's `!function` tags read as plain strings)."""
+def _base_task(path: Path) -> dict[str, Any]:
+    """A base task YAML as a dict (lm-eval's `!function` tags read as plain strings)."""
     loader = type("_TaskLoader", (yaml.SafeLoader,), {})
     loader.add_constructor("!function", lambda ld, node: ld.construct_scalar(node))
-    return yaml.load((TASKS_DIR / yaml_name).read_text(encoding="utf-8"), Loader=loader)
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
 
 
 def prepare_task(
     bench: BenchmarkConfig, data_dir: str | Path | None, seed: int, out_dir: str | Path
 ) -> tuple[str, Path]:
     """Write a semrl benchmark's seeded subset (test.jsonl, plus fewshot.jsonl when few-shot
-    examples are asked for) and a task YAML that includes the shipped one; returns the lm-eval
-    task name and the folder to pass as TaskManager(include_path=...). The folder is
-    self-contained: `lm_eval --include_path <folder> --tasks <name>` reproduces the run."""
-    yaml_name, task_name, _ = SEMRL_TASKS[bench.name]
+    examples are asked for) and a task YAML that includes the base one (lm-eval's own for mmlu
+    and gsm8k) and overrides only the data; returns the lm-eval task name and the folder to pass
+    as TaskManager(include_path=...). The folder is self-contained: `lm_eval --include_path
+    <folder> --tasks <name>` reproduces the run."""
+    spec = SEMRL_TASKS[bench.name]
+    task_name = spec.task
     out_dir = Path(out_dir)
     rows = LOADERS[bench.name](data_dir)
     chosen = seeded_indices(rows, bench.limit, seed, stratify="subject" if bench.name == "mmlu" else None)
@@ -157,10 +157,19 @@ def prepare_task(
     cache_dir = out_dir / ".hf_cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
     config: dict[str, Any] = {
-        "include": str((TASKS_DIR / yaml_name).resolve()),
+        "include": str(spec.base_path.resolve()),
+        "task": task_name,
+        "dataset_path": "json",
+        "dataset_name": None,
         "dataset_kwargs": {"data_files": {"test": str(test_path.resolve())}, "cache_dir": str(cache_dir.resolve())},
+        "test_split": "test",
+        "training_split": None,
+        "validation_split": None,
+        "fewshot_split": None,
         "num_fewshot": bench.num_fewshot,
     }
+    if bench.name == "mmlu":
+        config["description"] = MMLU_DESCRIPTION
     if bench.num_fewshot:
         # Few-shot examples come from items outside the evaluated subset, so no item is shown
         # its own answer.
@@ -177,9 +186,9 @@ def prepare_task(
         config["dataset_kwargs"]["data_files"]["fewshot"] = str(fewshot_path.resolve())
         config["fewshot_split"] = "fewshot"
     if bench.max_gen_toks is not None:
-        # lm-eval's `include` replaces a whole top-level key, so the shipped generation_kwargs are
+        # lm-eval's `include` replaces a whole top-level key, so the base generation_kwargs are
         # copied and only the cap changed.
-        shipped = _shipped_task(yaml_name).get("generation_kwargs")
+        shipped = _base_task(spec.base_path).get("generation_kwargs")
         if shipped is None:
             raise ConfigError(
                 f"evaluation.benchmarks[{bench.name}].max_gen_toks: {bench.name} is scored by log-likelihood and "
@@ -192,6 +201,22 @@ def prepare_task(
 
 def _samples_in_order(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(samples, key=lambda s: s["doc_id"])
+
+
+def _samples_by_filter(samples: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """lm-eval logs one sample per item and filter; group them by filter, each in item order."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for s in _samples_in_order(samples):
+        grouped.setdefault(s.get("filter", "none"), []).append(s)
+    return grouped
+
+
+def _raw_response(sample: dict[str, Any]) -> str:
+    """What the model generated, before lm-eval's answer-extraction filters."""
+    resp = sample.get("resps") or [""]
+    while isinstance(resp, (list, tuple)) and resp:
+        resp = resp[0]
+    return resp if isinstance(resp, str) else ""
 
 
 def _prediction(sample: dict[str, Any]) -> str:
@@ -226,12 +251,14 @@ def _evaluate_semrl_task(
 ) -> BenchmarkResult:
     from lm_eval.tasks import TaskManager
 
-    metric = SEMRL_TASKS[bench.name][2]
+    spec = SEMRL_TASKS[bench.name]
+    metric = spec.metric
     task_name, task_dir = prepare_task(bench, data_dir, seed, work_dir / bench.name)
     n_items = sum(1 for _ in (task_dir / "test.jsonl").open(encoding="utf-8"))
     # Only semrl's folder is indexed: no scan of lm-eval's thousands of built-in YAMLs, no hub.
     out = _run(lm, [task_name], TaskManager(include_path=str(task_dir), include_defaults=False), seed)
-    samples = _samples_in_order(out["samples"][task_name])
+    by_filter = _samples_by_filter(out["samples"][task_name])
+    samples = by_filter[spec.filter]
     if len(samples) != n_items:
         raise RuntimeError(f"lm-eval scored {len(samples)} of {n_items} {bench.name} items")
     per_example = [float(s[metric]) for s in samples]
@@ -259,11 +286,17 @@ def _evaluate_semrl_task(
         details["per_subject"] = {k: float(np.mean(v)) for k, v in sorted(by_subject.items())}
         details["subjects"] = [s["doc"]["subject"] for s in samples]
     elif bench.name == "gsm8k":
+        strict = by_filter["strict-match"]
         details.update(
-            strict_match=float(summary["strict_match,none"]),
-            predictions=[_prediction(s) for s in samples],
+            filter=spec.filter,
+            strict_match=float(summary["exact_match,strict-match"]),
+            per_example_strict_match=[float(s["exact_match"]) for s in strict],
+            predictions=[_raw_response(s) for s in samples],
+            extracted=[_prediction(s) for s in samples],
         )
-    return BenchmarkResult(bench.name, metric, float(summary[f"{metric},none"]), per_example, len(samples), details)
+    return BenchmarkResult(
+        bench.name, metric, float(summary[f"{metric},{spec.filter}"]), per_example, len(samples), details
+    )
 
 
 _NOT_METRICS = {"alias", "name", "sample_len", "samples"}
