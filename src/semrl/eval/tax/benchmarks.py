@@ -41,6 +41,7 @@ from semrl.core.errors import ConfigError, DataError
 from semrl.core.io import write_jsonl, write_text
 from semrl.data.general import LOADERS, seeded_indices
 from semrl.eval.metrics import cmrc_em_f1
+from semrl.eval.tax.likelihood import continuation_scores, per_char_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -294,9 +295,31 @@ def _evaluate_semrl_task(
             predictions=[_raw_response(s) for s in samples],
             extracted=[_prediction(s) for s in samples],
         )
+    details["continuous_measure"], details["per_example_continuous"] = continuous_scores(lm, bench.name, samples)
     return BenchmarkResult(
         bench.name, metric, float(summary[f"{metric},{spec.filter}"]), per_example, len(samples), details
     )
+
+
+def continuous_scores(lm: Any, name: str, samples: list[dict[str, Any]]) -> tuple[str, list[float]]:
+    """Per-item continuous scores of a semrl benchmark, higher is better, from lm-eval's logged
+    samples: for MMLU the probability of the gold choice among the four, normalised from lm-eval's
+    per-choice log-likelihoods; for CMRC 2018 and GSM8K the teacher-forced log-likelihood per
+    character of the gold answer (`doc_to_target`) after the very prompt lm-eval generated from,
+    which does not depend on the output format (`semrl.eval.tax.likelihood`)."""
+    if name == "mmlu":
+        probs = []
+        for s in samples:
+            ll = np.asarray([float(r[0]) for r in s["filtered_resps"]])
+            p = np.exp(ll - ll.max())
+            probs.append(float(p[int(s["target"])] / p.sum()))
+        return "probability of the gold choice", probs
+    contexts = [str(s["arguments"][0][0]) for s in samples]
+    delimiter = "" if name == "cmrc2018" else " "  # each task's target_delimiter
+    golds = [delimiter + str(s["target"]) for s in samples]
+    batch = lm.batch_size_per_gpu if isinstance(getattr(lm, "batch_size_per_gpu", None), int) else 4
+    scores = continuation_scores(lm.model, lm.tokenizer, contexts, golds, batch_size=batch)
+    return "gold answer log-likelihood per character", per_char_logprobs(scores)
 
 
 _NOT_METRICS = {"alias", "name", "sample_len", "samples"}
