@@ -3,6 +3,8 @@ task-distribution KL, paired flips with McNemar's exact test, and chance floors.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -50,3 +52,43 @@ def test_empty_continuation_has_no_score(tiny) -> None:
     model, tokenizer = tiny
     s = continuation_scores(model, tokenizer, ["Answer:"], [""])[0]
     assert s.tokens == 0 and s.per_char != s.per_char  # nan
+
+
+def _perturbed(model, scale: float, seed: int):
+    twin = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in twin.parameters():
+            if p.ndim == 2:
+                p.add_(torch.randn(p.shape, generator=gen) * scale * p.std())
+    return twin
+
+
+def test_continuous_scores_rank_known_damage_with_intervals_excluding_zero(tiny) -> None:
+    """A model that learnt 24 answers, then the same model with its weights perturbed at two noise
+    levels: the continuous tax sees both losses, ranks them, and its intervals exclude zero."""
+    from semrl.eval.stats import paired_bootstrap
+    from semrl.eval.tax.likelihood import per_char_logprobs
+
+    model, tokenizer = tiny
+    contexts = [f"问题{i}：这个词是" for i in range(24)]
+    golds = ["吉祥如意", "天气很好", "我们明天", "一本新书", "学生们去", "妈妈煮茶"] * 4
+    trained = copy.deepcopy(model)
+    batch = tokenizer([c + g for c, g in zip(contexts, golds)], return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.Adam(trained.parameters(), lr=1e-2)
+    trained.train()
+    for _ in range(40):
+        optimizer.zero_grad()
+        trained(**batch, labels=labels).loss.backward()
+        optimizer.step()
+    trained.eval()
+
+    def scores(m):
+        return per_char_logprobs(continuation_scores(m, tokenizer, contexts, golds, batch_size=8))
+
+    base, mild, severe = scores(trained), scores(_perturbed(trained, 0.3, 0)), scores(_perturbed(trained, 0.8, 1))
+    boot = {"n_resamples": 500, "seed": 0}
+    tax_mild, tax_severe = paired_bootstrap(base, mild, **boot), paired_bootstrap(base, severe, **boot)
+    assert tax_mild.low > 0 and tax_severe.low > 0
+    assert paired_bootstrap(mild, severe, **boot).low > 0  # severe damage costs more than mild
