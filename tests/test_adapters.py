@@ -138,3 +138,32 @@ def test_grpo_on_a_cold_start_adapter_trains_a_fresh_adapter_on_the_merged_paren
     shutil.rmtree(moved / "stages" / "cold_start")
     with pytest.raises(ModelError, match="which is gone.*semrl export"):
         load_policy(make_config().model, moved / "stages" / "grpo" / "model")
+
+
+def test_export_writes_a_merged_model_with_a_card_and_fails_cleanly(
+    both: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from semrl.cli import main
+
+    run = tmp_path / "run"
+    (run / "stages").mkdir(parents=True)
+    (run / "config.yaml").write_text(make_config().to_yaml(), encoding="utf-8")
+    shutil.copytree(both, run / "stages" / "cold_start")
+    manifest = {"stage": "cold_start", "config_hash": "h", "metrics": {"global_step": 2}, "extra": {"num_examples": 4}}
+    (run / "stages" / "cold_start" / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+    out = tmp_path / "export"
+    assert main(["export", str(run), "--stage", "cold_start", "--out", str(out)]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, no PEFT, no semrl
+    merged = state(both / "merged")
+    assert all(torch.equal(v, merged[k]) for k, v in exported.state_dict().items())
+    card = (out / "README.md").read_text(encoding="utf-8")
+    for part in ("semrl stage `cold_start`", "## Config", "## Data", "## Scale", "optimizer steps: 2", "## Metrics"):
+        assert part in card
+    assert "Not evaluated" in card  # no metrics.json in this run
+
+    assert main(["export", str(run), "--stage", "grpo", "--out", str(tmp_path / "none")]) == 2
+    assert "stage 'grpo' is not finished" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

@@ -80,7 +80,7 @@ def model_card(
         "",
         "## Data",
         "",
-        f"- source: {config.data.source}",
+        "- sources: " + ", ".join(src.kind for src in config.data.sources),
         f"- trained on split(s): {', '.join(spec.splits)}",
     ]
     if split_sizes:
