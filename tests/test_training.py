@@ -217,15 +217,17 @@ def test_jsonl_callback_writes_only_on_main_process(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # Stages on the tiny model
 # ----------------------------------------------------------------------------------------------
-def test_cold_start_writes_a_full_checkpoint_and_logs(cold_start: StageResult) -> None:
+def test_cold_start_writes_an_adapter_and_logs(cold_start: StageResult) -> None:
     from semrl.config.model import ModelConfig
     from semrl.models import load_policy
 
     stage_dir = cold_start.model_dir.parent
     assert cold_start.stage == "cold_start" and cold_start.metrics["global_step"] == 2
     files = {p.name for p in cold_start.model_dir.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json"} <= files
-    assert "adapter_config.json" not in files  # LoRA merged: later stages load it like any model
+    # LoRA on: the stage's output is the adapter in PEFT's format, plus what it applies to.
+    assert {"adapter_model.safetensors", "adapter_config.json", "base_model.json", "tokenizer.json"} <= files
+    assert "model.safetensors" not in files
+    assert json.loads((cold_start.model_dir / "base_model.json").read_text()) == {"name": "tiny", "revision": None}
     rows = loss_rows(stage_dir / "log.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["loss"]) and r["step_time_s"] > 0 for r in rows)
@@ -248,7 +250,7 @@ def test_sft_checkpoints_are_safetensors(tiny_cache, splits, tmp_path: Path) -> 
 def test_grpo_logs_every_reward_and_the_monitors(cold_start: StageResult, splits, tmp_path: Path) -> None:
     result = train_stage("grpo", make_config(), splits, tmp_path / "grpo", init_model=cold_start.model_dir)
     assert result.metrics["global_step"] == 2
-    assert (result.model_dir / "model.safetensors").is_file()
+    assert (result.model_dir / "adapter_model.safetensors").is_file()
 
     tau = result.extra["tau"]
     assert tau["origin"] == "cold_start_dev" and tau["details"]["n_dev_examples"] == 2
@@ -356,7 +358,7 @@ def test_grpo_resumes_from_the_last_checkpoint_after_a_kill(cold_start: StageRes
     assert result.extra["tau"]["value"] == tau_before  # the resumed run optimises the same reward
     assert [r["step"] for r in loss_rows(stage_dir / "log.jsonl")] == [1, 2, 3, 4]
     assert (stage_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file()
-    assert (result.model_dir / "model.safetensors").is_file()
+    assert (result.model_dir / "adapter_model.safetensors").is_file()
 
 
 def test_resume_false_starts_over(cold_start: StageResult, splits, tmp_path: Path) -> None:
@@ -422,7 +424,7 @@ def test_gemma_270m_one_grpo_step_offline(splits, tmp_path: Path, monkeypatch: p
     row = rows[0]
     assert math.isfinite(row["loss"]) and isinstance(row["rewards/semantic/mean"], float)
     assert result.extra["tau"]["origin"] == "shuffled"
-    assert (result.model_dir / "model.safetensors").is_file()
+    assert (result.model_dir / "adapter_model.safetensors").is_file()
 
 
 def test_compact_lm_head_warns_once_when_trl_lacks_the_switch(monkeypatch, caplog) -> None:

@@ -218,6 +218,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from semrl.pipeline.export import export_stage
+
+    out = export_stage(args.run_dir, args.stage, args.out)
+    console.print(f"exported stage {args.stage} (merged, with model card) to [bold]{out}[/]")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from semrl.results.report import write_report
 
@@ -403,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--init", type=Path, help="start from this model directory (grpo default: the run's cold-start model)"
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="write a run's stage as a merged model with a model card (README.md)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--stage", required=True, help="the stage to export, e.g. grpo")
+    p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically if it exists)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="write report.md, report.html and metrics.json for a run directory")
     p.add_argument("run_dir", type=Path)

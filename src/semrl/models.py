@@ -1,5 +1,8 @@
 """Policy models: where they come from, how they load, how LoRA attaches, how a stage saves them.
 
+A stage's output is a LoRA adapter (PEFT's format plus ``base_model.json``) or a full checkpoint;
+`load_policy` loads either as a plain model (an adapter is merged into its base in memory).
+
 Model names in the config:
 - ``tiny``: a 2-layer Qwen2-architecture LM with random weights and a byte-level BPE tokenizer
   trained in code on a few built-in Tibetan/Chinese/English lines. Built once and cached; every
@@ -16,6 +19,7 @@ half-written model behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -29,6 +33,7 @@ from huggingface_hub import is_offline_mode
 
 from semrl.core.errors import ModelError
 from semrl.core.io import atomic_path
+from semrl.core.layout import ADAPTER_BASE_FILE, ADAPTER_CONFIG_FILE
 
 if TYPE_CHECKING:
     import peft
@@ -251,21 +256,15 @@ def trainer_hardware_kwargs() -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
-def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the policy and its tokenizer.
 
-    Args:
-        cfg: the config's `model` section (name, revision, trust_remote_code, dtype).
-        path: load this checkpoint instead of the configured model (a stage's output); the
-            configured revision applies only to the configured hub model.
 
-    The tokenizer gets a pad token (its eos token when it has none) and left padding, which is
-    what batched generation needs; TRL's collators pad on the side they need themselves.
-    """
+def _load_pretrained(
+    cfg: ModelConfig, location: str | Path, revision: str | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A full checkpoint (hub id or local directory) and its tokenizer, with a ModelError that says
+    what to do when it cannot be loaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    location = resolve_model(cfg.name) if path is None else path
-    revision = cfg.revision if path is None else None
     common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if revision:
         common["revision"] = revision
@@ -282,6 +281,103 @@ def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTr
         )
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"cannot load model {str(location)!r} ({where}): {first}. {hint}.") from err
+    return model, tokenizer
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether `path` is a LoRA adapter directory (PEFT's format) rather than a full checkpoint."""
+    return (Path(str(path)) / ADAPTER_CONFIG_FILE).is_file()
+
+
+def adapter_base_record(base: str | Path | None, cfg: ModelConfig, adapter_dir: str | Path) -> dict[str, Any]:
+    """What an adapter saved to `adapter_dir` applies to, for its ``base_model.json``.
+
+    `base` is the checkpoint the stage started from (None: the configured model, recorded by name
+    and revision). A local checkpoint (another stage's output, itself perhaps an adapter) is recorded
+    relative to `adapter_dir`, so a run directory can be moved or copied whole, and absolutely as a
+    fallback (a transfer run's source run stays where it is).
+    """
+    if base is None:
+        return {"name": cfg.name, "revision": cfg.revision}
+    if not Path(str(base)).exists():  # a hub id given as the starting model
+        return {"name": str(base), "revision": None}
+    absolute = os.path.abspath(str(base))
+    return {"path": os.path.relpath(absolute, os.path.abspath(str(adapter_dir))), "absolute": absolute}
+
+
+def _adapter_base(adapter_dir: Path) -> tuple[str | Path, str | None]:
+    """The location (and hub revision) of the model the adapter in `adapter_dir` applies to."""
+    record_path = adapter_dir / ADAPTER_BASE_FILE
+    if not record_path.is_file():  # an adapter saved by PEFT elsewhere: its own config names the base
+        peft_cfg = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+        base = peft_cfg.get("base_model_name_or_path")
+        if not base:
+            raise ModelError(
+                f"{adapter_dir / ADAPTER_CONFIG_FILE}: this adapter names no base model (base_model_name_or_path) "
+                f"and has no {ADAPTER_BASE_FILE}; add one of them naming the model it was trained on"
+            )
+        return resolve_model(base), peft_cfg.get("revision")
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if "name" in record:
+        return resolve_model(record["name"]), record.get("revision")
+    # Lexical join, as the relative path was computed: a symlinked stage folder stays linked.
+    relative = os.path.normpath(os.path.join(os.path.abspath(adapter_dir), record["path"]))
+    for candidate in (relative, record.get("absolute")):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate), None
+    raise ModelError(
+        f"{record_path}: this adapter applies to the model in {record['path']!r} (relative to {adapter_dir}; "
+        f"was {record.get('absolute')}), which is gone. Restore that stage's folder, or export a merged model "
+        "from the run where it still exists (`semrl export RUN_DIR --stage STAGE --out DIR`)."
+    )
+
+
+# An adapter's base may itself be an adapter (GRPO from a cold-start adapter); a longer chain
+# than this is a cycle of base_model.json records.
+_MAX_ADAPTER_CHAIN = 16
+
+
+def _load_adapter_merged(cfg: ModelConfig, adapter_dir: Path, depth: int = 0) -> PreTrainedModel:
+    """Base model + the adapter in `adapter_dir`, merged in memory (bases that are adapters too are
+    loaded the same way, recursively). Merging gives the same weights a merged save writes."""
+    from peft import PeftModel
+
+    if depth >= _MAX_ADAPTER_CHAIN:
+        raise ModelError(f"{adapter_dir}: its chain of {ADAPTER_BASE_FILE} base models is a cycle")
+    base, revision = _adapter_base(adapter_dir)
+    if is_adapter_dir(base):
+        model = _load_adapter_merged(cfg, Path(base), depth + 1)
+    else:
+        model, _ = _load_pretrained(cfg, base, revision)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ModelError(
+            f"cannot apply the adapter in {adapter_dir} to its base model {str(base)!r}: {str(err).splitlines()[0]}"
+        ) from err
+
+
+def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the policy and its tokenizer.
+
+    Args:
+        cfg: the config's `model` section (name, revision, trust_remote_code, dtype).
+        path: load this checkpoint instead of the configured model (a stage's output); the
+            configured revision applies only to the configured hub model.
+
+    A LoRA adapter directory (a stage's output with `model.save: adapter`) loads as its base model
+    with the adapter merged in, so callers get the same plain model a merged checkpoint gives.
+    The tokenizer gets a pad token (its eos token when it has none) and left padding, which is
+    what batched generation needs; TRL's collators pad on the side they need themselves.
+    """
+    location = resolve_model(cfg.name) if path is None else path
+    if is_adapter_dir(location):
+        from transformers import AutoTokenizer
+
+        model = _load_adapter_merged(cfg, Path(str(location)))
+        tokenizer = AutoTokenizer.from_pretrained(str(location), trust_remote_code=cfg.trust_remote_code)
+    else:
+        model, tokenizer = _load_pretrained(cfg, location, cfg.revision if path is None else None)
 
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -347,8 +443,7 @@ def peft_config(cfg: LoraConfig, model: torch.nn.Module | None = None) -> peft.L
 def save_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
     """Save a full safetensors checkpoint of `model` (LoRA adapters merged in) atomically.
 
-    Every stage ends with such a checkpoint, so the next stage and the evaluation load all stages
-    the same way, without PEFT. A model with adapters is merged in place (do not train it further).
+    A model with adapters is merged in place (do not train it further).
     """
     from peft import PeftModel
 
@@ -359,6 +454,40 @@ def save_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+def save_adapter(
+    model: peft.PeftModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, base_record: dict[str, Any]
+) -> Path:
+    """Save `model`'s LoRA adapter in PEFT's own format (``save_pretrained`` of the PeftModel), the
+    tokenizer, and ``base_model.json`` (`adapter_base_record`, computed for `out_dir`), atomically."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / ADAPTER_BASE_FILE).write_text(json.dumps(base_record, indent=2) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def save_stage_output(
+    model: PreTrainedModel | peft.PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    mode: str,
+    model_dir: str | Path,
+    merged_dir: str | Path,
+    base_record: dict[str, Any],
+) -> None:
+    """Write a stage's output as `model.save` asks: 'adapter' (to `model_dir`), 'merged' (a full
+    checkpoint to `model_dir`, as before adapters were saved) or 'both' (the adapter to `model_dir`,
+    then the merged checkpoint to `merged_dir`). A model without adapters is always saved merged."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel) or mode == "merged":
+        save_merged(model, tokenizer, model_dir)
+        return
+    save_adapter(model, tokenizer, model_dir, base_record)
+    if mode == "both":
+        save_merged(model, tokenizer, merged_dir)  # merges in place: after the adapter is saved
 
 
 def device_of(model: Any) -> torch.device:

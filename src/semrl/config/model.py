@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import (
     Field,
+    model_validator,
 )
 
 from semrl.config.base import Section
@@ -34,3 +35,29 @@ class ModelConfig(Section):
         "auto", description="'auto': bfloat16 on a GPU that supports it, float32 on CPU."
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    save: Literal["adapter", "merged", "both"] | None = Field(
+        None,
+        description="What a stage writes as its output model: 'adapter' (PEFT's own format, a few MB; "
+        "loaded as base + adapter), 'merged' (a full checkpoint, LoRA merged in) or 'both' (the adapter as "
+        "the stage's output, plus the merged checkpoint beside it). Default: 'adapter' with LoRA, 'merged' "
+        "without. `semrl export` merges an adapter on demand.",
+    )
+
+    # Added after runs existed: at its default it stays out of dumps, so old config hashes hold.
+    _omit_when_default = ("save",)
+
+    @property
+    def save_mode(self) -> Literal["adapter", "merged", "both"]:
+        """`save`, with its default resolved: 'adapter' when LoRA is on, else 'merged'."""
+        if self.save is not None:
+            return self.save
+        return "adapter" if self.lora.enabled else "merged"
+
+    @model_validator(mode="after")
+    def _adapter_needs_lora(self) -> ModelConfig:
+        if self.save in ("adapter", "both") and not self.lora.enabled:
+            raise ValueError(
+                f"model.save {self.save!r} needs LoRA (model.lora.enabled: true): without LoRA there is no adapter; "
+                "use model.save: merged or remove the key"
+            )
+        return self

@@ -23,7 +23,9 @@ class EncoderConfig(Section):
         None,
         description="Model for sentence-transformers, e.g. 'KEVVVV/bo2zh-embedding' or 'sentence-transformers/LaBSE'.",
     )
-    device: str | None = Field(None, description="Device for the encoder (None: CUDA if available, else CPU).")
+    device: str | None = Field(
+        None, description="Device for the encoder (None: this process's device: cuda:<local rank> on GPUs, else CPU)."
+    )
     batch_size: int = Field(64, ge=1)
     cache_references: bool = Field(True, description="Encode each distinct reference once per run.")
 

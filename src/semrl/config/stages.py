@@ -76,6 +76,9 @@ SEMRL_OWNED_TRL_KEYS["grpo"] = {
     "reward_weights": "the weights in rewards.components",
     "use_vllm": "use_vllm",
     "vllm_mode": "vllm_mode",
+    "vllm_gpu_memory_utilization": "vllm_gpu_memory_utilization",
+    "vllm_enable_sleep_mode": "vllm_enable_sleep_mode",
+    "vllm_max_model_length": "vllm_max_model_length",
 }
 
 
@@ -180,10 +183,31 @@ class GRPOStageConfig(StageCommon):
     loss_type: str = Field("dapo", description="TRL loss type (not published; TRL default 'dapo').")
     scale_rewards: Literal["group", "batch", "none"] = "group"
     max_completion_length: int = Field(128, ge=1, description="Generated tokens (not published).")
-    use_vllm: bool = Field(False, description="Generate with vLLM (GPU only; install semrl[gpu]).")
+    use_vllm: bool = Field(
+        False,
+        description="Generate with vLLM (GPU only; install semrl[gpu]). With LoRA, TRL merges the adapter, "
+        "syncs the weights to vLLM and unmerges before each generation.",
+    )
     vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="Colocate: share of GPU memory vLLM reserves (TRL default 0.3)."
+    )
+    vllm_enable_sleep_mode: bool = Field(
+        False, description="Colocate: offload vLLM's weights and cache while the policy trains (TRL's sleep mode)."
+    )
+    vllm_max_model_length: int | None = Field(
+        None, ge=1, description="Colocate: vLLM's context length (None: prompt + completion lengths, TRL's default)."
+    )
 
-    _omit_when_default = ("kind", "from_", "splits", "trl")
+    _omit_when_default = (
+        "kind",
+        "from_",
+        "splits",
+        "trl",
+        "vllm_gpu_memory_utilization",
+        "vllm_enable_sleep_mode",
+        "vllm_max_model_length",
+    )
 
     @model_validator(mode="after")
     def _batch_multiple_of_group(self) -> GRPOStageConfig:

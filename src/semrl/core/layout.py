@@ -6,7 +6,9 @@ Run directory::
     RUN_DIR/
       config.yaml                   the resolved config the run was started with
       splits/<split>.jsonl, splits/manifest.json
-      stages/<stage>/model/         the stage's output model
+      stages/<stage>/model/         the stage's output model: a LoRA adapter (PEFT's format, plus
+                                    base_model.json naming what it applies to) or a full checkpoint
+      stages/<stage>/merged/        model.save: both only: the full checkpoint beside the adapter
       stages/<stage>/checkpoints/   trainer checkpoints (resume points)
       stages/<stage>/log.jsonl      training logs
       stages/<stage>/tau.json       GRPO: the semantic floor and its origin
@@ -26,6 +28,9 @@ from pathlib import Path
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
 TRAINER_STATE_FILE = "trainer_state.json"  # written last by transformers into each checkpoint
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's marker of an adapter directory
+ADAPTER_BASE_FILE = "base_model.json"  # semrl's record of the model an adapter applies to
+MODEL_CARD_FILE = "README.md"  # the model card `semrl export` writes
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,11 @@ class StageLayout:
     @property
     def model(self) -> Path:
         return self.root / "model"
+
+    @property
+    def merged_model(self) -> Path:
+        """The full checkpoint written beside the adapter when `model.save` is 'both'."""
+        return self.root / "merged"
 
     @property
     def log(self) -> Path:

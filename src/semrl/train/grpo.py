@@ -180,6 +180,9 @@ def grpo_args(stage: str, config: ExperimentConfig, output_dir: Path, reward_wei
         reward_weights=reward_weights,
         use_vllm=cfg.use_vllm,
         vllm_mode=cfg.vllm_mode,
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_enable_sleep_mode=cfg.vllm_enable_sleep_mode,
+        vllm_max_model_length=cfg.vllm_max_model_length,
     )
     return build_trl_config(stage, cfg, GRPOConfig, semrl_kwargs)
 

@@ -2,8 +2,17 @@
 
 `train_stage` maps one stage of the experiment config onto TRL's `SFTTrainer`/`SFTConfig` or
 `GRPOTrainer`/`GRPOConfig`, trains (resuming from the stage's last complete checkpoint when there is
-one) and writes the stage's output as a full safetensors checkpoint (LoRA merged) to
-``stage_dir/model``, so that every later stage and the evaluation load models the same way.
+one) and writes the stage's output to ``stage_dir/model``: with LoRA (by default) the adapter in
+PEFT's format, else a full safetensors checkpoint (`model.save` chooses; see
+`models.save_stage_output`). `models.load_policy` loads either as a plain model, so every later
+stage and the evaluation load models the same way.
+
+A stage that starts from an adapter (GRPO from the cold-start adapter) gets the parent adapter
+merged into its base in memory and trains a fresh LoRA on top, exactly as it did when stages saved
+merged checkpoints. Continuing the parent's adapter instead would change what GRPO optimises: TRL
+computes the KL reference of a PEFT model with its adapter disabled, which would then be the base
+model rather than the cold-start model GRPO starts from; and the two stages' updates together would
+be confined to one rank-r adapter.
 
 Stage folder::
 
@@ -12,7 +21,8 @@ Stage folder::
       log.jsonl                   one JSON object per trainer log (step, epoch, time, metrics)
       tau.json                    GRPO only: the semantic floor tau and where it came from
       reward_stats.rank<N>.json   GRPO only: process N's reward calls, completions scored, seconds
-      model/                      the stage's output
+      model/                      the stage's output (adapter + base_model.json, or a full checkpoint)
+      merged/                     model.save: both only: the full checkpoint beside the adapter
 
 GRPO logs carry TRL's own metrics (``rewards/<name>/mean``, ``frac_reward_zero_std``, completion
 lengths, ``kl`` when beta > 0) plus semrl's monitors against reward hacking and stalls:
@@ -43,7 +53,7 @@ from semrl.config.experiment import ExperimentConfig
 from semrl.core.dist import is_main_process, wait_for_everyone
 from semrl.core.errors import ConfigError, DataError
 from semrl.core.io import write_jsonl
-from semrl.core.layout import TRAINER_STATE_FILE, StageLayout
+from semrl.core.layout import ADAPTER_BASE_FILE, TRAINER_STATE_FILE, StageLayout
 from semrl.train.callbacks import (
     JsonlLogCallback,
     json_safe,
@@ -150,31 +160,46 @@ def _weights_are_sharded(accelerator: Any) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
 
 
-def _save_stage_model(trainer: Any, tokenizer: Any, stage_dir: Path, model_dir: Path) -> None:
-    """Write the stage's full, merged checkpoint. With sharded weights every process first takes
-    part in the trainer's gathering save (adapters or full weights); the main process then
-    reloads that on CPU and merges, so no process ever saves only its own shard."""
-    from semrl.models import save_merged
+def _save_stage_model(
+    trainer: Any, tokenizer: Any, config: ExperimentConfig, init_model: str | Path | None, stage_dir: Path
+) -> Path:
+    """Write the stage's output as `model.save` asks (`models.save_stage_output`) and return its
+    directory. With sharded weights every process first takes part in the trainer's gathering save
+    (adapters or full weights); the main process then finishes from that on CPU, so no process ever
+    saves only its own shard."""
+    from semrl.models import adapter_base_record, is_adapter_dir, load_policy, save_merged, save_stage_output
 
+    layout = StageLayout(stage_dir)
+    mode = config.model.save_mode
+    base_record = adapter_base_record(init_model, config.model, layout.model)
     if not _weights_are_sharded(trainer.accelerator):
         if trainer.accelerator.is_main_process:
-            save_merged(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir)
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            save_stage_output(model, tokenizer, mode, layout.model, layout.merged_model, base_record)
         wait_for_everyone()
-        return
-    gathered = StageLayout(stage_dir).gathered
+        return layout.model
+    gathered = layout.gathered
     trainer.save_model(str(gathered))  # collective: all processes must call it
     if trainer.accelerator.is_main_process:
-        if (gathered / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(str(gathered), torch_dtype="auto")
+        if is_adapter_dir(gathered):
+            # `gathered` is a sibling of the model folder, so the record's relative path holds for both.
+            tokenizer.save_pretrained(gathered)
+            (gathered / ADAPTER_BASE_FILE).write_text(json.dumps(base_record, indent=2) + "\n", encoding="utf-8")
+            if mode in ("merged", "both"):
+                merged, _ = load_policy(config.model, gathered)  # base + adapter, merged
+                save_merged(merged, tokenizer, layout.model if mode == "merged" else layout.merged_model)
+            if mode in ("adapter", "both"):
+                shutil.rmtree(layout.model, ignore_errors=True)
+                gathered.rename(layout.model)
         else:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(str(gathered), torch_dtype="auto")
-        save_merged(model, tokenizer, model_dir)
+            save_merged(
+                AutoModelForCausalLM.from_pretrained(str(gathered), torch_dtype="auto"), tokenizer, layout.model
+            )
         shutil.rmtree(gathered, ignore_errors=True)
     wait_for_everyone()
+    return layout.model
 
 
 def train_stage(
@@ -187,7 +212,7 @@ def train_stage(
     resume: bool = True,
     encoder: Encoder | None = None,
 ) -> StageResult:
-    """Train one stage and write its full checkpoint to ``stage_dir/model``.
+    """Train one stage and write its output model (adapter or full checkpoint) to ``stage_dir/model``.
 
     Args:
         stage: a stage of `config.stages` (built-in: 'cold_start', SFT on the cold-start split;
@@ -254,8 +279,7 @@ def train_stage(
 
     if spec.kind == "grpo":
         write_reward_stats(stage_dir, trainer.reward_funcs)
-    model_dir = layout.model
-    _save_stage_model(trainer, tokenizer, stage_dir, model_dir)
+    model_dir = _save_stage_model(trainer, tokenizer, config, init_model, stage_dir)
     metrics = {k: json_safe(v) for k, v in output.metrics.items()}
     metrics["global_step"] = trainer.state.global_step
     # The accelerator keeps references to the model and optimizer; drop them so that the next
