@@ -30,8 +30,9 @@ import torch
 from semrl.config.evaluation import JudgeConfig
 from semrl.config.experiment import load_config
 from semrl.core.io import write_json
-from semrl.eval.judge import build_judge, judge_template, pair_items, render_prompt, run_judge
+from semrl.eval.judge import build_judge, judge_template, pair_items, render_prompt
 from semrl.eval.records import load_evaluations
+from semrl.pipeline.judge import run_judge
 from semrl.pipeline.run import run_experiment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

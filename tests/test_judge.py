@@ -31,9 +31,9 @@ from semrl.eval.judge import (
     judge_template,
     label_logprobs,
     parse_verdict,
-    run_judge,
     summarize,
 )
+from semrl.pipeline.judge import run_judge
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TASK = TaskConfig()

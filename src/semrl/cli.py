@@ -235,7 +235,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from semrl.eval.judge import run_judge
+    from semrl.pipeline.judge import run_judge
 
     run_dir = Path(args.run_dir)
     config_path = args.config or RunLayout(run_dir).config

@@ -27,8 +27,8 @@ from semrl.core.layout import RunLayout, StageLayout
 from semrl.core.provenance import package_versions, peak_rss_mb
 from semrl.data.splits import load_splits, prepare_data
 from semrl.encoders import Encoder, build_encoder, require_representation
-from semrl.eval.judge import run_judge
 from semrl.pipeline.evaluate import evaluate_run
+from semrl.pipeline.judge import run_judge
 from semrl.results.report import write_report
 from semrl.train.grpo import SEMANTIC_PURPOSE
 from semrl.train.stage import last_checkpoint, train_stage
