@@ -254,7 +254,7 @@ def test_monitor_summary_flags_drifting_runs() -> None:
 def test_run_prints_the_final_comparison(own_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A rerun of a finished, evaluated run trains nothing and prints the comparison and verdict."""
     assert main(["run", str(own_run / "config.yaml"), "--out", str(own_run)]) == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines at the terminal width
     assert out.count("already finished: skipped") == 3
     assert all(f"[eval:{m}] up to date: skipped" in out for m in ("base", "cold_start", "sft", "grpo"))
     for method in ("base", "cold_start", "sft", "grpo"):

@@ -469,9 +469,10 @@ def test_an_sft_step_changes_the_adapted_weights_only(cold_start: StageResult) -
 def test_a_grpo_step_changes_the_weights(cold_start: StageResult, splits, tmp_path: Path) -> None:
     from semrl.config.rewards import RewardComponent
 
-    cfg = make_config(max_steps=1)
-    cfg.rewards.components = [RewardComponent(name="chrf", weight=1.0)]  # continuous: groups differ
+    cfg = make_config(max_steps=2)  # step 1 is warm-up at learning rate 0
+    # Completion length: continuous, so the sampled completions of a group differ in reward.
+    cfg.rewards.components = [RewardComponent(name="custom_rewards:length_reward", weight=1.0)]
     result = train_stage("grpo", cfg, splits, tmp_path / "grpo", init_model=cold_start.model_dir)
     rows = loss_rows(tmp_path / "grpo" / "log.jsonl")
-    assert rows[0]["frac_reward_zero_std"] < 1.0  # some group had a learning signal
+    assert rows[1]["frac_reward_zero_std"] < 1.0  # some group had a learning signal
     assert max(_trainable_differences(cfg, cold_start.model_dir, result.model_dir).values()) > 0
