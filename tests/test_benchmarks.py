@@ -395,7 +395,7 @@ def test_measure_drift_zero_against_itself_positive_against_a_perturbed_copy(tin
     drift = measure_drift(model, perturbed, tokenizer, TEXTS, batch_size=3)
     assert drift.nll_base == pytest.approx(same.nll_base, abs=1e-6)
     assert drift.nll_increase == pytest.approx([m - b for m, b in zip(drift.nll_model, drift.nll_base)])
-    assert min(drift.token_kl) >= 0.0 and drift.summary["kl_mean"] > 1e-3
+    assert drift.summary["kl_mean"] > 1e-3  # the two random models disagree
     assert any(abs(v) > 1e-3 for v in drift.nll_increase)
     assert set(drift.summary) == {"nll_mean", "nll_p90", "kl_mean", "kl_p90"}
     assert drift.summary["nll_mean"] == pytest.approx(float(np.mean(drift.nll_increase)))
