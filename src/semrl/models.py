@@ -254,6 +254,31 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no")
 
 
+_warned_remote_code: set[str] = set()
+
+
+def check_weights_format(location: str | Path, allow_pickle: bool) -> None:
+    """ModelError for a local checkpoint with pickle weights only, unless `model.allow_pickle`."""
+    folder = Path(str(location))
+    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.glob("*.bin") if p.name.startswith("pytorch_model"))
+    if pickled:
+        raise ModelError(
+            f"{folder}: has pickle weights only ({', '.join(pickled)}); loading them runs code from the file. "
+            f"Convert them to safetensors, or set model.allow_pickle: true if you trust their source."
+        )
+
+
+def warn_remote_code(location: str | Path, trust_remote_code: bool) -> None:
+    """Warn once per model directory when `trust_remote_code` will run Python code from it."""
+    folder = Path(str(location))
+    code = sorted(p.name for p in folder.glob("*.py")) if trust_remote_code and folder.is_dir() else []
+    if code and str(folder) not in _warned_remote_code:
+        _warned_remote_code.add(str(folder))
+        logger.warning("model.trust_remote_code is true: running Python code from %s (%s)", folder, ", ".join(code))
+
+
 def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the policy and its tokenizer.
 
@@ -269,6 +294,8 @@ def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTr
 
     location = resolve_model(cfg.name) if path is None else path
     revision = cfg.revision if path is None else None
+    check_weights_format(location, cfg.allow_pickle)
+    warn_remote_code(location, cfg.trust_remote_code)
     common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if revision:
         common["revision"] = revision
@@ -358,9 +385,17 @@ def save_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
     out_dir = Path(out_dir)
-    with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    try:
+        with atomic_path(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except Exception as err:  # safetensors raises its own SafetensorError, not an OSError
+        if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":
+            raise ModelError(
+                f"{out_dir}: cannot write the model ({err}). Free disk space or use a writable --out; nothing "
+                f"was half-written and the same command then finishes the stage from its last checkpoint."
+            ) from err
+        raise
     return out_dir
 
 

@@ -224,8 +224,11 @@ def _monitor_section(monitors: dict[str, Any] | None) -> list[str]:
 
 
 def _short(text: str, n: int = 60) -> str:
-    text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= n else text[: n - 1] + "…"
+    """Data text for a Markdown cell: one line, clipped, and HTML-escaped (a `<script>` in the data
+    stays text in any Markdown viewer; `render_html` unescapes it before escaping it for HTML)."""
+    text = text.replace("\n", " ")
+    text = text if len(text) <= n else text[: n - 1] + "…"
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def render_html(markdown_text: str, plot_dir: Path) -> str:
@@ -248,9 +251,9 @@ def render_html(markdown_text: str, plot_dir: Path) -> str:
             body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
         elif line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+            body.append(f"<h{level}>{html.escape(html.unescape(line[level:].strip()))}</h{level}>")
         elif line.strip():
-            body.append(f"<p>{html.escape(line).replace('`', '')}</p>")
+            body.append(f"<p>{html.escape(html.unescape(line)).replace('`', '')}</p>")
         i += 1
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -265,7 +268,7 @@ def _html_table(rows: list[str]) -> str:
         return [c.strip().replace("\\|", "|") for c in row.strip().strip("|").split(" | ")]
 
     head = cells(rows[0])
-    out = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"]
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(html.unescape(c))}</th>" for c in head) + "</tr>"]
     for r in rows[2:]:
-        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(r)) + "</tr>")
+        out.append("<tr>" + "".join(f"<td>{html.escape(html.unescape(c))}</td>" for c in cells(r)) + "</tr>")
     return "".join(out) + "</table>"
