@@ -100,7 +100,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # The config keys `semrl score` fills from its flags (library messages name the keys).
-SCORE_FLAGS = {"rewards.encoder": "--encoder", "rewards.tau": "--tau", "task.target_lang": "--target-lang"}
+SCORE_FLAGS = {
+    "Configure rewards.encoder with backend: sentence-transformers and a name for": "Pass --encoder with",
+    "rewards.encoder": "--encoder",
+    "rewards.tau": "--tau",
+    "task.target_lang": "--target-lang",
+}
 
 
 def tau_flag(value: str) -> float | str:
