@@ -112,14 +112,18 @@ def test_a_damaged_stage_manifest_is_reported_never_retrained(
 # ---------------------------------------------------------------------------------------------
 # 3: the run directory's lock
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "command", [["run", "CONFIG", "--only", "cold_start", "--no-eval"], ["train", "cold_start", "CONFIG"]]
+)
 def test_a_second_run_on_a_locked_directory_exits_2_naming_the_holder(
-    cold_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command: list[str], cold_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     layout = _copy(cold_run, tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         layout.lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}), encoding="utf-8")
-        code = main(["run", str(layout.config), "--out", str(layout.root), "--only", "cold_start", "--no-eval"])
+        argv = [str(layout.config) if a == "CONFIG" else a for a in command]
+        code = main([*argv, "--out", str(layout.root)])
     finally:
         holder.kill()
         holder.wait()

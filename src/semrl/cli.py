@@ -231,6 +231,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from semrl.core.io import read_manifest
     from semrl.core.layout import RunLayout
+    from semrl.core.lock import directory_lock
     from semrl.pipeline.run import prepare_run_data, run_stage_in_dir
     from semrl.train.stages import stage_specs
 
@@ -240,21 +241,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SemrlError(f"train {args.stage!r}: unknown stage; stages are {', '.join(specs)}")
     layout = RunLayout(Path(args.out or config.output_dir))
     layout.root.mkdir(parents=True, exist_ok=True)
-    splits = prepare_run_data(config, layout)
-    init = args.init
-    parent_manifest = None
-    parent = specs[args.stage].parent
-    if init is None and parent is not None:
-        init = layout.stage(parent).model
-        if not init.is_dir():
-            raise SemrlError(
-                f"{args.stage} starts from the '{parent}' stage's model: none in {init}. Pass --init MODEL_DIR, or run "
-                f"`semrl train {parent} CONFIG --out {layout.root}` first."
-            )
-        parent_manifest = read_manifest(layout.stage(parent).manifest)
-    run_stage_in_dir(
-        args.stage, config, splits, layout.stage(args.stage).root, init, log=_log, parent_manifest=parent_manifest
-    )
+    with directory_lock(layout.lock, f"run directory {layout.root}", log=_log):
+        splits = prepare_run_data(config, layout)
+        init = args.init
+        parent_manifest = None
+        parent = specs[args.stage].parent
+        if init is None and parent is not None:
+            init = layout.stage(parent).model
+            if not init.is_dir():
+                raise SemrlError(
+                    f"{args.stage} starts from the '{parent}' stage's model: none in {init}. Pass --init MODEL_DIR, "
+                    f"or run `semrl train {parent} CONFIG --out {layout.root}` first."
+                )
+            parent_manifest = read_manifest(layout.stage(parent).manifest)
+        run_stage_in_dir(
+            args.stage, config, splits, layout.stage(args.stage).root, init, log=_log, parent_manifest=parent_manifest
+        )
     return 0
 
 
