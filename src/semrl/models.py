@@ -302,7 +302,14 @@ def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTr
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(location), **common)
         model = AutoModelForCausalLM.from_pretrained(str(location), dtype=select_dtype(cfg.dtype), **common)
-    except (OSError, ValueError) as err:
+    except Exception as err:
+        if type(err).__name__ == "SafetensorError":  # truncated or damaged weights
+            raise ModelError(
+                f"{location}: its safetensors weights are damaged ({err}). If this is a stage's model, rerun that "
+                f"stage with --force STAGE; otherwise restore or download the model again."
+            ) from err
+        if not isinstance(err, (OSError, ValueError)):
+            raise
         where = "a local directory" if Path(str(location)).exists() else "a hub id"
         hint = (
             "HF_HUB_OFFLINE is set, so only local directories and the Hugging Face cache are searched: "
