@@ -400,3 +400,35 @@ def test_report_md_escapes_markup_from_data() -> None:
     assert "<script>" not in cell
     html = render_html(md_table(["output"], [[cell]]), Path("/nonexistent"))
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in html  # escaped once, not twice
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by the fresh campaign (benchmarks/fault_campaign.py)
+# ---------------------------------------------------------------------------------------------
+def test_a_damaged_tau_json_is_recalibrated_to_the_same_value_on_resume(
+    cold_run: Path, tmp_path: Path, fixture_data_dir: Path
+) -> None:
+    from semrl.pipeline.run import run_experiment
+
+    layout = _copy(cold_run, tmp_path)
+    config = _tiny(fixture_data_dir, "stages.grpo.max_steps=1")
+    first = run_experiment(config, layout.root, only="grpo", evaluate=False, log=lambda _: None)
+    grpo = layout.stage("grpo")
+    tau = json.loads(grpo.tau.read_text(encoding="utf-8"))["value"]
+    grpo.manifest.unlink()
+    grpo.tau.write_text('{"value": 0.', encoding="utf-8")  # damaged
+    again = run_experiment(config, layout.root, only="grpo", evaluate=False, log=lambda _: None)
+    assert again.actions["grpo"] == "resumed"
+    assert json.loads(grpo.tau.read_text(encoding="utf-8"))["value"] == tau
+    assert again.manifests["grpo"]["metrics"]["global_step"] == first.manifests["grpo"]["metrics"]["global_step"]
+
+
+def test_a_parent_model_with_damaged_weights_is_a_model_error(cold_run: Path, tmp_path: Path) -> None:
+    from semrl.config.model import ModelConfig
+    from semrl.models import load_policy
+
+    model_dir = _copy(cold_run, tmp_path).stage("cold_start").model
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="--force"):
+        load_policy(ModelConfig(name="tiny"), model_dir)
