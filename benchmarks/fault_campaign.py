@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -351,27 +352,30 @@ def dead_pid() -> int:
 
 
 def concurrency_cases(env: Env) -> None:
-    # Two runs and a report on one fresh directory while the first run trains (40 steps, so that
-    # it still holds the lock when the others have started): exactly one trains, each step is
-    # logged once, the others exit 2 naming the holder.
+    # A second run and a report start on one fresh directory while the first run trains (200
+    # steps, so that it still holds the lock): exactly one trains, each step is logged once, the
+    # others exit 2 naming the holder.
     t0 = time.time()
     out = env.work / "concurrent-runs"
-    cmd = env.argv(
-        "run", "--out", str(out), "--only", "cold_start", "--no-eval", sets=["stages.cold_start.max_steps=40"]
-    )
+    long_run = ["stages.cold_start.max_steps=200"]
+    cmd = env.argv("run", "--out", str(out), "--only", "cold_start", "--no-eval", sets=long_run)
     env_vars = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
     first = subprocess.Popen(cmd, cwd=env.work, env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(RunLayout(out).lock)
-    second = run_cli(cmd, env.work)
-    report = run_cli([*SEMRL, "report", str(out)], env.work)
+    with ThreadPoolExecutor(2) as pool:  # both start while the first run holds the lock
+        second_f = pool.submit(run_cli, cmd, env.work)
+        report_f = pool.submit(run_cli, [*SEMRL, "report", str(out)], env.work)
+        second, report = second_f.result(), report_f.result()
+    held = first.poll() is None  # the first run still trained when both had finished
     first.communicate(timeout=900)
     steps = log_steps(RunLayout(out), "cold_start") if first.returncode == 0 else []
-    loss = (
-        None if first.returncode == 0 and steps == sorted(set(steps)) else f"first run exit {first.returncode}, {steps}"
-    )
-    note = f"the first run trained {len(steps)} logged steps, each once" if not loss else ""
+    ok = first.returncode == 0 and steps == sorted(set(steps))
+    loss = None if ok else f"first run exit {first.returncode}, log steps {steps}"
+    note = f"the first run logged {len(steps)} steps, each once" if ok else ""
+    if ok and not held:
+        note += " (it finished before the others: the lock was not exercised)"
     record(env, "two concurrent runs, same --out (the second)", second, 2, loss, note, t0=t0)
-    record(env, "report while a run holds the directory", report, 2, t0=t0)
+    record(env, "report while a run holds the directory", report, 2, note=note, t0=t0)
 
     # Two sweeps on one directory: the second is refused at once (the first is then stopped).
     t0 = time.time()
