@@ -438,7 +438,11 @@ def input_cases(env: Env) -> None:
     completions = jsonl(w / "trad-c.jsonl", [{"source": b, "reference": z, "completion": z} for b, z in TRAD_PAIRS])
     score = [*SEMRL, "score", "--completions", str(completions), "--target-lang", "zh", "--tau"]
     train_cold = ("--only", "cold_start", "--no-eval")
-    case("Traditional Chinese data: data prepare", env.argv("data", "prepare", "--out", str(w / "t"), sets=[src]), 0)
+    case(
+        "Traditional Chinese data: data prepare",
+        env.argv("data", "prepare", "--out", str(w / "t"), sets=[src, small]),
+        0,
+    )
     case("Traditional Chinese completions: score", [*score, "0.1"], 0)
     case(
         "Traditional Chinese data: cold start",
@@ -462,7 +466,7 @@ def input_cases(env: Env) -> None:
     big = jsonl(w / "big.jsonl", [*json_rows(trad), {"bo": "ཀ" * 1_000_000, "zh": "長", "doc": "dx"}])
     case(
         "1 MB source line: dropped and counted",
-        env.argv("data", "prepare", "--out", str(w / "b"), sets=[local(big)]),
+        env.argv("data", "prepare", "--out", str(w / "b"), sets=[local(big), small]),
         0,
     )
     bom = w / "bom.yaml"
