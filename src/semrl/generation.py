@@ -31,14 +31,23 @@ def generate_completions(
         tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if c else p
         for p, c in zip(prompts, chat)
     ]
-    previous_side = tokenizer.padding_side
+    previous_side, previous_truncation = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"  # keep a prompt's end: the cue the completion follows
+    max_prompt = prompt_token_limit(model, generation.max_new_tokens)
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(rendered), generation.batch_size):
             batch = rendered[start : start + generation.batch_size]
-            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not any(chat))
+            enc = tokenizer(
+                batch,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_prompt,
+                add_special_tokens=not any(chat),
+            )
             enc = {k: v.to(model.device) for k, v in enc.items()}
             one_line = not any(chat[start : start + len(batch)])
             stop = {"stop_strings": ["\n"], "tokenizer": tokenizer} if one_line else {}
@@ -59,9 +68,16 @@ def generate_completions(
             if progress:
                 progress(len(batch))
     finally:
-        tokenizer.padding_side = previous_side
+        tokenizer.padding_side, tokenizer.truncation_side = previous_side, previous_truncation
         model.train(was_training)
     return texts
+
+
+def prompt_token_limit(model: Any, max_new_tokens: int) -> int:
+    """The most prompt tokens a batch row may hold: the model's context less the new tokens, so a
+    pathological input can never make a batch larger than the model could attend to anyway."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 4096
+    return max(1, int(context) - max_new_tokens)
 
 
 def clean_completion(text: str, one_line: bool = True) -> str:

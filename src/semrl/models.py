@@ -258,6 +258,31 @@ def trainer_hardware_kwargs() -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
+_warned_remote_code: set[str] = set()
+
+
+def check_weights_format(location: str | Path, allow_pickle: bool) -> None:
+    """ModelError for a local checkpoint with pickle weights only, unless `model.allow_pickle`."""
+    folder = Path(str(location))
+    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.glob("*.bin") if p.name.startswith("pytorch_model"))
+    if pickled:
+        raise ModelError(
+            f"{folder}: has pickle weights only ({', '.join(pickled)}); loading them runs code from the file. "
+            f"Convert them to safetensors, or set model.allow_pickle: true if you trust their source."
+        )
+
+
+def warn_remote_code(location: str | Path, trust_remote_code: bool) -> None:
+    """Warn once per model directory when `trust_remote_code` will run Python code from it."""
+    folder = Path(str(location))
+    code = sorted(p.name for p in folder.glob("*.py")) if trust_remote_code and folder.is_dir() else []
+    if code and str(folder) not in _warned_remote_code:
+        _warned_remote_code.add(str(folder))
+        logger.warning("model.trust_remote_code is true: running Python code from %s (%s)", folder, ", ".join(code))
+
+
 def _load_pretrained(
     cfg: ModelConfig, location: str | Path, revision: str | None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -265,13 +290,23 @@ def _load_pretrained(
     what to do when it cannot be loaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_weights_format(location, cfg.allow_pickle)
+    warn_remote_code(location, cfg.trust_remote_code)
+
     common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if revision:
         common["revision"] = revision
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(location), **common)
         model = AutoModelForCausalLM.from_pretrained(str(location), dtype=select_dtype(cfg.dtype), **common)
-    except (OSError, ValueError) as err:
+    except Exception as err:
+        if type(err).__name__ == "SafetensorError":  # truncated or damaged weights
+            raise ModelError(
+                f"{location}: its safetensors weights are damaged ({err}). If this is a stage's model, rerun that "
+                f"stage with --force STAGE; otherwise restore or download the model again."
+            ) from err
+        if not isinstance(err, (OSError, ValueError)):
+            raise
         where = "a local directory" if Path(str(location)).exists() else "a hub id"
         hint = (
             "HF_HUB_OFFLINE is set, so only local directories and the Hugging Face cache are searched: "
@@ -450,9 +485,17 @@ def save_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
     out_dir = Path(out_dir)
-    with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    try:
+        with atomic_path(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except Exception as err:  # safetensors raises its own SafetensorError, not an OSError
+        if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":
+            raise ModelError(
+                f"{out_dir}: cannot write the model ({err}). Free disk space or use a writable --out; nothing "
+                f"was half-written and the same command then finishes the stage from its last checkpoint."
+            ) from err
+        raise
     return out_dir
 
 

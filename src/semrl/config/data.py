@@ -126,9 +126,23 @@ class SplitSizes(Section):
         return self
 
 
+# The length cap when data.max_source_chars is null: far above any sentence or paragraph.
+DEFAULT_MAX_TEXT_CHARS = 16384
+
+
 class DataConfig(Section):
     sources: list[SourceConfig] = Field(default_factory=lambda: [NtrexSource()])
     splits: SplitSizes = Field(default_factory=SplitSizes)
     max_source_chars: int | None = Field(
-        None, ge=1, description="Drop examples whose source is longer than this (None: keep all)."
+        None,
+        ge=1,
+        description="Length cap, in characters, on an example's source and reference (None: "
+        "DEFAULT_MAX_TEXT_CHARS, 16384; a 1 MB line would exhaust memory at evaluation).",
     )
+    too_long: Literal["drop", "fail"] = Field(
+        "drop",
+        description="An example over max_source_chars: 'drop' it (counted in the split table and the splits "
+        "manifest) or 'fail' naming it.",
+    )
+
+    _omit_when_default = ("too_long",)

@@ -16,10 +16,10 @@ from semrl.config.rewards import EncoderConfig
 
 class GenerationConfig(Section):
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 128
-    batch_size: int = 8
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1.0)
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1, description="Prompts per generation batch.")
 
 
 class BenchmarkConfig(Section):

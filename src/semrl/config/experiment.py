@@ -124,11 +124,14 @@ class ExperimentConfig(Section):
         return digest(data)
 
 
-def _format_validation_error(err: ValidationError, path: str | Path) -> str:
+def _format_validation_error(err: ValidationError, path: str | Path, overridden: dict[str, str] | None = None) -> str:
     lines = [f"{path}: invalid experiment config ({err.error_count()} problem(s)):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        origin = next((item for k, item in (overridden or {}).items() if key == k or key.startswith(k + ".")), None)
+        if origin is not None:
+            key = f"{key} (from --set {origin})"
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `semrl config init` writes every allowed key)"
         elif e["type"] == "trl_key":  # a stage's `trl:` key: name the key itself
@@ -144,12 +147,17 @@ def _format_validation_error(err: ValidationError, path: str | Path) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict[str, Any], origin: str | Path = "<config>") -> ExperimentConfig:
-    """Validate a config dictionary; raise ConfigError with one line per problem."""
+def parse_config(
+    data: dict[str, Any], origin: str | Path = "<config>", overridden: dict[str, str] | None = None
+) -> ExperimentConfig:
+    """Validate a config dictionary; raise ConfigError with one line per problem.
+
+    `overridden` maps dotted keys set by `--set` to the override string, so a problem with one
+    is blamed on the flag, not on the file."""
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, origin)) from None
+        raise ConfigError(_format_validation_error(err, origin, overridden)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -159,21 +167,29 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     ``["stages.grpo.max_steps=2", "model.name=tiny"]``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file; give the experiment YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file. `semrl config init` writes a starter.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    if data is None or data == {}:
+        raise ConfigError(
+            f"{path}: the config is empty; an empty file would run the full default experiment. "
+            f"`semrl config init` writes a commented starter."
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    overridden = {}
     for item in overrides or []:
-        apply_override(data, item)
-    config = parse_config(data, path)
+        overridden[apply_override(data, item)] = item
+    config = parse_config(data, path, overridden)
     _resolve_relative_paths(config, path.parent)
     return config
 

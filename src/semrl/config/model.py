@@ -31,6 +31,11 @@ class ModelConfig(Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust it.")
+    allow_pickle: bool = Field(
+        False,
+        description="Load pickle-only weights (pytorch_model.bin without safetensors). Unpickling runs code from "
+        "the file: off unless you trust it.",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="'auto': bfloat16 on a GPU that supports it, float32 on CPU."
     )
@@ -44,7 +49,7 @@ class ModelConfig(Section):
     )
 
     # Added after runs existed: at its default it stays out of dumps, so old config hashes hold.
-    _omit_when_default = ("save",)
+    _omit_when_default = ("save", "allow_pickle")
 
     @property
     def save_mode(self) -> Literal["adapter", "merged", "both"]:

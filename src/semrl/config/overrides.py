@@ -9,15 +9,23 @@ import yaml
 from semrl.core.errors import ConfigError
 
 
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """Set a dotted key in a nested dict from a `key=value` string (value parsed as YAML)."""
+def apply_override(data: dict[str, Any], item: str) -> str:
+    """Set a dotted key in a nested dict from a `key=value` string (value parsed as safe YAML);
+    returns the dotted key. A malformed one is a ConfigError naming the `--set` flag."""
     if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stages.grpo.max_steps=2")
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. stages.grpo.max_steps=2")
     key, raw = item.split("=", 1)
     node = data
     parts = key.strip().split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+            raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"--set {item!r}: the value is not valid YAML ({problem}); quote it, e.g. --set '{key}=\"{raw}\"'"
+        ) from None
+    return key.strip()

@@ -24,7 +24,7 @@ import difflib
 import functools
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from semrl.config.base import Section
@@ -111,7 +111,7 @@ class StageCommon(Section):
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: epochs decide).")
     batch_size: int = Field(32, ge=1, description="Effective batch size (per-device x accumulation x processes).")
     per_device_batch_size: int = Field(8, ge=1)
-    lr_scheduler: str = "cosine"
+    lr_scheduler: str = Field("cosine", description="A transformers scheduler name (transformers.SchedulerType).")
     warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -125,6 +125,25 @@ class StageCommon(Section):
     )
 
     _omit_when_default = ("trl",)
+
+    @field_validator("max_steps")
+    @classmethod
+    def _max_steps(cls, v: int) -> int:
+        if v == 0 or v < -1:
+            raise ValueError("must be -1 (the epochs decide) or a number of steps >= 1")
+        return v
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _known_scheduler(cls, v: str) -> str:
+        from transformers.trainer_utils import SchedulerType  # lazily: only when a config sets it
+
+        names = [t.value for t in SchedulerType]
+        if v not in names:
+            close = difflib.get_close_matches(v, names, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"unknown scheduler{hint}; transformers' schedulers are {', '.join(names)}")
+        return v
 
     @model_validator(mode="after")
     def _trl_keys_known(self) -> StageCommon:

@@ -96,8 +96,43 @@ def parse_jsonl_line(path: str | Path, lineno: int, line: str) -> dict[str, Any]
 
 
 def read_manifest(path: str | Path) -> dict[str, Any] | None:
-    """A JSON manifest, or None when it is missing or unreadable (an interrupted write)."""
+    """A JSON manifest, or None when it is missing.
+
+    semrl writes manifests atomically, so one that exists but does not parse was damaged after
+    the fact (a disk error, an edit): that is a DataError naming the file, never taken silently as
+    "not finished" (which would retrain a finished stage).
+    """
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        text = None
+    try:
+        obj = json.loads(text) if text is not None else None
+    except json.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise DataError(
+            f"{path}: damaged manifest (not a JSON object). Restore it, or delete it and run again: a stage "
+            f"then finishes from its last checkpoint (or retrains), and splits are made again"
+        )
+    return obj
+
+
+def read_cache(path: str | Path) -> dict[str, Any] | None:
+    """A JSON cache file, or None when it is missing or unreadable (it is then recomputed)."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def remove_stale_temps(path: str | Path) -> None:
+    """Delete the temporary folders `atomic_path` left beside `path` when a process was killed
+    mid-write (``.<name>.*.tmp``). Call it only while holding the directory's lock."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        _remove(tmp)

@@ -15,6 +15,7 @@ Run directory::
       stages/<stage>/manifest.json  written last: its presence means "finished"
       eval/<method>.json, eval/judge.json
       metrics.json, report.md, report.html, plots/*.png
+      .semrl.lock                   held while a semrl process works in the directory (core.lock)
 
 A sweep directory holds one run directory per variant plus ``shared/`` (the stages the variants
 share); a transfer directory is a run directory whose stages are the transferred models.
@@ -31,6 +32,7 @@ TRAINER_STATE_FILE = "trainer_state.json"  # written last by transformers into e
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's marker of an adapter directory
 ADAPTER_BASE_FILE = "base_model.json"  # semrl's record of the model an adapter applies to
 MODEL_CARD_FILE = "README.md"  # the model card `semrl export` writes
+LOCK_FILE = ".semrl.lock"  # pid and host of the process working in a run, sweep or transfer directory
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,10 @@ class RunLayout:
     @property
     def config(self) -> Path:
         return self.root / CONFIG_FILE
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
 
     @property
     def splits(self) -> Path:
@@ -163,6 +169,10 @@ class ComparisonLayout:
     @property
     def shared(self) -> RunLayout:
         return RunLayout(self.root / self.SHARED)
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
 
     def variant(self, name: str) -> RunLayout:
         return RunLayout(self.root / name)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semrl.config.data import (
+    DEFAULT_MAX_TEXT_CHARS,
     HubSource,
     LocalSource,
     NtrexSource,
@@ -112,17 +113,21 @@ def _load_all(config: ExperimentConfig) -> tuple[list[Example], list[dict[str, A
             raise DataError(f"duplicate example id {ex.id!r}")
         seen.add(ex.id)
 
-    limit = config.data.max_source_chars
-    dropped = 0
-    if limit is not None:
-        kept = [ex for ex in examples if len(ex.source) <= limit]
-        dropped = len(examples) - len(kept)
-        if dropped:
-            logger.info("data.max_source_chars=%d dropped %d of %d examples", limit, dropped, len(examples))
-        if not kept:
-            raise DataError(f"data.max_source_chars={limit} drops all {len(examples)} examples; raise it or set null")
-        examples = kept
-    return examples, info, dropped
+    limit = config.data.max_source_chars or DEFAULT_MAX_TEXT_CHARS
+    kept = [ex for ex in examples if len(ex.source) <= limit and len(ex.reference) <= limit]
+    dropped = len(examples) - len(kept)
+    if dropped and config.data.too_long == "fail":
+        first = next(ex for ex in examples if len(ex.source) > limit or len(ex.reference) > limit)
+        raise DataError(
+            f"example {first.id!r} is {max(len(first.source), len(first.reference))} characters long, over "
+            f"data.max_source_chars={limit} ({dropped} example(s) are); shorten them, raise the cap, or set "
+            f"data.too_long: drop"
+        )
+    if dropped:
+        logger.warning("data.max_source_chars=%d dropped %d of %d examples", limit, dropped, len(examples))
+    if examples and not kept:
+        raise DataError(f"data.max_source_chars={limit} drops all {len(examples)} examples; raise it")
+    return kept, info, dropped
 
 
 def load_examples(config: ExperimentConfig) -> list[Example]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from semrl.config.experiment import ExperimentConfig
 from semrl.core.dist import is_main_process
-from semrl.core.io import read_manifest, write_json
+from semrl.core.io import read_cache, read_manifest, write_json
 from semrl.core.layout import RunLayout
 from semrl.core.provenance import digest
 from semrl.data.general import general_texts
@@ -210,7 +210,7 @@ def _task_kl_base(config: ExperimentConfig, layout: RunLayout, prompts: list[Any
             "model": config.model.model_dump(mode="json"),
         }
     )
-    cached = read_manifest(layout.task_kl_base)
+    cached = read_cache(layout.task_kl_base)
     if cached is not None and cached.get("key") == key:
         return cached
     model, tokenizer = base_model()

@@ -22,8 +22,9 @@ from typing import Any
 from semrl.config.experiment import ExperimentConfig
 from semrl.core.dist import is_main_process, wait_for_everyone
 from semrl.core.errors import ConfigError
-from semrl.core.io import read_manifest, write_json, write_text
+from semrl.core.io import read_cache, read_manifest, write_json, write_text
 from semrl.core.layout import RunLayout, StageLayout
+from semrl.core.lock import directory_lock
 from semrl.core.provenance import package_versions, peak_rss_mb
 from semrl.data.splits import load_splits, prepare_data
 from semrl.encoders import Encoder, build_encoder, require_representation
@@ -52,19 +53,25 @@ class RunSummary:
     report: Path | None = None
 
 
+def check_splits_current(config: ExperimentConfig, layout: RunLayout) -> bool:
+    """Whether the run's splits exist; ConfigError when they were made from another data/task config."""
+    manifest = read_manifest(layout.splits_manifest)
+    if manifest is None:
+        return False
+    wanted = config.hash("seed", "task", "data")
+    if manifest.get("config_hash") != wanted:
+        raise ConfigError(
+            f"{layout.splits}: these splits were made from a different data/task config "
+            f"(hash {manifest.get('config_hash')} vs {wanted}). Use a new --out directory, or "
+            f"delete {layout.splits} to re-split (finished stages would then be stale)."
+        )
+    return True
+
+
 def prepare_run_data(config: ExperimentConfig, layout: RunLayout) -> dict[str, list]:
     """Write the document-level splits once per run (main process), then read them everywhere."""
-    manifest = read_manifest(layout.splits_manifest)
-    wanted = config.hash("seed", "task", "data")
-    if is_main_process():
-        if manifest is None:
-            prepare_data(config, layout.root)
-        elif manifest.get("config_hash") != wanted:
-            raise ConfigError(
-                f"{layout.splits}: these splits were made from a different data/task config "
-                f"(hash {manifest.get('config_hash')} vs {wanted}). Use a new --out directory, or "
-                f"delete {layout.splits} to re-split (finished stages would then be stale)."
-            )
+    if is_main_process() and not check_splits_current(config, layout):
+        prepare_data(config, layout.root)
     wait_for_everyone()
     return load_splits(layout.root)
 
@@ -164,7 +171,7 @@ def tax_meter_callbacks(config: ExperimentConfig, layout: RunLayout, splits: dic
     dev = (splits.get("dev") or [])[: max(ev.task_kl_examples, 8)]
     contexts = [prompt_text(ex.source, config.task) for ex in dev]
     continuations = [COMPLETION_PREFIX + ex.reference for ex in dev]
-    cached = read_manifest(layout.tax_meter_base)
+    cached = read_cache(layout.tax_meter_base)
     if cached is not None and cached.get("texts") == texts and cached.get("task_contexts") == contexts:
         base_nll, base_task = cached["base_nll"], cached.get("base_task_logprob")
         tokenizer = AutoTokenizer.from_pretrained(
@@ -238,29 +245,50 @@ def run_experiment(
     """
     layout = RunLayout(Path(run_dir or config.output_dir))
     layout.root.mkdir(parents=True, exist_ok=True)
+    if not is_main_process():  # the main process holds the lock for all
+        return _run_stages(config, layout, only, force, evaluate, log)
+    with directory_lock(layout.lock, f"run directory {layout.root}", log=log):
+        return _run_stages(config, layout, only, force, evaluate, log)
+
+
+def check_finished_stage(config: ExperimentConfig, layout: RunLayout, stage: str, manifest: dict[str, Any]) -> None:
+    """ConfigError when a finished stage was trained with another config or from a stale parent."""
+    want = stage_config_hash(config, stage)
+    if manifest.get("config_hash") != want:
+        raise ConfigError(
+            f"{layout.stage(stage).manifest}: stage '{stage}' was finished with a different config "
+            f"(hash {manifest.get('config_hash')} vs {want}). Rerun it with --force {stage}, "
+            f"or use a new --out directory."
+        )
+    check_parent_current(config, layout, stage, manifest)
+
+
+def _run_stages(
+    config: ExperimentConfig, layout: RunLayout, only: str | None, force: Iterable[str], evaluate: bool, log: Log
+) -> RunSummary:
     forced: set[str] = set()
     for stage in force:
         forced.update(downstream_of(config.stages, stage))
     stages = [spec.name for spec in stages_to_run(config.stages, only)]
 
+    # Check everything that can refuse the run before writing anything (config.yaml included):
+    # a refused rerun must leave the run directory as it was.
+    finished = {s: read_manifest(layout.stage(s).manifest) for s in stages if s not in forced}
+    finished = {s: m for s, m in finished.items() if m is not None}
+    check_splits_current(config, layout)
+    for stage, manifest in finished.items():
+        check_finished_stage(config, layout, stage, manifest)
+    pending = [s for s in stages if s not in finished]
+    encoder = preflight(config, pending)
     if is_main_process():
         write_text(layout.config, config.to_yaml())
-    pending = [s for s in stages if s in forced or read_manifest(layout.stage(s).manifest) is None]
-    encoder = preflight(config, pending)
     splits = prepare_run_data(config, layout)
     summary = RunSummary(run_dir=layout.root)
 
     for stage in stages:
-        manifest = read_manifest(layout.stage(stage).manifest)
-        if manifest is not None and stage not in forced:
-            want = stage_config_hash(config, stage)
-            if manifest.get("config_hash") != want:
-                raise ConfigError(
-                    f"{layout.stage(stage).manifest}: stage '{stage}' was finished with a different config "
-                    f"(hash {manifest.get('config_hash')} vs {want}). Rerun it with --force {stage}, "
-                    f"or use a new --out directory."
-                )
-            check_parent_current(config, layout, stage, manifest)
+        manifest = read_manifest(layout.stage(stage).manifest) if stage not in forced else None
+        if manifest is not None:
+            check_finished_stage(config, layout, stage, manifest)
             log(f"[{stage}] already finished: skipped (use --force {stage} to rerun)")
             summary.actions[stage] = "skipped"
             summary.manifests[stage] = manifest

@@ -43,6 +43,7 @@ from semrl.core.dist import is_main_process, wait_for_everyone
 from semrl.core.errors import ConfigError
 from semrl.core.io import write_json, write_text
 from semrl.core.layout import ComparisonLayout, RunLayout
+from semrl.core.lock import directory_lock
 from semrl.pipeline.evaluate import evaluate_run
 from semrl.pipeline.run import RunSummary, run_experiment
 from semrl.results.build import bootstrap_args, paired_differences
@@ -169,6 +170,17 @@ def run_sweep(
     chosen = _checked_variants(config, variants)
     out = Path(out_dir or f"{config.output_dir}-sweep")
     layout = ComparisonLayout(out, "sweep")
+    out.mkdir(parents=True, exist_ok=True)
+    if not is_main_process():  # the main process holds the lock for all
+        return _sweep(config, chosen, layout, log)
+    with directory_lock(layout.lock, f"sweep directory {out}", log=log):
+        return _sweep(config, chosen, layout, log)
+
+
+def _sweep(
+    config: ExperimentConfig, chosen: Sequence[str], layout: ComparisonLayout, log: Callable[[str], None]
+) -> SweepSummary:
+    out = layout.root
     started = time.time()
     shared_cfg = shared_config(config)
     shared = layout.shared

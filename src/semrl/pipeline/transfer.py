@@ -33,6 +33,7 @@ from semrl.core.dist import is_main_process
 from semrl.core.errors import ConfigError, DataError
 from semrl.core.io import read_manifest, write_json, write_text
 from semrl.core.layout import ComparisonLayout, RunLayout
+from semrl.core.lock import directory_lock
 from semrl.core.provenance import digest
 from semrl.data.splits import load_splits
 from semrl.encoders import build_encoder, probe_language
@@ -40,7 +41,7 @@ from semrl.eval.records import read_evaluation
 from semrl.eval.task import evaluate_task, evaluation_examples
 from semrl.models import load_policy
 from semrl.pipeline.evaluate import eval_key
-from semrl.pipeline.run import prepare_run_data, run_stage_in_dir
+from semrl.pipeline.run import check_splits_current, prepare_run_data, run_stage_in_dir
 from semrl.results.build import bootstrap_args, paired_differences, task_intervals
 from semrl.results.render import fmt, fmt_iv, fmt_with_iv, md_table, render_html
 from semrl.train.stages import BASELINE
@@ -121,6 +122,35 @@ def run_transfer(
     source, sources = _source_manifests(config)
     paths = RunLayout(Path(out_dir or config.output_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
+    if not is_main_process():  # the main process holds the lock for all
+        return _transfer(config, source, sources, paths, log)
+    with directory_lock(paths.lock, f"transfer directory {paths.root}", log=log):
+        return _transfer(config, source, sources, paths, log)
+
+
+def _check_transfer_current(config: ExperimentConfig, paths: RunLayout, stage: str, src_manifest: dict) -> bool:
+    """Whether the fine-tuning of `stage` is finished; ConfigError when it was made otherwise."""
+    method = method_name(stage)
+    done = read_manifest(paths.stage(method).manifest)
+    if done is None:
+        return False
+    want = _transfer_hash(config, src_manifest)
+    if done.get("config_hash") != want:
+        raise ConfigError(
+            f"{paths.stage(method).manifest}: made from another source checkpoint or under other settings "
+            f"(hash {done.get('config_hash')} vs {want}). Delete {paths.stage(method).root} or use a new --out "
+            f"directory."
+        )
+    return True
+
+
+def _transfer(
+    config: ExperimentConfig, source: RunLayout, sources: dict, paths: RunLayout, log: Callable[[str], None]
+) -> TransferSummary:
+    # Check what can refuse the run before writing anything (config.yaml included).
+    check_splits_current(config, paths)
+    for stage, src_manifest in sources.items():
+        _check_transfer_current(config, paths, stage, src_manifest)
     if is_main_process():
         write_text(paths.config, config.to_yaml())
     splits = prepare_run_data(config, paths)
@@ -138,13 +168,7 @@ def run_transfer(
         method = method_name(stage)
         stage_dir = paths.stage(method).root
         want = _transfer_hash(config, src_manifest)
-        done = read_manifest(paths.stage(method).manifest)
-        if done is not None:
-            if done.get("config_hash") != want:
-                raise ConfigError(
-                    f"{paths.stage(method).manifest}: made from another source checkpoint or under other settings "
-                    f"(hash {done.get('config_hash')} vs {want}). Delete {stage_dir} or use a new --out directory."
-                )
+        if _check_transfer_current(config, paths, stage, src_manifest):
             log(f"[{method}] already finished: skipped")
             summary.actions[method] = "skipped"
             continue

@@ -346,8 +346,11 @@ def _monitor_section(monitors: dict[str, Any] | None) -> list[str]:
 
 
 def _short(text: str, n: int = 60) -> str:
-    text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= n else text[: n - 1] + "…"
+    """Data text for a Markdown cell: one line, clipped, and HTML-escaped (a `<script>` in the data
+    stays text in any Markdown viewer; `render_html` unescapes it before escaping it for HTML)."""
+    text = text.replace("\n", " ")
+    text = text if len(text) <= n else text[: n - 1] + "…"
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def render_html(markdown_text: str, plot_dir: Path) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from semrl.core.io import atomic_path, write_json, write_text
+from semrl.core.errors import DataError
+from semrl.core.io import atomic_path, remove_stale_temps, write_json, write_text
 from semrl.core.layout import RunLayout
+from semrl.core.lock import directory_lock
 from semrl.eval.records import load_evaluations
 from semrl.results.build import build_metrics
 from semrl.results.plots import (
@@ -19,11 +21,22 @@ from semrl.results.render import render_html, render_markdown
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Write metrics.json, report.md, report.html and plots/ for a run; returns report.html's path."""
+    """Write metrics.json, report.md, report.html and plots/ for a run; returns report.html's path.
+
+    Holds the run directory's lock (a `semrl run` in it reports under its own lock)."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such run directory")
+    with directory_lock(RunLayout(run_dir).lock, f"run directory {run_dir}"):
+        return _write_report(run_dir)
+
+
+def _write_report(run_dir: Path) -> Path:
     evals = load_evaluations(run_dir)
     metrics = build_metrics(run_dir, evals)
     layout = RunLayout(run_dir)
+    for path in (layout.plots, layout.metrics, layout.report_md, layout.report_html):
+        remove_stale_temps(path)  # left by a report killed mid-write
     with atomic_path(layout.plots) as plot_dir:
         plot_dir.mkdir()
         plot_gain_vs_tax(metrics, plot_dir / "gain_vs_tax.png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -15,8 +16,11 @@ import numpy as np
 from transformers import TrainerCallback
 
 from semrl.core.dist import distributed_state
-from semrl.core.io import write_json
+from semrl.core.errors import DataError
+from semrl.core.io import parse_jsonl_line, write_json
 from semrl.core.layout import StageLayout
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     pass
@@ -73,11 +77,28 @@ class JsonlLogCallback(TrainerCallback):
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a stage's log.jsonl (empty when it does not exist)."""
+    """The rows of a stage's log.jsonl (empty when it does not exist).
+
+    A torn last line (the process was killed mid-append) is dropped with a warning; a malformed
+    line before the last one is a DataError naming the file and line.
+    """
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")
+    rows: list[dict[str, Any]] = []
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, raw in enumerate(lines[: last + 1]):
+        try:
+            row = parse_jsonl_line(path, i + 1, raw.decode("utf-8"))
+        except (DataError, UnicodeDecodeError) as err:
+            if i < last:
+                raise DataError(f"{path}:{i + 1}: malformed log line; delete the line or the log") from err
+            logger.warning("%s:%d: dropped a torn last line (the writer was killed mid-append)", path, i + 1)
+            continue
+        if row is not None:
+            rows.append(row)
+    return rows
 
 
 class TimedReward:

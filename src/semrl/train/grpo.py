@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from semrl.config.evaluation import GenerationConfig
 from semrl.config.experiment import ExperimentConfig
 from semrl.core.dist import is_main_process
 from semrl.core.errors import DataError
-from semrl.core.io import write_json
+from semrl.core.io import read_cache, write_json
 from semrl.core.layout import StageLayout
 from semrl.data.prompts import build_prompt, to_grpo_dataset
 from semrl.encoders import build_encoder, require_representation
@@ -133,10 +132,12 @@ def _calibrate_tau(
     resumed stage optimises the same reward it started with."""
     from semrl.rewards.tau import TauCalibration, resolve_tau
 
-    if resuming and tau_path.is_file():
-        saved = json.loads(tau_path.read_text(encoding="utf-8"))
+    saved = read_cache(tau_path) if resuming else None
+    if saved is not None and isinstance(saved.get("value"), (int, float)) and "origin" in saved:
         logger.info("tau %.4f (%s) reused from %s", saved["value"], saved["origin"], tau_path)
         return TauCalibration(float(saved["value"]), saved["origin"], saved.get("details", {}))
+    if resuming and tau_path.is_file():  # calibration is seeded: the same value comes out again
+        logger.warning("%s is unreadable (damaged); calibrating tau again", tau_path)
     rewards = config.rewards
     dev_sim = None
     dev = splits.get("dev") or []

@@ -88,24 +88,81 @@ class StageResult:
 def last_checkpoint(checkpoints_dir: str | Path) -> Path | None:
     """The newest complete checkpoint under `checkpoints_dir`, or None.
 
-    transformers writes `trainer_state.json` last, so a checkpoint without it was interrupted
-    while saving and is not a safe resume point.
+    A checkpoint is a resume point only if its `trainer_state.json` (written last by transformers)
+    parses and its safetensors weights are complete; a damaged newer one is skipped, with a
+    warning naming it, for the older one `SAVE_TOTAL_LIMIT` keeps.
     """
+    return _resume_points(checkpoints_dir)[0]
+
+
+def _resume_points(checkpoints_dir: str | Path) -> tuple[Path | None, list[Path]]:
+    """(the newest complete checkpoint, the damaged checkpoints newer than it)."""
     # Hand-written: transformers' get_last_checkpoint picks the highest step even when that
-    # checkpoint is half-written, which is the case this check exists for.
+    # checkpoint is half-written or damaged, which is the case this check exists for.
     folder = Path(checkpoints_dir)
     if not folder.is_dir():
-        return None
-    complete = []
+        return None, []
+    numbered = []
     for path in folder.glob("checkpoint-*"):
         suffix = path.name.split("-", 1)[1]
-        if suffix.isdigit() and (path / TRAINER_STATE_FILE).is_file():
-            complete.append((int(suffix), path))
-    return max(complete)[1] if complete else None
+        if suffix.isdigit() and path.is_dir():
+            numbered.append((int(suffix), path))
+    damaged: list[Path] = []
+    for _, path in sorted(numbered, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, damaged
+        if (path / TRAINER_STATE_FILE).exists():  # a save interrupted before its state file is expected
+            logger.warning("%s: damaged checkpoint (%s); falling back to an older one", path, problem)
+        damaged.append(path)
+    return None, damaged
 
 
-def _checkpoint_step(path: Path) -> int:
-    return int(json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))["global_step"])
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` is not a safe resume point, or None when it is."""
+    try:
+        state = json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+        int(state["global_step"])
+    except FileNotFoundError:
+        return f"no {TRAINER_STATE_FILE}: interrupted while saving"
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return f"{TRAINER_STATE_FILE} is unreadable"
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return "no safetensors weights"
+    for file in weights:
+        if not safetensors_complete(file):
+            return f"{file.name} is truncated or damaged"
+    return None
+
+
+def safetensors_complete(path: Path) -> bool:
+    """Whether a safetensors file's header parses and the file holds every byte it announces."""
+    try:
+        with path.open("rb") as f:
+            size = path.stat().st_size
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            n = int.from_bytes(head, "little")
+            if n <= 0 or 8 + n > size:
+                return False
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return False
+    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    return 8 + n + max(ends, default=0) <= size
+
+
+def _checkpoint_state(path: Path) -> dict[str, Any]:
+    return json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+
+
+def _checkpoint_is_final(path: Path) -> bool:
+    """Whether the trainer had reached its last step when it saved this checkpoint."""
+    state = _checkpoint_state(path)
+    max_steps = int(state.get("max_steps") or 0)
+    return max_steps > 0 and int(state["global_step"]) >= max_steps
 
 
 def stage_examples(spec: StageSpec, splits: dict[str, list[Example]]) -> list[Example]:
@@ -133,8 +190,10 @@ def _prepare_stage_dir(stage_dir: Path, resume: bool) -> Path | None:
     layout = StageLayout(stage_dir)
     checkpoints = layout.checkpoints
     log_path = layout.log
-    resume_from = last_checkpoint(checkpoints) if resume else None
+    resume_from, damaged = _resume_points(checkpoints) if resume else (None, [])
     if is_main_process():
+        for path in damaged:  # a resumed run saves those steps again
+            shutil.rmtree(path, ignore_errors=True)
         # Each run writes these again at its end; old ones may be from a different process count.
         for stale in stage_dir.glob(layout.reward_stats("*").name):
             stale.unlink(missing_ok=True)
@@ -143,7 +202,7 @@ def _prepare_stage_dir(stage_dir: Path, resume: bool) -> Path | None:
             for path in (layout.log, layout.tau):
                 path.unlink(missing_ok=True)
         else:
-            step = _checkpoint_step(resume_from)
+            step = int(_checkpoint_state(resume_from)["global_step"])
             kept = [row for row in read_log(log_path) if int(row.get("step", 0)) <= step]
             write_jsonl(log_path, kept)
     wait_for_everyone()
@@ -274,13 +333,21 @@ def train_stage(
         trainer = build_sft_trainer(stage, config, examples, model, tokenizer, layout.checkpoints, all_callbacks, extra)
     use_rich_progress(trainer)
 
-    with compact_lm_head_on_cpu():
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if resume_from is not None and _checkpoint_is_final(resume_from):
+        # Stopped after its last checkpoint but before its manifest: the training is done. Load
+        # that checkpoint's weights and save the stage; training on would step past max_steps.
+        logger.warning("%s is the stage's final step: finishing the stage from it without training", resume_from)
+        trainer._load_from_checkpoint(str(resume_from))
+        trainer.state.global_step = int(_checkpoint_state(resume_from)["global_step"])
+        metrics: dict[str, Any] = {}
+    else:
+        with compact_lm_head_on_cpu():
+            output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        metrics = {k: json_safe(v) for k, v in output.metrics.items()}
 
     if spec.kind == "grpo":
         write_reward_stats(stage_dir, trainer.reward_funcs)
     model_dir = _save_stage_model(trainer, tokenizer, config, init_model, stage_dir)
-    metrics = {k: json_safe(v) for k, v in output.metrics.items()}
     metrics["global_step"] = trainer.state.global_step
     # The accelerator keeps references to the model and optimizer; drop them so that the next
     # stage run in this process (the runner trains all stages in one) starts with free memory.

@@ -1,0 +1,559 @@
+"""A fault campaign against `semrl` on the tiny config: resume at every step boundary of every
+stage, damaged files of each kind semrl writes, concurrent runs, sweeps and reports, and unusual
+but valid inputs. Each case runs the real command line (`python -m semrl ...`) in a temporary
+directory and records its exit code, the first line of its message and a verdict:
+
+    clean       the exit code is the expected one (0, or 2 with a message), and nothing was lost
+    traceback   a Python traceback, or an exit code other than 0 and 2
+    wrong exit  exit 0 where a refusal (2) was expected, or the reverse
+    data loss   a check after the command found lost or corrupted results (named in the note)
+
+    python benchmarks/fault_campaign.py [--data-dir DIR] [--out benchmarks/results/fault_campaign.json]
+
+DIR defaults to $SEMRL_DATA_DIR, else the tests' fixture corpus (tests/fixture_data.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from semrl.core.io import write_json
+from semrl.core.layout import RunLayout
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "src" / "semrl" / "configs" / "tiny.yaml"
+STAGES = ("cold_start", "sft", "grpo")
+# A checkpoint every step (the trainer keeps the last two: steps 2 and 3 of 3), constant lr so
+# that any extra step changes the weights, no judge and no general benchmarks (plumbing only).
+BASE_SET = [
+    *(f"stages.{s}.save_steps=1" for s in STAGES),
+    *(f"stages.{s}.lr_scheduler=constant" for s in STAGES),
+    "evaluation.judge.enabled=false",
+    "evaluation.benchmarks=[]",
+]
+
+
+@dataclass
+class Result:
+    case: str
+    exit_code: int | None
+    expected: int
+    message: str
+    verdict: str
+    note: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Env:
+    work: Path
+    data_dir: Path
+    base_run: Path  # a finished, evaluated run of the tiny config (read-only: cases copy it)
+    results: list[Result] = field(default_factory=list)
+
+    def argv(self, *args: str, sets: list[str] | None = None, config: Path = TINY) -> list[str]:
+        cmd = [sys.executable, "-m", "semrl", *args]
+        if args and args[0] in ("run", "sweep", "transfer", "train") or args[:2] == ("data", "prepare"):
+            cmd += [str(config), "--data-dir", str(self.data_dir)]
+            for item in [*BASE_SET, *(sets or [])]:
+                cmd += ["--set", item]
+        return cmd
+
+    def copy(self, name: str) -> RunLayout:
+        target = self.work / name
+        shutil.copytree(self.base_run, target, symlinks=True)
+        return RunLayout(target)
+
+
+def run_cli(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# On success, the progress line that says what happened (else the last line).
+TELLING = (
+    "taking over a stale lock",
+    "splits written to",
+    "tau=",
+    "resuming",
+    "already finished",
+    "dropped",
+    "starting",
+    "report:",
+    "wrote",
+)
+
+
+def first_message(proc: subprocess.CompletedProcess) -> str:
+    """The first line of the command's message: its error, or the traceback's last line, or on
+    success the progress line that says what happened."""
+    if "Traceback (most recent call last)" in proc.stderr:
+        return next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "").strip()
+    errors = proc.stderr.splitlines()
+    for i, line in enumerate(errors):
+        if "error:" in line[:40]:  # semrl's "error: ..." or argparse's "semrl score: error: ..."
+            follow = errors[i + 1].strip() if line.rstrip().endswith(":") and i + 1 < len(errors) else ""
+            return f"{line.strip()} {follow}".strip()
+    lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    for word in TELLING:
+        hit = next((line for line in lines if word in line), None)
+        if hit:
+            return hit
+    return lines[-1] if lines else ""
+
+
+def verdict(code: int | None, expected: int, stderr: str, loss: str | None) -> str:
+    if "Traceback (most recent call last)" in stderr or code not in (0, 2):
+        return "traceback"
+    if loss:
+        return "data loss"
+    return "clean" if code == expected else "wrong exit"
+
+
+def record(env: Env, case: str, proc, expected: int, loss: str | None = None, note: str = "", t0: float = 0) -> None:
+    code = proc.returncode
+    result = Result(
+        case, code, expected, first_message(proc)[:160], verdict(code, expected, proc.stderr, loss), loss or note
+    )
+    result.seconds = round(time.time() - t0, 1)
+    env.results.append(result)
+    print(f"  {case}: exit {code} ({result.verdict}) {result.message[:100]}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+def weights(layout: RunLayout, stage: str) -> bytes:
+    return (layout.stage(stage).model / "model.safetensors").read_bytes()
+
+
+def log_steps(layout: RunLayout, stage: str) -> list[int]:
+    steps = []
+    for line in layout.stage(stage).log.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return [-1]
+        if "loss" in row or "reward" in row:
+            steps.append(int(row["step"]))
+    return steps
+
+
+def stage_problem(layout: RunLayout, stage: str, reference: RunLayout | None = None) -> str | None:
+    """Lost or corrupted results of a stage after a rerun: no manifest, a step count other than
+    max_steps (3), repeated log steps, or (given a reference) a log with other steps."""
+    manifest_path = layout.stage(stage).manifest
+    if not manifest_path.is_file():
+        return f"{stage}: no manifest after the rerun"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    step = manifest.get("metrics", {}).get("global_step")
+    if step != 3:
+        return f"{stage}: global_step {step}, expected 3"
+    steps = log_steps(layout, stage)
+    if len(steps) != len(set(steps)):
+        return f"{stage}: repeated log steps {steps}"
+    if reference is not None and steps != log_steps(reference, stage):
+        return f"{stage}: log steps {steps} differ from the uninterrupted {log_steps(reference, stage)}"
+    return None
+
+
+def identical(layout: RunLayout, stage: str, reference: RunLayout) -> str:
+    same = weights(layout, stage) == weights(reference, stage)
+    return "weights identical to the uninterrupted run" if same else "weights differ from the uninterrupted run"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases
+# ---------------------------------------------------------------------------------------------
+def resume_cases(env: Env) -> None:
+    """Every step boundary of every stage: no checkpoint (step 0), checkpoint-2, checkpoint-3
+    (the final step, stopped before the manifest)."""
+    ref = RunLayout(env.base_run)
+    for stage in STAGES:
+        for boundary in (0, 2, 3):
+            t0 = time.time()
+            layout = env.copy(f"resume-{stage}-{boundary}")
+            folder = layout.stage(stage)
+            folder.manifest.unlink()
+            shutil.rmtree(folder.model)
+            for ckpt in folder.checkpoints.glob("checkpoint-*"):
+                if int(ckpt.name.split("-")[1]) > boundary or boundary == 0:
+                    shutil.rmtree(ckpt)
+            rows = [
+                line
+                for line in folder.log.read_text(encoding="utf-8").splitlines()
+                if json.loads(line).get("step", 0) <= boundary
+            ]
+            folder.log.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+            if stage == "grpo" and boundary == 0:
+                folder.tau.unlink(missing_ok=True)
+            proc = run_cli(env.argv("run", "--out", str(layout.root), "--only", stage, "--no-eval"), env.work)
+            loss = stage_problem(layout, stage, ref) if proc.returncode == 0 else None
+            note = identical(layout, stage, ref) if proc.returncode == 0 and not loss else ""
+            if boundary == 3 and not loss and proc.returncode == 0 and "differ" in note:
+                loss = f"{stage}: the final checkpoint's weights changed on resume"
+            record(env, f"resume {stage} at step {boundary}", proc, 0, loss, note, t0)
+
+
+def damaged_file_cases(env: Env) -> None:
+    def case(
+        name: str,
+        damage: Callable[[RunLayout], None],
+        args: Callable[[RunLayout], list[str]],
+        expected: int,
+        check: Callable[[RunLayout], str | None] | None = None,
+    ) -> None:
+        t0 = time.time()
+        layout = env.copy(name.replace(" ", "-").replace("/", "_"))
+        damage(layout)
+        proc = run_cli(args(layout), env.work)
+        loss = check(layout) if check else None
+        record(env, name, proc, expected, loss, t0=t0)
+
+    def truncate(path: Path, keep: float = 0.5) -> None:
+        data = path.read_bytes()
+        path.write_bytes(data[: max(1, int(len(data) * keep))])
+
+    def run_only(stage: str) -> Callable[[RunLayout], list[str]]:
+        return lambda layout: env.argv("run", "--out", str(layout.root), "--only", stage, "--no-eval")
+
+    def unfinished(stage: str, then: Callable[[RunLayout], None]) -> Callable[[RunLayout], None]:
+        def damage(layout: RunLayout) -> None:
+            layout.stage(stage).manifest.unlink()
+            then(layout)
+
+        return damage
+
+    def newest(layout: RunLayout, stage: str) -> Path:
+        return max(layout.stage(stage).checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+    ref = RunLayout(env.base_run)
+    case(
+        "damaged stage manifest",
+        lambda l: truncate(l.stage("cold_start").manifest),
+        run_only("cold_start"),
+        2,
+        lambda l: None if weights(l, "cold_start") == weights(ref, "cold_start") else "cold_start retrained",
+    )
+    case("damaged splits manifest", lambda l: truncate(l.splits_manifest), run_only("cold_start"), 2)
+    case("torn line in splits/rl.jsonl", lambda l: truncate(l.split_file("rl"), 0.7), run_only("grpo"), 2)
+    case(
+        "truncated trainer_state.json of the newest checkpoint",
+        unfinished("sft", lambda l: truncate(newest(l, "sft") / "trainer_state.json")),
+        run_only("sft"),
+        0,
+        lambda l: stage_problem(l, "sft", ref),
+    )
+    case(
+        "truncated checkpoint weights",
+        unfinished("cold_start", lambda l: truncate(newest(l, "cold_start") / "adapter_model.safetensors")),
+        run_only("cold_start"),
+        0,
+        lambda l: stage_problem(l, "cold_start", ref),
+    )
+    case(
+        "torn last line of log.jsonl, then resume",
+        unfinished("grpo", lambda l: l.stage("grpo").log.open("a").write('{"step": 3, "lo')),
+        run_only("grpo"),
+        0,
+        lambda l: stage_problem(l, "grpo", ref),
+    )
+    case(
+        "truncated tau.json, then resume",
+        unfinished("grpo", lambda l: truncate(l.stage("grpo").tau)),
+        run_only("grpo"),
+        0,
+        lambda l: stage_problem(l, "grpo", ref),
+    )
+    case(
+        "truncated model.safetensors of the parent stage",
+        lambda l: (truncate(l.stage("cold_start").model / "model.safetensors"), shutil.rmtree(l.stage("grpo").root)),
+        run_only("grpo"),
+        2,
+    )
+    case(
+        "truncated eval/grpo.json, then report",
+        lambda l: truncate(l.eval_file("grpo")),
+        lambda l: [sys.executable, "-m", "semrl", "report", str(l.root)],
+        0,
+    )
+    case(
+        "truncated metrics.json, then report",
+        lambda l: truncate(l.metrics),
+        lambda l: [sys.executable, "-m", "semrl", "report", str(l.root)],
+        0,
+        lambda l: None if json.loads(l.metrics.read_text(encoding="utf-8")).get("methods") else "metrics.json lost",
+    )
+    case(
+        "truncated RUN_DIR/config.yaml, then report",
+        lambda l: l.config.write_text("name: [tiny\n"),
+        lambda l: [sys.executable, "-m", "semrl", "report", str(l.root)],
+        2,
+    )
+    case(
+        "stale .plots.*.tmp from a killed report",
+        lambda l: (l.root / ".plots.x1.tmp").mkdir(),
+        lambda l: [sys.executable, "-m", "semrl", "report", str(l.root)],
+        0,
+        lambda l: "stale temp folder kept" if (l.root / ".plots.x1.tmp").exists() else None,
+    )
+    case(
+        "stale lock of a dead process",
+        lambda l: l.lock.write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()})),
+        run_only("cold_start"),
+        0,
+        lambda l: "lock left behind" if l.lock.exists() else None,
+    )
+    case("damaged lock file", lambda l: l.lock.write_text("{"), run_only("cold_start"), 2)
+    case(
+        "lock held by another host",
+        lambda l: l.lock.write_text(json.dumps({"pid": 1, "host": "elsewhere"})),
+        run_only("cold_start"),
+        2,
+    )
+    case(
+        "changed config refused, config.yaml kept",
+        lambda l: None,
+        lambda l: env.argv(
+            "run",
+            "--out",
+            str(l.root),
+            "--only",
+            "cold_start",
+            "--no-eval",
+            sets=["stages.cold_start.learning_rate=0.5"],
+        ),
+        2,
+        lambda l: (
+            None if l.config.read_text() == RunLayout(env.base_run).config.read_text() else "config.yaml overwritten"
+        ),
+    )
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def concurrency_cases(env: Env) -> None:
+    # A second run and a report start on one fresh directory while the first run trains (200
+    # steps, so that it still holds the lock): exactly one trains, each step is logged once, the
+    # others exit 2 naming the holder.
+    t0 = time.time()
+    out = env.work / "concurrent-runs"
+    long_run = ["stages.cold_start.max_steps=200"]
+    cmd = env.argv("run", "--out", str(out), "--only", "cold_start", "--no-eval", sets=long_run)
+    env_vars = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(cmd, cwd=env.work, env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(RunLayout(out).lock)
+    with ThreadPoolExecutor(2) as pool:  # both start while the first run holds the lock
+        second_f = pool.submit(run_cli, cmd, env.work)
+        report_f = pool.submit(run_cli, [*SEMRL, "report", str(out)], env.work)
+        second, report = second_f.result(), report_f.result()
+    held = first.poll() is None  # the first run still trained when both had finished
+    first.communicate(timeout=900)
+    steps = log_steps(RunLayout(out), "cold_start") if first.returncode == 0 else []
+    ok = first.returncode == 0 and steps == sorted(set(steps))
+    loss = None if ok else f"first run exit {first.returncode}, log steps {steps}"
+    note = f"the first run logged {len(steps)} steps, each once" if ok else ""
+    if ok and not held:
+        note += " (it finished before the others: the lock was not exercised)"
+    record(env, "two concurrent runs, same --out (the second)", second, 2, loss, note, t0=t0)
+    record(env, "report while a run holds the directory", report, 2, note=note, t0=t0)
+
+    # Two sweeps on one directory: the second is refused at once (the first is then stopped).
+    t0 = time.time()
+    out = env.work / "concurrent-sweeps"
+    cmd = env.argv("sweep", "--out", str(out), "--vary", "rewards=emb_lang,bleu_lang")
+    first = subprocess.Popen(cmd, cwd=env.work, env=env_vars, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(out / ".semrl.lock")
+    second = run_cli(cmd, env.work)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    record(env, "two concurrent sweeps, same --out (the second)", second, 2, t0=t0)
+
+    # The sweep killed above left a stale lock: a new sweep takes it over and finishes.
+    t0 = time.time()
+    third = run_cli(cmd, env.work, timeout=1500)
+    loss = None if (out / "sweep.json").is_file() else "no sweep.json"
+    record(
+        env,
+        "sweep after a killed sweep (stale lock, resumed)",
+        third,
+        0,
+        loss if third.returncode == 0 else None,
+        t0=t0,
+    )
+
+
+def wait_for(path: Path, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while not path.exists() and time.time() < end:
+        time.sleep(0.2)
+
+
+SEMRL = [sys.executable, "-m", "semrl"]
+TRAD_PAIRS = [("ང་ཚོ་སང་ཉིན་འགྲོ།", "我們明天去。"), ("ཁྱེད་རང་བདེ་པོ་ཡིན་པས།", "你好嗎？"), ("དེབ་འདི་ཡག་པོ་འདུག", "這本書很好。")]
+
+
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def input_cases(env: Env) -> None:
+    """Unusual but valid inputs (they must work) and malformed ones (exit 2 with a message)."""
+
+    def case(name: str, cmd: list[str], expected: int, check: Callable[[], str | None] | None = None) -> None:
+        t0 = time.time()
+        proc = run_cli(cmd, env.work)
+        record(env, name, proc, expected, check() if check and proc.returncode == 0 else None, t0=t0)
+
+    def local(path: Path) -> str:
+        return f"data.sources=[{{kind: local, path: '{path}', columns: {{source: bo, reference: zh, doc_id: doc}}}}]"
+
+    def sizes(cold: int, rl: int, dev: int, test: int) -> str:
+        return f"data.splits={{cold_start: {cold}, rl: {rl}, dev: {dev}, test: {test}}}"
+
+    w = env.work
+    # Traditional Chinese references and completions: valid zh (Han script).
+    trad = jsonl(w / "trad.jsonl", [{"bo": b, "zh": z, "doc": f"d{i}"} for i, (b, z) in enumerate(TRAD_PAIRS * 8)])
+    src, small = local(trad), sizes(3, 8, 1, 2)
+    completions = jsonl(w / "trad-c.jsonl", [{"source": b, "reference": z, "completion": z} for b, z in TRAD_PAIRS])
+    score = [*SEMRL, "score", "--completions", str(completions), "--target-lang", "zh", "--tau"]
+    train_cold = ("--only", "cold_start", "--no-eval")
+    case(
+        "Traditional Chinese data: data prepare",
+        env.argv("data", "prepare", "--out", str(w / "t"), sets=[src, small]),
+        0,
+    )
+    case("Traditional Chinese completions: score", [*score, "0.1"], 0)
+    case(
+        "Traditional Chinese data: cold start",
+        env.argv("run", "--out", str(w / "tr"), *train_cold, sets=[src, small]),
+        0,
+    )
+    one = [src, sizes(1, 8, 1, 2)]
+    case("one-example cold_start split", env.argv("run", "--out", str(w / "one"), *train_cold, sets=one), 0)
+    case(
+        "empty dev split (0)", env.argv("data", "prepare", "--out", str(w / "nodev"), sets=[src, sizes(3, 8, 0, 2)]), 0
+    )
+    nocold = [src, sizes(0, 8, 1, 2)]
+    case("empty cold_start split, then train it", env.argv("run", "--out", str(w / "nc"), *train_cold, sets=nocold), 2)
+    odd = w / "odd [dir] :x: ü"
+    case(
+        "output path with brackets, :x: and non-ASCII",
+        env.argv("data", "prepare", "--out", str(odd), sets=[src, small]),
+        0,
+        lambda: None if RunLayout(odd).splits_manifest.is_file() else "no splits",
+    )
+    big = jsonl(w / "big.jsonl", [*json_rows(trad), {"bo": "ཀ" * 1_000_000, "zh": "長", "doc": "dx"}])
+    case(
+        "1 MB source line: dropped and counted",
+        env.argv("data", "prepare", "--out", str(w / "b"), sets=[local(big), small]),
+        0,
+    )
+    bom = w / "bom.yaml"
+    bom.write_bytes(b"\xef\xbb\xbf" + TINY.read_text(encoding="utf-8").replace("\n", "\r\n").encode("utf-8"))
+    case("config with a BOM and CRLF line ends", [*SEMRL, "config", "show", str(bom)], 0)
+    (w / "empty.yaml").write_text("# nothing yet\n")
+    case("empty config file", [*SEMRL, "config", "show", str(w / "empty.yaml")], 2)
+    case("config that is a directory", [*SEMRL, "config", "show", str(w)], 2)
+    case("--set max_steps=0", env.argv("run", "--out", str(w / "x0"), sets=["stages.grpo.max_steps=0"]), 2)
+    tag = ["seed=!!python/object:os.system"]
+    case("--set with a YAML python tag", env.argv("run", "--out", str(w / "x1"), sets=tag), 2)
+    bad = ["stages.sft.lr_scheduler=cosin"]
+    case("--set unknown lr_scheduler", env.argv("run", "--out", str(w / "x2"), sets=bad), 2)
+    (w / "a-file").write_text("")
+    case("--out below an existing file", env.argv("data", "prepare", "--out", str(w / "a-file" / "run")), 2)
+    empty = jsonl(w / "none.jsonl", [])
+    case("score an empty completions file", [*SEMRL, "score", "--completions", str(empty), "--target-lang", "zh"], 2)
+    case("score --tau inf", [*score, "inf"], 2)
+    case("report on a directory that is no run", [*SEMRL, "report", str(w / "nodev")], 2)
+
+
+def json_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+def markdown(results: list[Result]) -> str:
+    lines = ["| # | case | exit | expected | verdict | message / note |", "|---|---|---|---|---|---|"]
+    for i, r in enumerate(results, start=1):
+        text = (r.message + (f" — {r.note}" if r.note else "")).replace("|", "\\|")
+        lines.append(f"| {i} | {r.case} | {r.exit_code} | {r.expected} | {r.verdict} | {text} |")
+    return "\n".join(lines)
+
+
+GROUPS: dict[str, Callable[[Env], None]] = {
+    "resume": resume_cases,
+    "damaged": damaged_file_cases,
+    "concurrency": concurrency_cases,
+    "inputs": input_cases,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=os.environ.get("SEMRL_DATA_DIR"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fault_campaign.json")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS), help="case groups to run")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="semrl-faults-"))
+    data_dir = args.data_dir
+    if data_dir is None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from fixture_data import write_fixture_data_dir
+
+        data_dir = write_fixture_data_dir(work / "data")
+    started = time.time()
+    env = Env(work=work, data_dir=Path(data_dir), base_run=work / "base")
+    if set(args.groups) & {"resume", "damaged"}:
+        print(f"base run in {env.base_run}", flush=True)
+        base = run_cli(env.argv("run", "--out", str(env.base_run)), work)
+        if base.returncode != 0:
+            print(base.stderr[-3000:], file=sys.stderr)
+            return 1
+    for name in args.groups:
+        print(f"[{name}]", flush=True)
+        GROUPS[name](env)
+    table = markdown(env.results)
+    print(table)
+    counts: dict[str, int] = {}
+    for r in env.results:
+        counts[r.verdict] = counts.get(r.verdict, 0) + 1
+    write_json(
+        args.out,
+        {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+            "data_dir": str(data_dir),
+            "wall_time_s": round(time.time() - started, 1),
+            "verdicts": counts,
+            "cases": [r.__dict__ for r in env.results],
+        },
+    )
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if set(counts) <= {"clean"} else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
