@@ -139,7 +139,10 @@ def record(env: Env, case: str, proc, expected: int, loss: str | None = None, no
 # Checks
 # ---------------------------------------------------------------------------------------------
 def weights(layout: RunLayout, stage: str) -> bytes:
-    return (layout.stage(stage).model / "model.safetensors").read_bytes()
+    model = layout.stage(stage).model
+    return next(
+        p for p in (model / "adapter_model.safetensors", model / "model.safetensors") if p.is_file()
+    ).read_bytes()
 
 
 def log_steps(layout: RunLayout, stage: str) -> list[int]:
@@ -281,8 +284,11 @@ def damaged_file_cases(env: Env) -> None:
         lambda l: stage_problem(l, "grpo", ref),
     )
     case(
-        "truncated model.safetensors of the parent stage",
-        lambda l: (truncate(l.stage("cold_start").model / "model.safetensors"), shutil.rmtree(l.stage("grpo").root)),
+        "truncated weights of the parent stage",
+        lambda l: (
+            truncate(next(l.stage("cold_start").model.glob("*.safetensors"))),
+            shutil.rmtree(l.stage("grpo").root),
+        ),
         run_only("grpo"),
         2,
     )

@@ -41,7 +41,8 @@ def test_empty_answers_with_a_steady_gold_likelihood_are_a_format_change() -> No
     assert ev["continuous_tax"]["low"] <= 0 <= ev["continuous_tax"]["high"] and ev["format_change"] is True
     # The same drop with the gold answer much less likely is forgetting, not format.
     forgot = _bench([0.0] * n, continuous=[-2.0] * n, predictions=[""] * n, em=[0.0] * n)
-    assert benchmark_evidence(base, forgot, "cmrc2018", BOOT)["format_change"] is False
+    lost = benchmark_evidence(base, forgot, "cmrc2018", BOOT)
+    assert lost["format_change"] is False and lost["empty_rise"] is True and lost["continuous_tax"]["low"] > 0
 
 
 def test_chance_margins_flag_outputs_at_chance() -> None:

@@ -33,6 +33,11 @@ TINY = Path(str(resources.files("semrl") / "configs" / "tiny.yaml"))
 CONSTANT = ["stages.cold_start.lr_scheduler=constant", "stages.cold_start.save_steps=1"]
 
 
+def _weights_file(model_dir: Path) -> Path:
+    """A stage model's weights: the adapter with LoRA (the default), else the full checkpoint."""
+    return next(p for p in (model_dir / "adapter_model.safetensors", model_dir / "model.safetensors") if p.is_file())
+
+
 def _tiny(data_dir: Path, *overrides: str):
     config = load_config(TINY, overrides=[*CONSTANT, *overrides])
     config.data_dir = str(data_dir)
@@ -71,7 +76,7 @@ def test_rerun_after_the_final_checkpoint_finishes_without_training(
 
     layout = _copy(cold_run, tmp_path)
     stage = layout.stage("cold_start")
-    weights = (stage.model / "model.safetensors").read_bytes()
+    weights = _weights_file(stage.model).read_bytes()
     rows = read_log(stage.log)
     stage.manifest.unlink()  # stopped after its last checkpoint, before its manifest
     summary = run_experiment(
@@ -79,7 +84,7 @@ def test_rerun_after_the_final_checkpoint_finishes_without_training(
     )
     assert summary.actions["cold_start"] == "resumed"
     assert summary.manifests["cold_start"]["metrics"]["global_step"] == 3
-    assert (stage.model / "model.safetensors").read_bytes() == weights  # no step past max_steps
+    assert _weights_file(stage.model).read_bytes() == weights  # no step past max_steps
     assert read_log(stage.log) == rows
 
 
@@ -102,11 +107,11 @@ def test_a_damaged_stage_manifest_is_reported_never_retrained(
     layout = _copy(cold_run, tmp_path)
     stage = layout.stage("cold_start")
     stage.manifest.write_text('{"stage": "cold_st', encoding="utf-8")
-    weights = (stage.model / "model.safetensors").read_bytes()
+    weights = _weights_file(stage.model).read_bytes()
     with pytest.raises(DataError, match="damaged manifest") as err:
         run_experiment(_tiny(fixture_data_dir), layout.root, only="cold_start", evaluate=False, log=lambda _: None)
     assert str(stage.manifest) in str(err.value)
-    assert (stage.model / "model.safetensors").read_bytes() == weights
+    assert _weights_file(stage.model).read_bytes() == weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +433,7 @@ def test_a_parent_model_with_damaged_weights_is_a_model_error(cold_run: Path, tm
     from semrl.models import load_policy
 
     model_dir = _copy(cold_run, tmp_path).stage("cold_start").model
-    weights = model_dir / "model.safetensors"
+    weights = _weights_file(model_dir)
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ModelError, match="--force"):
         load_policy(ModelConfig(name="tiny"), model_dir)

@@ -97,3 +97,11 @@ def test_format_change_is_named() -> None:
     m = _metrics(0.06, 0.06, 0.05)
     m["methods"]["sft"]["tax_evidence"] = {"cmrc2018": {"format_change": True}}
     assert "On cmrc2018 the accuracy drop comes with a rise in empty predictions" in verdict(m)
+
+
+def test_empty_answers_with_a_falling_gold_likelihood_are_named_not_excused() -> None:
+    m = _metrics(0.06, 0.06, 0.05)
+    m["methods"]["grpo"]["tax_evidence"] = {"cmrc2018": {"empty_rise": True, "format_change": False}}
+    text = verdict(m)
+    assert "On cmrc2018 most answers became empty" in text and "not format alone" in text
+    assert "a change of output format, not forgetting" not in text

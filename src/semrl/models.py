@@ -390,6 +390,13 @@ def _load_adapter_merged(cfg: ModelConfig, adapter_dir: Path, depth: int = 0) ->
         raise ModelError(
             f"cannot apply the adapter in {adapter_dir} to its base model {str(base)!r}: {str(err).splitlines()[0]}"
         ) from err
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":  # safetensors' own error: truncated or damaged weights
+            raise
+        raise ModelError(
+            f"{adapter_dir}: its adapter weights are damaged ({err}). If this is a stage's model, rerun that "
+            f"stage with --force STAGE."
+        ) from err
 
 
 def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

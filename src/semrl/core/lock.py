@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from semrl.core.dist import is_main_process
 from semrl.core.errors import SemrlError
 
 _held: set[Path] = set()  # locks this process holds (a nested acquisition of one is a no-op)
@@ -58,8 +59,12 @@ def directory_lock(lock_file: str | Path, what: str, log: Callable[[str], None] 
     """Hold `lock_file` (inside the directory it protects) for the duration of the block.
 
     Raises LockError when another live process on this host, or a process on another host, holds
-    it. `what` names the directory in messages (e.g. "run directory runs/x").
+    it. `what` names the directory in messages (e.g. "run directory runs/x"). Under a multi-process
+    launch only the main process takes it; the others work under its lock.
     """
+    if not is_main_process():
+        yield
+        return
     path = Path(lock_file).resolve()
     if path in _held:
         yield

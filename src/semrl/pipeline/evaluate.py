@@ -154,7 +154,11 @@ def evaluate_run(
         log(f"[eval] drift from base on {len(drift_texts)} general texts: {', '.join(pending)} in one pass")
         started = time.time()
         reference, _ = base_model()
-        drifts = measure_drift_many(reference, {m: model for m, (model, _) in pending.items()}, tokenizer, drift_texts)
+        # One text at a time: every method's model is in memory for this pass, so the logits buffers
+        # (text length x vocabulary, 262k for Gemma 3) are what is left to keep small.
+        models = {m: model for m, (model, _) in pending.items()}
+        drifts = measure_drift_many(reference, models, tokenizer, drift_texts, batch_size=1)
+        del models
         share = round((time.time() - started) / len(pending), 2)
         for method, (_, record) in pending.items():
             record["drift"] = drift_dict(drifts[method])

@@ -245,8 +245,6 @@ def run_experiment(
     """
     layout = RunLayout(Path(run_dir or config.output_dir))
     layout.root.mkdir(parents=True, exist_ok=True)
-    if not is_main_process():  # the main process holds the lock for all
-        return _run_stages(config, layout, only, force, evaluate, log)
     with directory_lock(layout.lock, f"run directory {layout.root}", log=log):
         return _run_stages(config, layout, only, force, evaluate, log)
 

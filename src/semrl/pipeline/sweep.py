@@ -171,8 +171,6 @@ def run_sweep(
     out = Path(out_dir or f"{config.output_dir}-sweep")
     layout = ComparisonLayout(out, "sweep")
     out.mkdir(parents=True, exist_ok=True)
-    if not is_main_process():  # the main process holds the lock for all
-        return _sweep(config, chosen, layout, log)
     with directory_lock(layout.lock, f"sweep directory {out}", log=log):
         return _sweep(config, chosen, layout, log)
 

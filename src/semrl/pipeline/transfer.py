@@ -122,8 +122,6 @@ def run_transfer(
     source, sources = _source_manifests(config)
     paths = RunLayout(Path(out_dir or config.output_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
-    if not is_main_process():  # the main process holds the lock for all
-        return _transfer(config, source, sources, paths, log)
     with directory_lock(paths.lock, f"transfer directory {paths.root}", log=log):
         return _transfer(config, source, sources, paths, log)
 

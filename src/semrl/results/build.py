@@ -391,6 +391,20 @@ def verdict(metrics: dict[str, Any]) -> str:
             f" On {', '.join(formats)} the accuracy drop comes with a rise in empty predictions while the "
             "gold answer's likelihood holds: a change of output format, not forgetting."
         )
+    empties = sorted(
+        {
+            name
+            for method in (TREATMENT, BASELINE)
+            for name, ev in m[method].get("tax_evidence", {}).items()
+            if ev.get("empty_rise") and not ev.get("format_change")
+        }
+    )
+    if empties:
+        tax_part += (
+            f" On {', '.join(empties)} most answers became empty after fine-tuning, so their accuracy measures the "
+            "output format as much as the skill; the gold answer's likelihood fell as well (see the continuous tax), "
+            "so the loss is not format alone."
+        )
     dg, ds = m[TREATMENT].get("drift"), m[BASELINE].get("drift")
     drift_part = ""
     if dg and ds:

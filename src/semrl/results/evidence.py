@@ -7,8 +7,9 @@ measures that can see a small tax.
 - Per benchmark and method: the accuracy-style tax (base - method), the per-item continuous tax
   (MMLU: probability of the gold choice; CMRC 2018 and GSM8K: per-character log-likelihood of the
   gold answer; `eval.tax.likelihood`), paired flips with McNemar's exact test (arXiv 2510.17776),
-  and the share of empty predictions. A drop in accuracy that comes with a rise in empty
-  predictions while the continuous score holds is labelled a format change, not forgetting
+  and the share of empty predictions. A rise of empty predictions is always named (`empty_rise`:
+  the accuracy then measures the output format as much as the skill); a drop in accuracy that
+  comes with it while the continuous score holds is labelled a format change, not forgetting
   ("pseudo-forgetting", arXiv 2411.11932).
 - Per method: the forward KL from the base model on the task's own distribution (RL's Razor,
   arXiv 2509.04259), and drift on general text.
@@ -101,7 +102,8 @@ def benchmark_evidence(base: dict[str, Any], result: dict[str, Any], name: str, 
             out["empty_share"] = {"base": eb, "method": em}
             dropped = out["accuracy_tax"]["estimate"] > 0
             holds = "continuous_tax" in out and out["continuous_tax"]["low"] <= 0  # not significantly worse
-            out["format_change"] = bool(dropped and em - eb >= EMPTY_RISE_MIN and holds)
+            out["empty_rise"] = bool(em - eb >= EMPTY_RISE_MIN)
+            out["format_change"] = bool(dropped and out["empty_rise"] and holds)
     return out
 
 

@@ -113,7 +113,9 @@ def _tax_evidence_section(metrics: dict[str, Any], conf: int) -> list[str]:
                     if flips
                     else "–",
                     f"{empty['base']:.0%} → {empty['method']:.0%}" if empty else "–",
-                    "**format change**" if e.get("format_change") else "",
+                    "**format change**"
+                    if e.get("format_change")
+                    else ("empty answers rose" if e.get("empty_rise") else ""),
                 ]
             )
     if rows:

@@ -32,8 +32,8 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 def _write_report(run_dir: Path) -> Path:
-    evals = load_evaluations(run_dir)
-    metrics = build_metrics(run_dir, evals)
+    metrics = build_metrics(run_dir)  # reads the evaluations in the run's method order
+    evals = load_evaluations(run_dir, list(metrics["methods"]))
     layout = RunLayout(run_dir)
     for path in (layout.plots, layout.metrics, layout.report_md, layout.report_html):
         remove_stale_temps(path)  # left by a report killed mid-write
