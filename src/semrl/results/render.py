@@ -167,6 +167,11 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
     sc = metrics["scale"]
     out = [f"# semrl report: {metrics['config']['name']}", ""]
     out += [
+        "## Verdict",
+        "",
+        verdict(metrics),
+        "",
+        *_flag_summary(metrics.get("monitors")),
         "## Scale",
         "",
         f"Model `{sc['model']}` ({'LoRA' if sc['lora'] else 'full fine-tuning'}), reward encoder `{sc['encoder']}`; "
@@ -180,11 +185,6 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
         + " + ".join(f"{c['weight']:g} {c['name']}" for c in metrics["config"]["rewards"]["components"])
         + ".",
         "",
-        "## Verdict",
-        "",
-        verdict(metrics),
-        "",
-        *_flag_summary(metrics.get("monitors")),
         "## Task quality",
         "",
     ]
