@@ -45,6 +45,14 @@ def main() -> int:
     parser.add_argument("--gsm8k", type=int, default=0)
     parser.add_argument("--noise", default="0.01,0.03", help="relative weight-noise levels, comma-separated")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--likelihood-only",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N GSM8K items scored by the gold solution's log-likelihood alone (no generation); the "
+        "base model's GSM8K accuracy at this size is 0, which no damage can lower",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     data_dir = os.environ.get("SEMRL_DATA_DIR")
@@ -58,6 +66,8 @@ def main() -> int:
     ]
     levels = [float(x) for x in args.noise.split(",")]
     base, tokenizer = load_policy(ModelConfig(name=args.model, lora={"enabled": False}), resolve_model(args.model))
+    if args.likelihood_only:
+        return likelihood_only(base, tokenizer, args, levels, data_dir)
     started = time.time()
     results = {"base": evaluate_general(base, tokenizer, benches, data_dir, 0, batch_size=args.batch_size)}
     for i, level in enumerate(levels):
@@ -119,6 +129,56 @@ def main() -> int:
     out = args.out or RESULTS / f"tax_sensitivity_{args.model.replace('-', '_')}.json"
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
+    return 0
+
+
+def likelihood_only(base, tokenizer, args, levels, data_dir) -> int:
+    """GSM8K gold solutions' log-likelihood per character after lm-eval's gsm8k prompt, for the base
+    model and each noise level, with paired intervals of the tax and of the ranking."""
+    from semrl.data.general import benchmark_subset
+    from semrl.eval.tax.likelihood import continuation_scores, per_char_logprobs
+
+    rows = benchmark_subset("gsm8k", data_dir, args.likelihood_only, seed=0)
+    contexts = [f"Question: {r['question']}\nAnswer:" for r in rows]  # lm-eval's gsm8k doc_to_text
+    golds = [" " + r["answer"] for r in rows]
+    started = time.time()
+
+    def score(model):
+        return per_char_logprobs(continuation_scores(model, tokenizer, contexts, golds, batch_size=args.batch_size))
+
+    scores = {"base": score(base)}
+    for i, level in enumerate(levels):
+        scores[f"noise {level}"] = score(perturbed(base, level, seed=i))
+    rows_out = [
+        {
+            "model": name,
+            "n": len(rows),
+            "continuous": round(float(np.mean(s)), 4),
+            "continuous_tax": _iv(scores["base"], s),
+        }
+        for name, s in scores.items()
+        if name != "base"
+    ]
+    if len(levels) >= 2:
+        rows_out.append(
+            {
+                "model": "ranking",
+                "continuous_tax_difference": _iv(scores[f"noise {levels[0]}"], scores[f"noise {levels[-1]}"]),
+            }
+        )
+    record = {
+        "benchmark": "tax_sensitivity_likelihood",
+        "model": args.model,
+        "cpu": cpu_model(),
+        "measure": "GSM8K gold solution log-likelihood per character",
+        "base_continuous": round(float(np.mean(scores["base"])), 4),
+        "rows": rows_out,
+        "wall_time_s": round(time.time() - started, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    print(json.dumps(record, indent=1))
+    out = args.out or RESULTS / f"tax_sensitivity_likelihood_{args.model.replace('-', '_')}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
