@@ -399,6 +399,16 @@ def _load_adapter_merged(cfg: ModelConfig, adapter_dir: Path, depth: int = 0) ->
         ) from err
 
 
+def load_tokenizer(cfg: ModelConfig, path: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of the configured model (or of the checkpoint at `path`), without its weights;
+    the configured revision applies only to the configured hub model, as in `load_policy`."""
+    from transformers import AutoTokenizer
+
+    location = resolve_model(cfg.name) if path is None else path
+    extra = {"revision": cfg.revision} if path is None and cfg.revision else {}
+    return AutoTokenizer.from_pretrained(str(location), trust_remote_code=cfg.trust_remote_code, **extra)
+
+
 def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the policy and its tokenizer.
 
@@ -414,10 +424,8 @@ def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTr
     """
     location = resolve_model(cfg.name) if path is None else path
     if is_adapter_dir(location):
-        from transformers import AutoTokenizer
-
         model = _load_adapter_merged(cfg, Path(str(location)))
-        tokenizer = AutoTokenizer.from_pretrained(str(location), trust_remote_code=cfg.trust_remote_code)
+        tokenizer = load_tokenizer(cfg, location)
     else:
         model, tokenizer = _load_pretrained(cfg, location, cfg.revision if path is None else None)
 

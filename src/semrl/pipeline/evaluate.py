@@ -35,7 +35,7 @@ from semrl.eval.task import evaluate_task, evaluation_examples, representation_n
 from semrl.eval.tax.benchmarks import evaluate_general
 from semrl.eval.tax.drift import measure_drift_many
 from semrl.eval.tax.task_kl import forward_kl, sample_completions, sequence_logprobs
-from semrl.models import load_policy, resolve_model
+from semrl.models import load_policy, load_tokenizer, resolve_model
 from semrl.train.stages import BASE_METHOD, evaluated_methods
 
 
@@ -180,16 +180,8 @@ def _task_kl_prompts(config: ExperimentConfig, layout: RunLayout) -> list[Any]:
     from semrl.data.splits import load_splits
 
     dev = load_splits(layout.root).get("dev") or []
-    tokenizer = None if config.task.use_chat_template == "never" else _tokenizer(config)
+    tokenizer = None if config.task.use_chat_template == "never" else load_tokenizer(config.model)
     return [build_prompt(ex.source, config.task, tokenizer) for ex in dev[:n]]
-
-
-def _tokenizer(config: ExperimentConfig) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(
-        str(resolve_model(config.model.name)), trust_remote_code=config.model.trust_remote_code
-    )
 
 
 def _task_kl_base(config: ExperimentConfig, layout: RunLayout, prompts: list[Any], base_model, log) -> dict[str, Any]:

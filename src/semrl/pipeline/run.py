@@ -157,14 +157,12 @@ def tax_meter_callbacks(config: ExperimentConfig, layout: RunLayout, splits: dic
     steps = config.evaluation.tax_meter_steps
     if steps <= 0:
         return []
-    from transformers import AutoTokenizer
-
     from semrl.data.general import general_texts
     from semrl.data.prompts import COMPLETION_PREFIX, prompt_text
     from semrl.eval.tax.drift import base_nll_for
     from semrl.eval.tax.likelihood import continuation_scores, finite_mean, per_char_logprobs
     from semrl.eval.tax.meter import TaxMeterCallback
-    from semrl.models import load_policy, resolve_model
+    from semrl.models import load_policy, load_tokenizer, resolve_model
 
     ev = config.evaluation
     texts = general_texts(config.resolved_data_dir(), ev.drift_examples, config.seed, text_file=ev.drift_text_file)
@@ -174,9 +172,7 @@ def tax_meter_callbacks(config: ExperimentConfig, layout: RunLayout, splits: dic
     cached = read_cache(layout.tax_meter_base)
     if cached is not None and cached.get("texts") == texts and cached.get("task_contexts") == contexts:
         base_nll, base_task = cached["base_nll"], cached.get("base_task_logprob")
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(resolve_model(config.model.name)), trust_remote_code=config.model.trust_remote_code
-        )
+        tokenizer = load_tokenizer(config.model)
     else:
         model, tokenizer = load_policy(config.model, resolve_model(config.model.name))
         base_nll = base_nll_for(model, tokenizer, texts)
