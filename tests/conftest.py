@@ -30,3 +30,12 @@ def fixture_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fixture_data import write_fixture_data_dir
 
     return write_fixture_data_dir(tmp_path_factory.mktemp("fixture-data") / "data")
+
+
+@pytest.fixture(autouse=True)
+def float32_on_every_cpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`model.dtype: auto` picks bfloat16 on CPUs with AMX or AVX512-BF16 and float32 elsewhere; the
+    tests pin float32 so they check the same numbers on every CI machine. Tests of the choice itself
+    and of bfloat16 training ask for it explicitly (`@pytest.mark.cpu_dtype_auto`, `dtype: bfloat16`)."""
+    if request.node.get_closest_marker("cpu_dtype_auto") is None:
+        monkeypatch.setattr("semrl.models.cpu_bf16_feature", lambda: None)

@@ -134,3 +134,23 @@ def test_ablation_configs_differ_only_in_their_reward_set() -> None:
         reference = {k: v for k, v in configs["emb_lang"].items() if k not in ("name", "output_dir")}
         reference["rewards"] = {k: v for k, v in reference["rewards"].items() if k not in ("preset", "components")}
         assert comparable == reference, name
+
+
+def test_the_emb_lang_ablation_and_the_study_are_the_demos_experiment() -> None:
+    # The ablations and the study say so in their headers; a demo retuned without them would break it.
+    def experiment(name: str, drop: tuple[str, ...] = ()) -> dict:
+        data = load_config(CONFIGS / name).to_dict()
+        for key in ("name", "output_dir", *drop):
+            data.pop(key)
+        data["rewards"].pop("preset", None)
+        return data
+
+    demo = experiment("demo.yaml")
+    assert experiment("ablations/emb_lang.yaml") == demo
+    study, same = experiment("study.yaml"), dict(demo)
+    assert study["stages"]["grpo"]["max_steps"] > demo["stages"]["grpo"]["max_steps"]
+    for key in ("stages", "evaluation"):
+        study.pop(key), same.pop(key)
+    assert study == same
+    study_stages, demo_stages = load_config(CONFIGS / "study.yaml").stages, load_config(CONFIGS / "demo.yaml").stages
+    assert (study_stages.cold_start, study_stages.sft) == (demo_stages.cold_start, demo_stages.sft)  # reusable

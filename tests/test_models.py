@@ -92,7 +92,7 @@ def test_resolve_gemma_without_demo_extra_says_how_to_install(cache_dir: Path, m
 
 def test_load_policy_tiny(cache_dir: Path) -> None:
     model, tok = models.load_policy(ModelConfig(name="tiny"))
-    assert model.dtype == (torch.bfloat16 if models._cuda_bf16() else torch.float32)
+    assert model.dtype == models.select_dtype("auto")
     assert tok.pad_token_id is not None and tok.padding_side == "left"
     assert model.config.pad_token_id == tok.pad_token_id
     # Left padding lets a batch of different lengths generate together.
@@ -127,7 +127,6 @@ def test_select_dtype_and_hardware_kwargs() -> None:
     if torch.cuda.is_available():
         assert kwargs["bf16"] == models._cuda_bf16()
     else:
-        assert models.select_dtype("auto") is torch.float32
         assert kwargs == {"use_cpu": True, "bf16": False, "fp16": False}
         from trl import GRPOConfig
 
@@ -174,3 +173,36 @@ def test_save_merged_writes_a_plain_checkpoint_equal_to_the_adapted_model(tmp_pa
         got = reloaded(**inputs).logits
     assert torch.allclose(got, expected, atol=1e-4)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]  # atomic: no temp left
+
+
+@pytest.mark.cpu_dtype_auto
+@pytest.mark.parametrize(
+    ("capabilities", "expected", "reason"),
+    [
+        ({"amx_bf16": True, "avx512_bf16": True}, torch.bfloat16, "amx_bf16"),
+        ({"amx_bf16": False, "avx512_bf16": True}, torch.bfloat16, "avx512_bf16"),
+        ({"avx2": True}, torch.float32, "neither AMX nor AVX512-BF16"),
+    ],
+)
+def test_auto_dtype_follows_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, capabilities: dict[str, bool], expected: torch.dtype, reason: str
+) -> None:
+    # An AVX2-only EPYC emulates bfloat16 (slower than float32); AMX and AVX512-BF16 run it natively.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    choice = models.choose_dtype("auto")
+    assert choice.dtype is expected and reason in choice.reason
+    assert models.choose_dtype("float32").reason == "model.dtype: float32"
+
+
+def test_generation_feeds_the_lm_head_a_contiguous_last_position(cache_dir: Path) -> None:
+    # torch's CPU bfloat16 matmul expands the LM-head weight per sequence for a strided (b, 1, d)
+    # slice: 5.4 GB at batch 16 with Gemma 3's vocabulary. load_policy makes that slice contiguous.
+    model, tok = models.load_policy(ModelConfig(name="tiny", dtype="bfloat16"))
+    model.requires_grad_(False)  # as a merged checkpoint or a LoRA-wrapped policy is
+    seen: list[bool] = []
+    model.get_output_embeddings().register_forward_hook(lambda mod, args, out: seen.append(args[0].is_contiguous()))
+    batch = tok(["ཀ་ཁ་ག", "我们明天早上坐火车去北京。"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        model.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert seen and all(seen)

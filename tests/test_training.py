@@ -480,3 +480,20 @@ def test_a_grpo_step_changes_the_weights(cold_start: StageResult, splits, tmp_pa
     rows = loss_rows(tmp_path / "grpo" / "log.jsonl")
     assert rows[1]["frac_reward_zero_std"] < 1.0  # some group had a learning signal
     assert max(_trainable_differences(cfg, cold_start.model_dir, result.model_dir).values()) > 0
+
+
+def test_bfloat16_training_keeps_adapters_float32_and_records_the_dtype(tiny_cache, splits, tmp_path: Path) -> None:
+    # model.dtype auto picks bfloat16 on AMX / AVX512-BF16 CPUs; any CPU can run it (slowly without them).
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = make_config()
+    cfg.model.dtype = "bfloat16"
+    result = train_stage("cold_start", cfg, splits, tmp_path / "cs")
+    rows = loss_rows(tmp_path / "cs" / "log.jsonl")
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    adapter = load_file(result.model_dir / "adapter_model.safetensors")
+    assert {t.dtype for t in adapter.values()} == {torch.float32}  # PEFT's adapter autocast
+    hardware = result.extra["hardware"]
+    assert hardware["dtype"] == "bfloat16" and hardware["dtype_reason"] == "model.dtype: bfloat16"
+    assert hardware["cpu"] and hardware["cores"] >= 1

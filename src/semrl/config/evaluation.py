@@ -130,6 +130,12 @@ class EvaluationConfig(Section):
             BenchmarkConfig(name="gsm8k"),
         ]
     )
+    dtype: Literal["float32", "model"] = Field(
+        "float32",
+        description="Weight dtype of the evaluated models: 'float32', because the tax measures and drift are "
+        "differences of hundredths of a nat that bfloat16 rounding (3 significant digits) can swamp, or 'model' "
+        "(what model.dtype chose for training; faster on CPUs with AMX or AVX512-BF16).",
+    )
     benchmark_batch_size: int = Field(
         8,
         ge=1,

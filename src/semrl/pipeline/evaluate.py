@@ -92,10 +92,11 @@ def evaluate_run(
 
     results: dict[str, dict[str, Any]] = {}
     base: dict[str, Any] = {}  # the base model and tokenizer, loaded at most once
+    model_cfg = config.model if ev.dtype == "model" else config.model.model_copy(update={"dtype": ev.dtype})
 
     def base_model() -> tuple[Any, Any]:
         if not base:
-            base["model"], base["tokenizer"] = load_policy(config.model, resolve_model(config.model.name))
+            base["model"], base["tokenizer"] = load_policy(model_cfg, resolve_model(config.model.name))
         return base["model"], base["tokenizer"]
 
     task_kl_prompts = _task_kl_prompts(config, layout)
@@ -113,7 +114,7 @@ def evaluate_run(
         if method == BASE_METHOD:
             model, tokenizer = base_model()
         else:
-            model, tokenizer = load_policy(config.model, model_dir)
+            model, tokenizer = load_policy(model_cfg, model_dir)
         log(f"[eval:{method}] generating {len(test)} test outputs")
         summary, per, outputs = evaluate_task(
             model, tokenizer, test, config.task, config.evaluation.generation, encoder, second, seed=config.seed

@@ -309,6 +309,9 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
         "benchmark_items": {name: r["n"] for name, r in any_eval["general"].items()},
         "steps": {s: (t.get("metrics") or {}).get("global_step") for s, t in training.items()},
         "encoder": config.rewards.encoder.name or config.rewards.encoder.backend,
+        # Where and in which dtype the stages trained (their manifests), and the evaluation's dtype.
+        "hardware": next((t["extra"]["hardware"] for t in training.values() if "hardware" in (t["extra"] or {})), None),
+        "eval_dtype": ev.dtype,
     }
     from semrl.core.provenance import package_versions
     from semrl.eval.judge import judge_summary, load_judge

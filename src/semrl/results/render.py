@@ -162,6 +162,17 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _hardware_line(scale: dict[str, Any]) -> list[str]:
+    hw = scale.get("hardware")
+    if not hw:
+        return []
+    where = hw.get("gpu") or f"{hw['cpu']}, {hw['cores']} cores"
+    return [
+        f"Trained on {where} in {hw['dtype']} ({hw['dtype_reason']}); evaluated in {scale.get('eval_dtype', '?')}.",
+        "",
+    ]
+
+
 def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], plots: dict[str, str]) -> str:
     methods = metrics["methods"]
     sc = metrics["scale"]
@@ -178,6 +189,7 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
         f"splits {sc['split_sizes']}; {sc['test_examples_evaluated']} test examples evaluated; "
         f"benchmark items {sc['benchmark_items']}; training steps {sc['steps']}.",
         "",
+        *_hardware_line(sc),
         "This is a small-scale check of the paper's claim (GRPO with a semantic reward keeps general skills "
         "better than strong SFT), not a reproduction of its numbers.",
         "",

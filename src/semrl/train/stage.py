@@ -54,6 +54,7 @@ from semrl.core.dist import is_main_process, wait_for_everyone
 from semrl.core.errors import ConfigError, DataError
 from semrl.core.io import write_jsonl
 from semrl.core.layout import ADAPTER_BASE_FILE, TRAINER_STATE_FILE, StageLayout
+from semrl.core.provenance import machine
 from semrl.train.callbacks import (
     JsonlLogCallback,
     json_safe,
@@ -290,7 +291,7 @@ def train_stage(
     """
     from transformers import set_seed
 
-    from semrl.models import load_policy
+    from semrl.models import choose_dtype, load_policy
 
     specs = stage_specs(config.stages)
     if stage not in specs:
@@ -309,7 +310,9 @@ def train_stage(
     # User callbacks first: one that adds to the logs (the tax meter) must run before the writer.
     layout = StageLayout(stage_dir)
     all_callbacks = [*callbacks, JsonlLogCallback(layout.log)]
+    dtype = choose_dtype(config.model.dtype)
     extra: dict[str, Any] = {
+        "hardware": {**machine(), "dtype": dtype.name, "dtype_reason": dtype.reason},
         "init_model": str(init_model) if init_model is not None else config.model.name,
         "num_examples": len(examples),
         "lora": config.model.lora.enabled,
