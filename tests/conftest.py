@@ -4,6 +4,7 @@ that read it take the `shared_data_dir` fixture and skip when it is absent."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from semrl.models import cpu_bf16_feature as CPU_BF16_FEATURE  # noqa: E402  (the real probe, before the pin)
 
 
 @pytest.fixture(scope="session")
@@ -32,10 +35,20 @@ def fixture_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fixture_data_dir(tmp_path_factory.mktemp("fixture-data") / "data")
 
 
-@pytest.fixture(autouse=True)
-def float32_on_every_cpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, scope="session")
+def float32_on_every_cpu() -> Iterator[None]:
     """`model.dtype: auto` picks bfloat16 on CPUs with AMX or AVX512-BF16 and float32 elsewhere; the
-    tests pin float32 so they check the same numbers on every CI machine. Tests of the choice itself
-    and of bfloat16 training ask for it explicitly (`@pytest.mark.cpu_dtype_auto`, `dtype: bfloat16`)."""
-    if request.node.get_closest_marker("cpu_dtype_auto") is None:
-        monkeypatch.setattr("semrl.models.cpu_bf16_feature", lambda: None)
+    tests pin float32 (session-wide, so module fixtures that train see it too) to check the same
+    numbers on every CI machine. Tests of the choice itself are marked `cpu_dtype_auto`; bfloat16
+    training is tested with an explicit `dtype: bfloat16`."""
+    import semrl.models
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(semrl.models, "cpu_bf16_feature", lambda: None)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def cpu_dtype_auto(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("cpu_dtype_auto") is not None:
+        monkeypatch.setattr("semrl.models.cpu_bf16_feature", CPU_BF16_FEATURE)
