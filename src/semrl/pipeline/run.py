@@ -5,7 +5,8 @@ Read `run_experiment` top to bottom: it is the whole flow. A finished stage (its
 exists) is skipped when the run is started again; a stage that was killed resumes from its last
 checkpoint; `force` reruns a stage and every stage downstream of it. The stage graph comes from
 the config (`semrl.train.stages`); the reward encoder is built once and shared by the preflight
-check, every GRPO stage and the evaluation.
+check, every GRPO stage and the evaluation. When it is the run's own (`rewards.encoder.backend:
+trained`), it is trained first, on the run's training documents (`semrl.train.encoder`).
 """
 
 from __future__ import annotations
@@ -231,9 +232,12 @@ def preflight(
     if not trains_on_semantic_reward(config, stages):
         return encoder
     encoder = encoder if encoder is not None else build_encoder(config.rewards.encoder, trained_dir)
-    require_representation(encoder, config.task.target_lang, SEMANTIC_PURPOSE)
-    if any(c.name == "source_grounded" for c in config.rewards.components):  # it reads the source too
-        require_representation(encoder, config.task.source_lang, "the source-grounded reward")
+    names = {c.name for c in config.rewards.components}
+    if "semantic" in names:
+        require_representation(encoder, config.task.target_lang, SEMANTIC_PURPOSE)
+    if "source_grounded" in names:  # it compares the output with the source: it reads both languages
+        for lang in (config.task.target_lang, config.task.source_lang):
+            require_representation(encoder, lang, "the source-grounded reward (SG-SRL)")
     return encoder
 
 

