@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/encoder-bench"), help="one run directory per student")
     parser.add_argument("--data-dir", default=os.environ.get("SEMRL_DATA_DIR"))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--throughput-texts", type=int, default=200, help="test sentences timed (half each language)")
+    parser.add_argument("--note", action="append", default=[], help="a remark stored with the figures (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/encoder_train.json"))
     args = parser.parse_args(argv)
 
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.runs / label
         manifest = train_student(args.config, run_dir, extra, args.data_dir)
         if not texts:
-            test = load_splits(run_dir)["test"]
+            test = load_splits(run_dir)["test"][: max(1, args.throughput_texts // 2)]
             texts = [ex.source for ex in test] + [ex.reference for ex in test]
         encoder = SentenceTransformerEncoder(str(RunLayout(run_dir).encoder.model), device="cpu")
         results["students"][label] = {
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
     }
     results["config"] = args.config
+    results["notes"] = args.note
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json(args.out, results)
     print(f"wrote {args.out}")
