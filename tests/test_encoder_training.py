@@ -102,7 +102,7 @@ def test_encoder_train_skips_when_finished_refuses_a_changed_config_and_resumes(
     shutil.rmtree(run / "encoder" / "model")
     (run / "encoder" / "manifest.json").unlink()
     assert main(["encoder", "train", str(config), "--out", str(run)]) == 0
-    assert "resuming from checkpoint-4" in capsys.readouterr().out
+    assert "checkpoint-4 is the final step: finishing from it without training" in capsys.readouterr().out
     assert json.loads((run / "encoder" / "manifest.json").read_text())["steps"] == 4
 
 
@@ -156,13 +156,13 @@ def test_retrieval_figures_on_known_encoders() -> None:
     fig = retrieval_figures(perfect, src, ref, "bo", "zh", n_resamples=100)
     assert fig["directions"]["bo->zh"]["top1"]["estimate"] == 1.0
     assert fig["directions"]["zh->bo"]["mrr"]["estimate"] == 1.0
-    assert fig["margin"]["estimate"] == pytest.approx(1.0) and fig["above_chance"] is False  # N=4: interval too wide
+    assert fig["margin"]["estimate"] == pytest.approx(1.0) and fig["above_chance"] is True
     # a blind encoder (every text the same vector) ties everything: ties count against it
     blind = _Lookup({})
     fig = retrieval_figures(blind, src, ref, "bo", "zh", n_resamples=100)
     assert fig["directions"]["bo->zh"]["top1"]["estimate"] == 0.0
     assert fig["monolingual"]["accuracy"]["estimate"] == 0.0 and fig["margin"]["estimate"] == pytest.approx(0.0)
-    assert fig["chance_top1"] == 0.25
+    assert fig["chance_top1"] == 0.25 and fig["above_chance"] is False
 
 
 def test_light_edit_drops_one_unit_and_is_deterministic() -> None:
