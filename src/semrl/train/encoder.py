@@ -388,6 +388,7 @@ def train_encoder_stage(
         trainer = SentenceTransformerTrainer(
             model=student, args=_training_args(enc, config, layout.checkpoints), train_dataset=dataset, loss=loss
         )
+        train_started = time.time()  # the training itself: teacher vectors and student set-up are not in it
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         steps, train_loss = int(output.global_step), float(output.training_loss)
     train_time = time.time() - train_started
