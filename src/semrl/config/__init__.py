@@ -12,6 +12,7 @@ from semrl.config.data import (
     SplitSizes,
     TaskConfig,
 )
+from semrl.config.encoder import EncoderTrainingConfig, StudentConfig
 from semrl.config.evaluation import (
     BenchmarkConfig,
     EvaluationConfig,
@@ -82,6 +83,8 @@ __all__ = [
     "AnyStageConfig",
     "StagesConfig",
     "EncoderConfig",
+    "EncoderTrainingConfig",
+    "StudentConfig",
     "BUILT_IN_REWARDS",
     "GUARD_NAMES",
     "COMPONENT_OPTIONS",

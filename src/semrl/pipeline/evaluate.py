@@ -81,8 +81,9 @@ def evaluate_run(
         return {}  # evaluation runs once, on the main process
     ev = config.evaluation
     test = evaluation_examples(config, run_dir)
-    encoder = encoder if encoder is not None else build_encoder(config.rewards.encoder)
-    second = build_encoder(ev.second_encoder) if ev.second_encoder else None
+    trained = layout.encoder.model  # where backend 'trained' finds the run's own encoder
+    encoder = encoder if encoder is not None else build_encoder(config.rewards.encoder, trained)
+    second = build_encoder(ev.second_encoder, trained) if ev.second_encoder else None
     # Probed once per run: the methods' task summaries carry whether their similarity means anything.
     representation = representation_note(encoder, config.task.target_lang, "semantic")
     if second is not None:

@@ -5,7 +5,8 @@ Read `run_experiment` top to bottom: it is the whole flow. A finished stage (its
 exists) is skipped when the run is started again; a stage that was killed resumes from its last
 checkpoint; `force` reruns a stage and every stage downstream of it. The stage graph comes from
 the config (`semrl.train.stages`); the reward encoder is built once and shared by the preflight
-check, every GRPO stage and the evaluation.
+check, every GRPO stage and the evaluation. When it is the run's own (`rewards.encoder.backend:
+trained`), it is trained first, on the run's training documents (`semrl.train.encoder`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from semrl.config.experiment import ExperimentConfig
+from semrl.config.rewards import ENCODER_REWARDS
 from semrl.core.dist import is_main_process, wait_for_everyone
 from semrl.core.errors import ConfigError
 from semrl.core.io import read_cache, read_manifest, write_json, write_text
@@ -31,6 +33,7 @@ from semrl.encoders import Encoder, build_encoder, require_representation
 from semrl.pipeline.evaluate import evaluate_run
 from semrl.pipeline.judge import run_judge
 from semrl.results.report import write_report
+from semrl.train.encoder import check_encoder_current, train_encoder_stage
 from semrl.train.grpo import SEMANTIC_PURPOSE
 from semrl.train.stage import last_checkpoint, train_stage
 from semrl.train.stages import (
@@ -201,23 +204,40 @@ def tax_meter_callbacks(config: ExperimentConfig, layout: RunLayout, splits: dic
 
 
 def trains_on_semantic_reward(config: ExperimentConfig, stages: Iterable[str]) -> bool:
-    """Whether any of `stages` is a GRPO stage and the rewards include the semantic one."""
+    """Whether any of `stages` is a GRPO stage and the rewards include one that reads the encoder
+    (semantic, or SG-SRL's source_grounded)."""
     kinds = {stage_specs(config.stages)[s].kind for s in stages}
-    return "grpo" in kinds and any(c.name == "semantic" for c in config.rewards.components)
+    return "grpo" in kinds and any(c.name in ENCODER_REWARDS for c in config.rewards.components)
 
 
-def preflight(config: ExperimentConfig, stages: Iterable[str], encoder: Encoder | None = None) -> Encoder | None:
+def uses_trained_encoder(config: ExperimentConfig) -> bool:
+    """Whether the reward or the second evaluation encoder is the one the run trains (backend 'trained')."""
+    encoders = (config.rewards.encoder, config.evaluation.second_encoder)
+    return config.encoder is not None and any(e is not None and e.backend == "trained" for e in encoders)
+
+
+def preflight(
+    config: ExperimentConfig,
+    stages: Iterable[str],
+    encoder: Encoder | None = None,
+    trained_dir: Path | None = None,
+) -> Encoder | None:
     """Checks that would otherwise fail a run after hours of training, run before any stage: when
     a GRPO stage will train on the semantic reward, its encoder must represent the task's output
     language (`encoders.require_representation`; raises ModelError naming what to configure).
 
     Returns the reward encoder it built (or was given), for the stages to reuse; None when no
-    pending stage needs it.
+    pending stage needs it. `trained_dir` is where backend 'trained' finds the run's encoder.
     """
     if not trains_on_semantic_reward(config, stages):
         return encoder
-    encoder = encoder if encoder is not None else build_encoder(config.rewards.encoder)
-    require_representation(encoder, config.task.target_lang, SEMANTIC_PURPOSE)
+    encoder = encoder if encoder is not None else build_encoder(config.rewards.encoder, trained_dir)
+    names = {c.name for c in config.rewards.components}
+    if "semantic" in names:
+        require_representation(encoder, config.task.target_lang, SEMANTIC_PURPOSE)
+    if "source_grounded" in names:  # it compares the output with the source: it reads both languages
+        for lang in (config.task.target_lang, config.task.source_lang):
+            require_representation(encoder, lang, "the source-grounded reward (SG-SRL)")
     return encoder
 
 
@@ -273,11 +293,22 @@ def _run_stages(
     for stage, manifest in finished.items():
         check_finished_stage(config, layout, stage, manifest)
     pending = [s for s in stages if s not in finished]
-    encoder = preflight(config, pending)
+    needs_encoder = uses_trained_encoder(config)
+    if needs_encoder:
+        check_encoder_current(config, layout.root)
+    else:
+        encoder = preflight(config, pending)
     if is_main_process():
         write_text(layout.config, config.to_yaml())
     splits = prepare_run_data(config, layout)
     summary = RunSummary(run_dir=layout.root)
+    if needs_encoder:  # the reward's encoder is trained first, on this run's training documents
+        if is_main_process():
+            result = train_encoder_stage(config, splits, layout.root, log=log)
+            summary.actions[RunLayout.ENCODER] = result.action
+            summary.manifests[RunLayout.ENCODER] = result.manifest
+        wait_for_everyone()
+        encoder = preflight(config, pending, trained_dir=layout.encoder.model)
 
     for stage in stages:
         manifest = read_manifest(layout.stage(stage).manifest) if stage not in forced else None

@@ -7,6 +7,7 @@ from semrl.rewards.base import (
     column_values,
     completion_text,
 )
+from semrl.rewards.grounded import SourceGroundedReward
 from semrl.rewards.guards import (
     GUARD_NGRAM,
     REPETITION_THRESHOLD,
@@ -57,6 +58,7 @@ __all__ = [
     "LengthPenalty",
     "RepetitionPenalty",
     "SourceCopyPenalty",
+    "SourceGroundedReward",
     "TauCalibration",
     "shuffled_pair_similarities",
     "calibrate_tau_shuffled",

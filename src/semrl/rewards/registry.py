@@ -16,6 +16,7 @@ from semrl.core.errors import ConfigError, DataError, ModelError
 from semrl.core.io import read_jsonl
 from semrl.encoders import Encoder
 from semrl.rewards.base import RewardFunc, check_lang, completion_text
+from semrl.rewards.grounded import SourceGroundedReward
 from semrl.rewards.guards import (
     LanguageGate,
     LengthPenalty,
@@ -58,6 +59,18 @@ def _semantic(comp: RewardComponent, ctx: _BuildContext) -> RewardFunc:
     return SemanticReward(ctx.encoder, tau, cache_references=ctx.cfg.encoder.cache_references)
 
 
+def _source_grounded(comp: RewardComponent, ctx: _BuildContext) -> RewardFunc:
+    if ctx.encoder is None:
+        raise ModelError(
+            "reward component 'source_grounded' needs a sentence encoder that reads both the source and the "
+            "target language; configure rewards.encoder (e.g. backend: trained with an `encoder:` section)"
+        )
+    # The floor: the calibrated tau when the semantic reward has one, else a fixed rewards.tau, else
+    # 0 (SG-SRL's raw cosine, clipped at 0).
+    tau = ctx.tau if ctx.tau is not None else (0.0 if ctx.cfg.tau == "auto" else float(ctx.cfg.tau))
+    return SourceGroundedReward(ctx.encoder, ctx.target_lang, tau, comp.ratio_start, comp.ratio_full, comp.threshold)
+
+
 # Built-in reward name -> builder (the component's options and the run's context -> reward callable).
 REWARD_BUILDERS: dict[str, Callable[[RewardComponent, _BuildContext], RewardFunc]] = {
     "semantic": _semantic,
@@ -70,6 +83,7 @@ REWARD_BUILDERS: dict[str, Callable[[RewardComponent, _BuildContext], RewardFunc
     ),
     "repetition_penalty": lambda comp, ctx: RepetitionPenalty(ctx.target_lang, comp.threshold, comp.mode, comp.ngram),
     "source_copy_penalty": lambda comp, ctx: SourceCopyPenalty(ctx.target_lang, comp.threshold, comp.mode, comp.ngram),
+    "source_grounded": _source_grounded,
 }
 
 
@@ -190,6 +204,9 @@ def score_completions(
         if isinstance(func, SemanticReward):
             for row, sim in zip(out, func.last_similarity):
                 row["similarity"] = float(sim)
+        if isinstance(func, SourceGroundedReward):
+            for row, sim in zip(out, func.last_similarity):
+                row["source_similarity"] = float(sim)
     for row, text, total in zip(out, completions, totals):
         row.setdefault("language", float(L.is_target_script_only(completion_text(text), target_lang)))
         row["total"] = float(total)

@@ -222,6 +222,8 @@ def build_grpo_trainer(
         if is_main_process():
             print(f"[{stage}] semantic floor tau = {tau:.4f} ({calibration.origin})", flush=True)
 
+    elif any(c.name == "source_grounded" for c in rewards.components):  # SG-SRL: encoder, no tau calibration
+        encoder = encoder if encoder is not None else build_encoder(rewards.encoder)
     else:
         encoder = None
     funcs, weights = build_reward_functions(rewards, config.task.target_lang, encoder, tau)

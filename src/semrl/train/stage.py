@@ -159,7 +159,7 @@ def _checkpoint_state(path: Path) -> dict[str, Any]:
     return json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
 
 
-def _checkpoint_is_final(path: Path) -> bool:
+def checkpoint_is_final(path: Path) -> bool:
     """Whether the trainer had reached its last step when it saved this checkpoint."""
     state = _checkpoint_state(path)
     max_steps = int(state.get("max_steps") or 0)
@@ -336,7 +336,7 @@ def train_stage(
         trainer = build_sft_trainer(stage, config, examples, model, tokenizer, layout.checkpoints, all_callbacks, extra)
     use_rich_progress(trainer)
 
-    if resume_from is not None and _checkpoint_is_final(resume_from):
+    if resume_from is not None and checkpoint_is_final(resume_from):
         # Stopped after its last checkpoint but before its manifest: the training is done. Load
         # that checkpoint's weights and save the stage; training on would step past max_steps.
         logger.warning("%s is the stage's final step: finishing the stage from it without training", resume_from)
