@@ -20,8 +20,6 @@ import argparse
 import copy
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ import torch
 
 from semrl.config.evaluation import BenchmarkConfig
 from semrl.config.model import ModelConfig
-from semrl.core.provenance import package_versions, peak_rss_mb
+from semrl.core.provenance import cpu_model, package_versions, peak_rss_mb
 from semrl.data.general import benchmark_subset, general_texts
 from semrl.eval.tax.benchmarks import evaluate_general
 from semrl.eval.tax.drift import measure_drift, measure_drift_many
@@ -38,14 +36,6 @@ from semrl.eval.tax.likelihood import continuation_scores
 from semrl.models import load_policy, resolve_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "")
-    except OSError:
-        return platform.processor()
 
 
 def timed(fn):

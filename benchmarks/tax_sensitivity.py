@@ -23,13 +23,13 @@ import numpy as np
 
 from semrl.config.evaluation import BenchmarkConfig
 from semrl.config.model import ModelConfig
-from semrl.core.provenance import package_versions, peak_rss_mb
+from semrl.core.provenance import cpu_model, package_versions, peak_rss_mb
 from semrl.eval.stats import paired_bootstrap
 from semrl.eval.tax.benchmarks import evaluate_general
 from semrl.models import load_policy, resolve_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tax_cost import RESULTS, cpu_model, perturbed  # noqa: E402  (a sibling script)
+from tax_cost import RESULTS, perturbed  # noqa: E402  (a sibling script)
 
 
 def _iv(a, b) -> dict[str, float]:
