@@ -122,7 +122,8 @@ def median_after_first(values: list[float]) -> float | None:
     return round(statistics.median(values[1:]), 3) if len(values) > 1 else None
 
 
-def measure(config_path: Path, dtype: str, steps: int, data_dir: str | None) -> dict[str, Any]:
+def measure(config_path: Path, dtype: str, steps: int, data_dir: str | None) -> tuple[dict[str, Any], Any, dict]:
+    """Step times in one dtype, with the config and splits they ran on."""
     overrides = [f"model.dtype={dtype}", f"stages.cold_start.max_steps={steps}", f"stages.grpo.max_steps={steps}"]
     overrides += [f"stages.{s}.save_steps={steps + 1}" for s in ("cold_start", "grpo")]
     overrides += ["stages.cold_start.warmup_ratio=0.0", "stages.grpo.warmup_ratio=0.0"]
@@ -154,9 +155,7 @@ def measure(config_path: Path, dtype: str, steps: int, data_dir: str | None) -> 
                 entry["completion_tokens_mean"] = round(statistics.fmean(lengths), 2)
             out["sft" if stage == "cold_start" else "grpo"] = entry
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    out["_config"] = config
-    out["_splits"] = splits
-    return out
+    return out, config, splits
 
 
 def main() -> None:
@@ -168,10 +167,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_time.json")
     args = parser.parse_args()
 
-    results = [measure(args.config, dtype, args.steps, args.data_dir) for dtype in args.dtypes.split(",")]
-    config, splits = results[0].pop("_config"), results[0].pop("_splits")
-    for r in results[1:]:
-        r.pop("_config"), r.pop("_splits")
+    runs = [measure(args.config, dtype, args.steps, args.data_dir) for dtype in args.dtypes.split(",")]
+    results = [r for r, _, _ in runs]
+    _, config, splits = runs[0]
     tokenizer = load_tokenizer(config.model)
 
     def mean_tokens(texts: list[str]) -> float:
