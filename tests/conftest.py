@@ -52,3 +52,11 @@ def float32_on_every_cpu() -> Iterator[None]:
 def cpu_dtype_auto(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if request.node.get_closest_marker("cpu_dtype_auto") is not None:
         monkeypatch.setattr("semrl.models.cpu_bf16_feature", CPU_BF16_FEATURE)
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A throwaway model cache for one test module: the tiny model is built into it once."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEMRL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield

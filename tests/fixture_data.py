@@ -27,6 +27,18 @@ GSM8K_ROWS = [
 ]
 
 
+# (Tibetan, Chinese) sentence pairs the training tests train the tiny model on: semrl's own.
+TRAINING_PAIRS = [
+    ("བཀྲ་ཤིས་བདེ་ལེགས།", "吉祥如意。"),
+    ("ཐུགས་རྗེ་ཆེ།", "谢谢。"),
+    ("དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག", "今天天气很好。"),
+    ("ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།", "我们明天去拉萨。"),
+    ("ཁོང་གིས་དཔེ་ཆ་གསར་པ་ཞིག་ཉོས་སོང་།", "他买了一本新书。"),
+    ("སློབ་ཕྲུག་ཚོ་སློབ་གྲྭར་འགྲོ་གི་འདུག", "学生们正在去学校。"),
+    ("ཨ་མས་ཇ་བཟོས་སོང་།", "妈妈煮了茶。"),
+    ("ང་ཚོའི་ཁྱིམ་དུ་ཁྱི་གཅིག་ཡོད།", "我们家有一只狗。"),
+]
+
 # (document, Tibetan, Chinese, English): semrl's own sentences, not taken from any dataset.
 NTREX_LIKE_PAIRS = [
     ("greet", "བཀྲ་ཤིས་བདེ་ལེགས།", "吉祥如意。", "Good luck and happiness."),

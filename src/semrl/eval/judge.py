@@ -155,7 +155,7 @@ def label_logprobs(
     """
     import torch
 
-    from semrl.models import device_of, eval_mode
+    from semrl.models import device_of, eval_mode, left_padded
 
     if any(len(lab) == 0 for lab in label_ids):
         raise ValueError("every label needs at least one token")
@@ -170,20 +170,7 @@ def label_logprobs(
     with eval_mode(model):
         for start in range(0, len(contexts), batch_size):
             batch = contexts[start : start + batch_size]
-            width = max(len(c) for c in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, context in enumerate(batch):
-                ids[r, width - len(context) :] = torch.tensor(context, dtype=torch.long)
-                mask[r, width - len(context) :] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                use_cache=False,
-                logits_to_keep=keep,
-            ).logits
+            logits = model(**left_padded(batch, pad_id, device), use_cache=False, logits_to_keep=keep).logits
             logp = torch.log_softmax(logits.float(), dim=-1).cpu()
             kept = logp.shape[1]
             for r, context in enumerate(batch):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from semrl.models import device_of, eval_mode
+from semrl.models import device_of, eval_mode, left_padded
 
 
 @dataclass(frozen=True)
@@ -71,19 +71,8 @@ def continuation_scores(
             chunk = pairs[start : start + batch_size]
             conts = [cont[: max_length - 1] for _, cont in chunk]
             rows = [(ctx + cont)[-max_length:] for (ctx, _), cont in zip(chunk, conts)]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-                mask[i, width - len(r) :] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             keep = max(len(c) for c in conts) + 1
-            inputs = {
-                "input_ids": ids.to(device),
-                "attention_mask": mask.to(device),
-                "position_ids": positions.to(device),
-            }
+            inputs = left_padded(rows, pad, device)
             try:
                 logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
             except TypeError:  # a model without logits_to_keep: all positions
