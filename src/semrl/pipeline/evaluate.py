@@ -17,7 +17,6 @@ config and the same model is not evaluated again.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from semrl.config.experiment import ExperimentConfig
 from semrl.core.dist import is_main_process
 from semrl.core.io import read_cache, read_manifest, write_json
 from semrl.core.layout import RunLayout
+from semrl.core.memory import release_freed_memory
 from semrl.core.provenance import digest
 from semrl.data.general import general_texts
 from semrl.encoders import Encoder, build_encoder
@@ -153,7 +153,7 @@ def evaluate_run(
         else:
             pending[method] = record  # drift below, after the base model's own evaluation
         del model
-        gc.collect()
+        release_freed_memory()
 
     if pending:
         log(f"[eval] drift from base on {len(drift_texts)} general texts: {', '.join(pending)}")
@@ -166,7 +166,7 @@ def evaluate_run(
             model, _ = load_policy(model_cfg, model_dirs[method])
             drift = measure_drift(reference, model, tokenizer, drift_texts, batch_size=1)
             del model
-            gc.collect()
+            release_freed_memory()
             record["drift"] = drift_dict(drift)
             record["wall_time_s"] = round(record["wall_time_s"] + time.time() - started, 2)
             write_json(layout.eval_file(method), record)

@@ -40,7 +40,6 @@ batch, ``step_time_s`` and ``timing/reward_share`` (reward time / step time).
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import shutil
@@ -54,6 +53,7 @@ from semrl.core.dist import is_main_process, wait_for_everyone
 from semrl.core.errors import ConfigError, DataError
 from semrl.core.io import write_jsonl
 from semrl.core.layout import ADAPTER_BASE_FILE, TRAINER_STATE_FILE, StageLayout
+from semrl.core.memory import release_freed_memory
 from semrl.core.provenance import machine
 from semrl.train.callbacks import (
     JsonlLogCallback,
@@ -356,5 +356,5 @@ def train_stage(
     # stage run in this process (the runner trains all stages in one) starts with free memory.
     trainer.accelerator.free_memory()
     del trainer, model
-    gc.collect()
+    release_freed_memory()
     return StageResult(stage=stage, model_dir=model_dir, metrics=metrics, extra=extra)
