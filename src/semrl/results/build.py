@@ -119,6 +119,12 @@ MONITOR_KEYS = {
 }
 
 
+# What says GRPO learned the task beyond its cold start: (difference key, how the verdict names it).
+LEARNING_MEASURES = (
+    ("semantic", "semantic similarity (reward encoder)"),
+    ("semantic_2", "semantic similarity (second encoder)"),
+    ("chrf", "chrF"),
+)
 MONITOR_WINDOW_FRACTION = 0.25  # first and last quarter of the logged GRPO steps
 # Flag thresholds. SG-SRL saw unguarded RL outputs grow to 3x the reference length.
 LENGTH_RATIO_MAX = 2.0  # completions (characters) / reference, last window
@@ -433,16 +439,28 @@ def _learning_part(metrics: dict[str, Any], conf: int) -> str:
             f"{chance['floor']:.3f} for the same outputs with shuffled references (margin {chance['margin']['estimate']:+.3f} "
             f"[{chance['margin']['low']:+.3f}, {chance['margin']['high']:+.3f}]), so no claim that GRPO learned is made."
         )
-    d = metrics["intervals"]["differences"].get(f"{TREATMENT}-{COLD_START}", {}).get("semantic")
-    if d is None:
+    diffs = metrics["intervals"]["differences"].get(f"{TREATMENT}-{COLD_START}", {})
+    # The reward's own encoder grades "semantic": a rise there alone may be GRPO fitting its
+    # reward, so a gain is claimed only when every independent measure agrees.
+    measures = [(label, diffs[key]) for key, label in LEARNING_MEASURES if diffs.get(key)]
+    if not measures:
         return ""
-    if d["low"] > 0:
-        outcome = "GRPO learned beyond its cold-start model (the interval lies above zero)."
-    elif d["high"] < 0:
-        outcome = "GRPO ended below its cold-start model (the interval lies below zero)."
+    shown = "; ".join(f"{label} {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for label, d in measures)
+    up = [label for label, d in measures if d["low"] > 0]
+    down = [label for label, d in measures if d["high"] < 0]
+    if len(up) == len(measures):
+        outcome = "GRPO learned beyond its cold-start model (every interval lies above zero)."
+    elif up and down:
+        outcome = f"{' and '.join(up)} rose while {' and '.join(down)} fell: GRPO moved towards what its reward measures, not towards better outputs."
+    elif up:
+        outcome = (
+            f"only {' and '.join(up)} rose, the other intervals include zero: this run does not show that GRPO "
+            "learned beyond its cold-start model."
+        )
+    elif down:
+        outcome = f"GRPO ended below its cold-start model on {' and '.join(down)} (the intervals lie below zero)."
     else:
-        outcome = "the interval includes zero, so this run does not show that GRPO learned beyond its cold-start model."
-    return (
-        f" Test semantic similarity, GRPO minus cold-start: {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
-        f"({conf}% paired interval): " + outcome
-    )
+        outcome = (
+            "every interval includes zero, so this run does not show that GRPO learned beyond its cold-start model."
+        )
+    return f" Test outputs, GRPO minus cold-start ({conf}% paired intervals): {shown}: " + outcome
