@@ -80,6 +80,15 @@ def test_no_comparison_without_both_methods() -> None:
     assert verdict(m).startswith("GRPO and SFT were not both evaluated")
 
 
+def test_a_run_without_sft_still_reads_grpo_against_its_cold_start() -> None:
+    # The pilots (cold start -> GRPO only): their question is GRPO's gain, with its intervals.
+    m = _metrics(0.0, 0.0, 0.01, learned=(0.001, 0.002), chrf=(1.99, 2.5))
+    del m["methods"]["sft"]
+    text = verdict(m)
+    assert text.startswith("GRPO and SFT were not both evaluated")
+    assert "GRPO minus cold-start" in text and "chrF +1.990 [-0.510, +4.490]" in text
+
+
 def _with_primary(metrics: dict[str, Any], low: float, high: float) -> dict[str, Any]:
     reading = "lower" if high < 0 else ("higher" if low > 0 else "not separated")
     est = (low + high) / 2

@@ -366,14 +366,15 @@ def verdict(metrics: dict[str, Any]) -> str:
     """The honest reading of a run: the primary tax measure first (GRPO lower, SFT lower or not
     separated), then the accuracy-style tax, drift and whether GRPO learned above chance."""
     m = metrics["methods"]
+    conf = int(metrics["intervals"]["confidence"] * 100)
     if (
         TREATMENT not in m
         or BASELINE not in m
         or "mean" not in m[TREATMENT].get("tax", {})
         or "mean" not in m[BASELINE].get("tax", {})
     ):
-        return "GRPO and SFT were not both evaluated against the base model, so no tax comparison is made."
-    conf = int(metrics["intervals"]["confidence"] * 100)
+        learning = _learning_part(metrics, conf) if TREATMENT in m else ""
+        return "GRPO and SFT were not both evaluated against the base model, so no tax comparison is made." + learning
     g, s = m[TREATMENT]["tax"]["mean"], m[BASELINE]["tax"]["mean"]
     gi, si = metrics["intervals"]["tax"][TREATMENT]["mean"], metrics["intervals"]["tax"][BASELINE]["mean"]
     overlap = not (gi["high"] < si["low"] or si["high"] < gi["low"])
@@ -439,7 +440,7 @@ def _learning_part(metrics: dict[str, Any], conf: int) -> str:
             f"{chance['floor']:.3f} for the same outputs with shuffled references (margin {chance['margin']['estimate']:+.3f} "
             f"[{chance['margin']['low']:+.3f}, {chance['margin']['high']:+.3f}]), so no claim that GRPO learned is made."
         )
-    diffs = metrics["intervals"]["differences"].get(f"{TREATMENT}-{COLD_START}", {})
+    diffs = metrics["intervals"].get("differences", {}).get(f"{TREATMENT}-{COLD_START}", {})
     # The reward's own encoder grades "semantic": a rise there alone may be GRPO fitting its
     # reward, so a gain is claimed only when every independent measure agrees.
     measures = [(label, diffs[key]) for key, label in LEARNING_MEASURES if diffs.get(key)]
