@@ -101,10 +101,8 @@ def evaluate_run(
         return base["model"], base["tokenizer"]
 
     task_kl_prompts = _task_kl_prompts(config, layout)
-    pending: dict[str, dict[str, Any]] = {}  # records waiting for the drift pass
     tokenizer = None
-    model_dirs = method_model_dirs(config, run_dir)
-    for method, model_dir in model_dirs.items():
+    for method, model_dir in method_model_dirs(config, run_dir).items():
         out_path = layout.eval_file(method)
         key = eval_key(config, run_dir, method)
         cached = None if force else read_evaluation(out_path)
@@ -145,34 +143,19 @@ def evaluate_run(
                 )
                 kl = forward_kl(samples["base_logprobs"], logps)
                 record["task_kl"] = {"per_example": kl, "mean": float(sum(kl) / len(kl))}
+        if method != BASE_METHOD:
+            # Drift while this method's model is loaded, beside the base: one method's model at a
+            # time (holding every method's float32 model for one shared base pass took the demo's
+            # evaluation to 10.8 GB; the base forwards this repeats cost seconds).
+            log(f"[eval:{method}] drift from base on {len(drift_texts)} general texts")
+            reference, _ = base_model()
+            record["drift"] = drift_dict(measure_drift(reference, model, tokenizer, drift_texts, batch_size=1))
         record["wall_time_s"] = round(time.time() - started, 2)
-        if method == BASE_METHOD:
-            write_json(out_path, record)
-            results[method] = record
-            log(f"[eval:{method}] done in {record['wall_time_s']:.1f}s")
-        else:
-            pending[method] = record  # drift below, after the base model's own evaluation
+        write_json(out_path, record)
+        results[method] = record
+        log(f"[eval:{method}] done in {record['wall_time_s']:.1f}s")
         del model
         release_freed_memory()
-
-    if pending:
-        log(f"[eval] drift from base on {len(drift_texts)} general texts: {', '.join(pending)}")
-        reference, _ = base_model()
-        for method, record in pending.items():
-            started = time.time()
-            # One method's model beside the base at a time, one text at a time: holding every
-            # method's float32 model for a shared base pass took the demo's evaluation to 10.8 GB;
-            # the base forwards this repeats cost seconds.
-            model, _ = load_policy(model_cfg, model_dirs[method])
-            drift = measure_drift(reference, model, tokenizer, drift_texts, batch_size=1)
-            del model
-            release_freed_memory()
-            record["drift"] = drift_dict(drift)
-            record["wall_time_s"] = round(record["wall_time_s"] + time.time() - started, 2)
-            write_json(layout.eval_file(method), record)
-            results[method] = record
-            log(f"[eval:{method}] done in {record['wall_time_s']:.1f}s")
-        pending.clear()
     return results
 
 
