@@ -67,19 +67,28 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from semrl.core.io import read_manifest
-    from semrl.data.splits import prepare_data, split_summary
+    from semrl.core.lock import directory_lock
+    from semrl.data.splits import split_summary
+    from semrl.pipeline.run import check_splits_current, prepare_run_data
 
     config = _load(args)
     out = Path(args.out or config.output_dir)
-    splits = prepare_data(config, out)
-    table = Table(title=escape(f"splits written to {RunLayout(out).splits}"))
+    layout = RunLayout(out)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    # As `semrl run` does: never under a running run, never over splits of another config (its
+    # finished stages were trained on them); the same config's splits are reused as they are.
+    with directory_lock(layout.lock, f"run directory {layout.root}", log=_log):
+        reused = check_splits_current(config, layout)
+        splits = prepare_run_data(config, layout)
+    verb = "already made from this data/task config, reused (nothing written):" if reused else "written to"
+    table = Table(title=escape(f"splits {verb} {layout.splits}"))
     rows = split_summary(splits)
     for col in rows[0]:
         table.add_column(str(col), justify="left" if col == "split" else "right")
     for row in rows:
         table.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(table)
-    dropped = (read_manifest(RunLayout(out).splits_manifest) or {}).get("dropped_by_max_source_chars", 0)
+    dropped = (read_manifest(layout.splits_manifest) or {}).get("dropped_by_max_source_chars", 0)
     if dropped:
         console.print(f"dropped {dropped} example(s) over the length cap (data.max_source_chars)", markup=False)
     return 0
@@ -229,10 +238,11 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from semrl.core.dist import is_main_process, wait_for_everyone
     from semrl.core.io import read_manifest
     from semrl.core.layout import RunLayout
     from semrl.core.lock import directory_lock
-    from semrl.pipeline.run import prepare_run_data, run_stage_in_dir
+    from semrl.pipeline.run import check_finished_stage, prepare_run_data, remove_stage, run_stage_in_dir
     from semrl.train.stages import stage_specs
 
     config = _load(args)
@@ -242,6 +252,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     layout = RunLayout(Path(args.out or config.output_dir))
     layout.root.mkdir(parents=True, exist_ok=True)
     with directory_lock(layout.lock, f"run directory {layout.root}", log=_log):
+        # As `semrl run` does: a finished stage is kept when its config is the same, refused when
+        # it changed (its model would be recorded under the new config), retrained with --force.
+        finished = None if args.force else read_manifest(layout.stage(args.stage).manifest)
+        if finished is not None:
+            try:
+                check_finished_stage(config, layout, args.stage, finished)
+            except SemrlError as err:  # name this command's flag: `semrl run` takes --force STAGE
+                raise type(err)(str(err).replace(f"--force {args.stage}", "--force")) from None
+            _log(f"[{args.stage}] already finished: skipped (use --force to retrain it)")
+            return 0
         splits = prepare_run_data(config, layout)
         init = args.init
         parent_manifest = None
@@ -259,6 +279,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             from semrl.encoders import build_encoder
 
             encoder = build_encoder(config.rewards.encoder, layout.encoder.model)
+        if args.force:
+            if is_main_process():
+                remove_stage(layout, args.stage)
+            wait_for_everyone()
         run_stage_in_dir(
             args.stage,
             config,
@@ -287,7 +311,7 @@ def cmd_encoder_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from semrl.pipeline.export import export_stage
 
-    out = export_stage(args.run_dir, args.stage, args.out)
+    out = export_stage(args.run_dir, args.stage, args.out, overwrite=args.overwrite)
     console.print(f"exported stage {args.stage} (merged, with model card) to [bold]{out}[/]")
     return 0
 
@@ -476,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init", type=Path, help="start from this model directory (grpo default: the run's cold-start model)"
     )
+    p.add_argument(
+        "--force", action="store_true", help="retrain the stage even if it is finished (e.g. after a config change)"
+    )
     p.set_defaults(func=cmd_train)
 
     enc = sub.add_parser("encoder", help="train the reward encoder on the run's parallel pairs").add_subparsers(
@@ -492,7 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a run's stage as a merged model with a model card (README.md)")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--stage", required=True, help="the stage to export, e.g. grpo")
-    p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically if it exists)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: new or empty (or see --overwrite)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --out folder as a whole, e.g. a previous export (never a run directory)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="write report.md, report.html and metrics.json for a run directory")

@@ -3,6 +3,7 @@ hashes alone."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from pydantic import (
@@ -11,6 +12,19 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     model_serializer,
 )
+
+# Config values that become a file or folder name (stage names, sweep variants, transfer start
+# stages): a name like `../x` or `/tmp/x` would write outside the run directory.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+PLAIN_NAME_RULE = "letters, digits, '_', '.' and '-', starting with a letter or digit, no '..'"
+
+
+def check_plain_name(value: str, what: str) -> str:
+    """`value` unchanged when it is safe as one path component; ValueError saying what is allowed
+    otherwise (pydantic validators turn it into a ConfigError naming the key)."""
+    if not PLAIN_NAME.fullmatch(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} becomes a folder name: use only {PLAIN_NAME_RULE}")
+    return value
 
 
 class Section(BaseModel):

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from semrl.config.base import Section
+from semrl.config.base import Section, check_plain_name
 from semrl.config.data import DataConfig, LocalSource, TaskConfig
 from semrl.config.encoder import EncoderTrainingConfig
 from semrl.config.evaluation import EvaluationConfig
@@ -45,6 +45,8 @@ class SweepConfig(Section):
     @field_validator("rewards")
     @classmethod
     def _known_presets(cls, v: list[str]) -> list[str]:
+        for preset in v:  # each names its variant's run directory, DIR/<preset>
+            check_plain_name(preset, "reward preset")
         unknown = [p for p in v if p not in REWARD_PRESETS]
         if unknown:
             raise ValueError(f"unknown reward preset(s) {unknown}; presets are {', '.join(REWARD_PRESETS)}")
@@ -76,6 +78,8 @@ class TransferConfig(Section):
     def _distinct(cls, v: list[str]) -> list[str]:
         if not v or len(set(v)) != len(v):
             raise ValueError(f"from_stages needs one or more distinct stages; got {v}")
+        for stage in v:  # read from RUN/stages/<stage>, written to DIR/stages/from_<stage>
+            check_plain_name(stage, "stage name")
         return v
 
 

@@ -27,7 +27,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from semrl.config.base import Section
+from semrl.config.base import Section, check_plain_name
 
 StageKind = Literal["sft", "grpo"]
 # Splits a stage may train on: evaluation splits (dev, test) never are.
@@ -288,6 +288,7 @@ class StagesConfig(Section):
     def _graph_is_valid(self) -> StagesConfig:
         declared = self.declared()
         for name, cfg in declared.items():
+            check_plain_name(name, "stage name")  # it names the stage's folder, stages/<name>
             if name in RESERVED_STAGE_NAMES:
                 raise ValueError(f"{name!r} cannot name a stage (reserved)")
             if cfg.from_ is not None and cfg.from_ not in declared:

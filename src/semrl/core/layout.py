@@ -168,6 +168,21 @@ class RunLayout:
         return self.root / "plots"
 
 
+def run_dir_marker(path: str | Path) -> Path | None:
+    """What shows that `path` is a semrl run directory (or a sweep or transfer directory), or None.
+
+    The one definition of "a run directory" for commands that must never write into, or replace,
+    one (`semrl export --out`): a folder holding semrl's lock (a process works there, or one was
+    killed there), its splits manifest (`semrl data prepare` writes only that), or a stages/
+    folder. A config.yaml alone does not count: many projects keep one at their root.
+    """
+    layout = RunLayout(Path(path))
+    for marker in (layout.lock, layout.splits_manifest, layout.stages):
+        if marker.exists():
+            return marker
+    return None
+
+
 @dataclass(frozen=True)
 class ComparisonLayout:
     """A sweep or transfer directory: its comparison report (``<kind>.md/.json/.html``) beside

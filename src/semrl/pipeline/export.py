@@ -4,19 +4,22 @@ A stage with LoRA saves only its adapter (`model.save: adapter`, the default); e
 base model, merges the adapter (and, for GRPO, the cold-start adapter under it) and writes a full
 safetensors checkpoint that loads with plain `AutoModelForCausalLM.from_pretrained`, with a
 ``README.md`` model card: the run's config summary, its data, its scale and the stage's metrics
-when the run was evaluated. The output folder appears complete or not at all.
+when the run was evaluated. The output folder appears complete or not at all, and it replaces
+only what the user allowed: an empty or new folder, or with `overwrite` a non-empty one (a
+previous export), never a run directory, one holding a run, or one inside a run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from semrl.config.experiment import ExperimentConfig, load_config
 from semrl.core.errors import SemrlError
 from semrl.core.io import atomic_path, read_manifest
-from semrl.core.layout import MODEL_CARD_FILE, RunLayout
+from semrl.core.layout import MODEL_CARD_FILE, RunLayout, run_dir_marker
 from semrl.models import is_adapter_dir, load_policy
 from semrl.train.stages import stage_specs
 
@@ -102,11 +105,53 @@ def model_card(
     return "\n".join(lines)
 
 
-def export_stage(run_dir: str | Path, stage: str, out_dir: str | Path) -> Path:
+def check_export_target(out_dir: str | Path, overwrite: bool = False) -> None:
+    """SemrlError unless an export may replace `out_dir` as a whole.
+
+    Always refused (even with `overwrite`): `out_dir` is a semrl run directory, lies inside one,
+    or holds one anywhere below it (`core.layout.run_dir_marker`). Refused without `overwrite`: a
+    file, or a folder that is not empty.
+    """
+    out = Path(out_dir)
+    resolved = out.resolve()
+    for folder in (resolved, *resolved.parents):
+        marker = run_dir_marker(folder)
+        if marker is not None:
+            where = "is" if folder == resolved else f"lies inside {folder}, which is"
+            raise SemrlError(
+                f"export --out {out}: {where} a semrl run directory (it holds {marker.name}), and an export "
+                f"replaces its --out folder as a whole. Choose an --out folder outside every run directory."
+            )
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise SemrlError(f"export --out {out}: exists and is not a folder; choose a new folder")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise SemrlError(
+            f"export --out {out}: the folder is not empty, and an export replaces it as a whole (every file in it "
+            f"is deleted). Pass --overwrite to replace it (e.g. a previous export), or choose a new folder."
+        )
+    # Links are not followed: replacing the folder deletes a link, never what it points to.
+    for folder, _, _ in os.walk(resolved):
+        marker = run_dir_marker(folder)
+        if marker is not None:
+            raise SemrlError(
+                f"export --out {out}: holds a semrl run directory ({folder}, with {marker.name}), which replacing "
+                f"the folder would delete; refused even with --overwrite. Choose another --out folder."
+            )
+
+
+def export_stage(run_dir: str | Path, stage: str, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write stage `stage` of the run in `run_dir` to `out_dir` as a merged model plus model card.
 
+    `out_dir` is replaced as a whole: a non-empty one needs `overwrite`, and a run directory (or
+    a folder inside or above one) is always refused (`check_export_target`).
+
     Raises SemrlError (exit code 2 on the command line) when the run, the stage or its model is
-    missing; nothing is left at `out_dir` unless the export completed.
+    missing, or `out_dir` may not be replaced; nothing is left at `out_dir` unless the export
+    completed.
     """
     layout = RunLayout(Path(run_dir))
     if not layout.config.is_file():
@@ -124,6 +169,7 @@ def export_stage(run_dir: str | Path, stage: str, out_dir: str | Path) -> Path:
             f"{stage_layout.root}: stage '{stage}' is not finished (no {stage_layout.manifest.name} or model/); "
             f"run `semrl run {layout.config} --out {layout.root}` first"
         )
+    check_export_target(out_dir, overwrite)
     model, tokenizer = load_policy(config.model, stage_layout.model)
     metrics_path = layout.metrics
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
@@ -133,4 +179,5 @@ def export_stage(run_dir: str | Path, stage: str, out_dir: str | Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
+        check_export_target(out_dir, overwrite)  # again: a run may have started there while this one saved
     return out_dir
