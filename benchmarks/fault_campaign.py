@@ -96,6 +96,9 @@ TELLING = (
     "starting",
     "report:",
     "wrote",
+    "exported stage",
+    "reused",
+    "--force:",
 )
 
 
@@ -494,6 +497,140 @@ def input_cases(env: Env) -> None:
     case("report on a directory that is no run", [*SEMRL, "report", str(w / "nodev")], 2)
 
 
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file and folder under `root` with its content's digest (equal digests: nothing there
+    was written, deleted or changed)."""
+    import hashlib
+
+    out = {".": "dir" if root.is_dir() else "missing"}
+    for path in sorted(root.rglob("*")):
+        out[str(path.relative_to(root))] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def path_cases(env: Env) -> None:
+    """Issue 21: no command writes or deletes anything outside the run directory or the output it
+    was given. Export into user folders, the run, its parent and folders inside it; config names
+    that are paths; data prepare and train over a finished run."""
+
+    def case(
+        name: str,
+        cmd: list[str],
+        expected: int,
+        watched: Path,
+        check: Callable[[], str | None] | None = None,
+    ) -> None:
+        """Run `cmd`; on a refusal (exit 2) nothing under `watched` may change, else `check` decides."""
+        t0 = time.time()
+        before = tree_digest(watched)
+        proc = run_cli(cmd, env.work)
+        loss = None
+        if proc.returncode == 2 and tree_digest(watched) != before:
+            loss = f"{watched.name}: changed by a refused command"
+        elif proc.returncode == 0 and check is not None:
+            loss = check()
+        record(env, name, proc, expected, loss, t0=t0)
+
+    def export(run: Path, out: Path, *flags: str) -> list[str]:
+        return [*SEMRL, "export", str(run), "--stage", "cold_start", "--out", str(out), *flags]
+
+    w = env.work / "paths"
+    w.mkdir()
+    # A folder of user files (and a run below a project folder) around the run being exported.
+    user = w / "mine"
+    (user / "notes").mkdir(parents=True)
+    (user / "thesis.tex").write_text("months of work\n", encoding="utf-8")
+    (user / "notes" / "a.txt").write_text("more\n", encoding="utf-8")
+    project = w / "project"
+    project.mkdir()
+    (project / "readme.txt").write_text("mine\n", encoding="utf-8")
+    run = RunLayout(project / "run")
+    shutil.copytree(env.base_run, run.root, symlinks=True)
+    case("export into a folder of user files", export(run.root, user), 2, user)
+    case("export --overwrite onto the run itself", export(run.root, run.root, "--overwrite"), 2, project)
+    case("export --overwrite onto the run's parent", export(run.root, project, "--overwrite"), 2, project)
+    case("export --overwrite onto a folder above a run", export(run.root, w, "--overwrite"), 2, w)
+    stage_dir = run.stage("cold_start").root
+    case("export --overwrite onto a stage folder in the run", export(run.root, stage_dir, "--overwrite"), 2, project)
+    case("export into a new folder inside the run", export(run.root, run.root / "exports" / "x"), 2, project)
+    out = w / "export"
+    card = out / "README.md"
+    case("export into a new folder", export(run.root, out), 0, out, lambda: None if card.is_file() else "no card")
+    case("export again without --overwrite", export(run.root, out), 2, out)
+    case(
+        "export --overwrite replacing the previous export",
+        export(run.root, out, "--overwrite"),
+        0,
+        out,
+        lambda: None if card.is_file() else "no model card after the overwrite",
+    )
+
+    # Config values that would name a folder outside the run.
+    bad = w / "escape.yaml"
+    stage = "  enabled: [cold_start, ../../victim]\n  ../../victim: {kind: sft, splits: [cold_start], max_steps: 1}\n"
+    bad.write_text(TINY.read_text(encoding="utf-8").replace("stages:\n", f"stages:\n{stage}", 1), encoding="utf-8")
+    outside = w / "escape"
+    outside.mkdir()
+    case(
+        "a stage named ../../victim",
+        env.argv("run", "--out", str(outside / "run"), "--no-eval", config=bad),
+        2,
+        outside,
+    )
+    case(
+        "transfer.from_stages=[../../x]",
+        env.argv(
+            "transfer",
+            "--out",
+            str(outside / "t"),
+            sets=[f"transfer.from_run={run.root}", "transfer.from_stages=[../../x]"],
+        ),
+        2,
+        outside,
+    )
+
+    # data prepare and train over the finished run.
+    splits = run.splits_manifest
+    stamp = splits.stat().st_mtime_ns
+    case(
+        "data prepare, another data config",
+        env.argv("data", "prepare", "--out", str(run.root), sets=["seed=7"]),
+        2,
+        project,
+    )
+    case(
+        "data prepare, the same config",
+        env.argv("data", "prepare", "--out", str(run.root)),
+        0,
+        project,
+        lambda: None if splits.stat().st_mtime_ns == stamp else "splits rewritten",
+    )
+    run.lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}), encoding="utf-8")
+    case(
+        "data prepare while a run holds the directory", env.argv("data", "prepare", "--out", str(run.root)), 2, project
+    )
+    run.lock.unlink()
+    manifest = json.loads(run.stage("cold_start").manifest.read_text(encoding="utf-8"))
+    lr = ["stages.cold_start.learning_rate=0.5"]
+    train = ("train", "cold_start", "--out", str(run.root))
+    case("train a finished stage, changed config", env.argv(*train, sets=lr), 2, project)
+    case(
+        "train a finished stage, same config",
+        env.argv(*train),
+        0,
+        project,
+        lambda: None if json.loads(run.stage("cold_start").manifest.read_text()) == manifest else "manifest rewritten",
+    )
+
+    def retrained() -> str | None:
+        new = json.loads(run.stage("cold_start").manifest.read_text(encoding="utf-8"))
+        if new.get("config_hash") == manifest.get("config_hash"):
+            return "the old model kept under the new config"
+        return stage_problem(run, "cold_start")
+
+    case("train --force, changed config", [*env.argv(*train, sets=lr), "--force"], 0, project, retrained)
+
+
 def json_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -512,6 +649,7 @@ GROUPS: dict[str, Callable[[Env], None]] = {
     "damaged": damaged_file_cases,
     "concurrency": concurrency_cases,
     "inputs": input_cases,
+    "paths": path_cases,
 }
 
 
@@ -531,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = write_fixture_data_dir(work / "data")
     started = time.time()
     env = Env(work=work, data_dir=Path(data_dir), base_run=work / "base")
-    if set(args.groups) & {"resume", "damaged"}:
+    if set(args.groups) & {"resume", "damaged", "paths"}:
         print(f"base run in {env.base_run}", flush=True)
         base = run_cli(env.argv("run", "--out", str(env.base_run)), work)
         if base.returncode != 0:

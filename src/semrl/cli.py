@@ -280,6 +280,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             encoder = build_encoder(config.rewards.encoder, layout.encoder.model)
         if args.force:
+            _log(f"[{args.stage}] --force: training it again from the start")
             if is_main_process():
                 remove_stage(layout, args.stage)
             wait_for_everyone()

@@ -119,8 +119,8 @@ def check_export_target(out_dir: str | Path, overwrite: bool = False) -> None:
         if marker is not None:
             where = "is" if folder == resolved else f"lies inside {folder}, which is"
             raise SemrlError(
-                f"export --out {out}: {where} a semrl run directory (it holds {marker.name}), and an export "
-                f"replaces its --out folder as a whole. Choose an --out folder outside every run directory."
+                f"export --out {out}: {where} a semrl run directory (it holds {marker.relative_to(folder)}), and "
+                f"an export replaces its --out folder as a whole. Choose an --out folder outside every run directory."
             )
     if not out.exists() and not out.is_symlink():
         return
@@ -138,8 +138,8 @@ def check_export_target(out_dir: str | Path, overwrite: bool = False) -> None:
         marker = run_dir_marker(folder)
         if marker is not None:
             raise SemrlError(
-                f"export --out {out}: holds a semrl run directory ({folder}, with {marker.name}), which replacing "
-                f"the folder would delete; refused even with --overwrite. Choose another --out folder."
+                f"export --out {out}: holds a semrl run directory ({folder}, with {marker.relative_to(folder)}), "
+                f"which replacing the folder would delete; refused even with --overwrite. Choose another --out folder."
             )
 
 
