@@ -14,7 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from semrl.models import cpu_bf16_feature as CPU_BF16_FEATURE  # noqa: E402  (the real probe, before the pin)
+from semrl.models.hardware import cpu_bf16_feature as CPU_BF16_FEATURE  # noqa: E402  (the real probe, before the pin)
 
 
 @pytest.fixture(scope="session")
@@ -41,17 +41,18 @@ def float32_on_every_cpu() -> Iterator[None]:
     tests pin float32 (session-wide, so module fixtures that train see it too) to check the same
     numbers on every CI machine. Tests of the choice itself are marked `cpu_dtype_auto`; bfloat16
     training is tested with an explicit `dtype: bfloat16`."""
-    import semrl.models
+    import semrl.models.hardware
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(semrl.models, "cpu_bf16_feature", lambda: None)
+        # choose_dtype looks the probe up in its own module, semrl.models.hardware
+        mp.setattr(semrl.models.hardware, "cpu_bf16_feature", lambda: None)
         yield
 
 
 @pytest.fixture(autouse=True)
 def cpu_dtype_auto(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if request.node.get_closest_marker("cpu_dtype_auto") is not None:
-        monkeypatch.setattr("semrl.models.cpu_bf16_feature", CPU_BF16_FEATURE)
+        monkeypatch.setattr("semrl.models.hardware.cpu_bf16_feature", CPU_BF16_FEATURE)
 
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,7 @@ def test_select_dtype_and_hardware_kwargs() -> None:
     assert models.select_dtype("bfloat16") is torch.bfloat16
     kwargs = models.trainer_hardware_kwargs()
     if torch.cuda.is_available():
-        assert kwargs["bf16"] == models._cuda_bf16()
+        assert kwargs["bf16"] == models.hardware._cuda_bf16()
     else:
         assert kwargs == {"use_cpu": True, "bf16": False, "fp16": False}
         from trl import GRPOConfig

@@ -290,8 +290,8 @@ from transformers import TrainerCallback
 from semrl.config.experiment import ExperimentConfig
 from semrl.data.example import Example
 from semrl.train.stage import train_stage
-import semrl.models
-semrl.models.cpu_bf16_feature = lambda: None  # float32 on every CPU, as tests/conftest.py pins it
+import semrl.models.hardware
+semrl.models.hardware.cpu_bf16_feature = lambda: None  # float32 on every CPU, as tests/conftest.py pins it
 
 spec = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
 

@@ -1,0 +1,210 @@
+"""Loading a policy: a full checkpoint (hub id or local directory) or a LoRA adapter merged into
+its base in memory, with the checks on weight formats and remote code."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from huggingface_hub import is_offline_mode
+
+from semrl.core.errors import ModelError
+from semrl.core.layout import ADAPTER_BASE_FILE, ADAPTER_CONFIG_FILE
+from semrl.models.cache import resolve_model
+from semrl.models.hardware import select_dtype
+from semrl.models.lora import is_adapter_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from semrl.config.model import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+_warned_remote_code: set[str] = set()
+
+
+def check_weights_format(location: str | Path, allow_pickle: bool) -> None:
+    """ModelError for a local checkpoint with pickle weights only, unless `model.allow_pickle`."""
+    folder = Path(str(location))
+    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.glob("*.bin") if p.name.startswith("pytorch_model"))
+    if pickled:
+        raise ModelError(
+            f"{folder}: has pickle weights only ({', '.join(pickled)}); loading them runs code from the file. "
+            f"Convert them to safetensors, or set model.allow_pickle: true if you trust their source."
+        )
+
+
+def warn_remote_code(location: str | Path, trust_remote_code: bool) -> None:
+    """Warn once per model directory when `trust_remote_code` will run Python code from it."""
+    folder = Path(str(location))
+    code = sorted(p.name for p in folder.glob("*.py")) if trust_remote_code and folder.is_dir() else []
+    if code and str(folder) not in _warned_remote_code:
+        _warned_remote_code.add(str(folder))
+        logger.warning("model.trust_remote_code is true: running Python code from %s (%s)", folder, ", ".join(code))
+
+
+def _load_pretrained(
+    cfg: ModelConfig, location: str | Path, revision: str | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A full checkpoint (hub id or local directory) and its tokenizer, with a ModelError that says
+    what to do when it cannot be loaded."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_weights_format(location, cfg.allow_pickle)
+    warn_remote_code(location, cfg.trust_remote_code)
+
+    common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if revision:
+        common["revision"] = revision
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(location), **common)
+        model = AutoModelForCausalLM.from_pretrained(str(location), dtype=select_dtype(cfg.dtype), **common)
+    except Exception as err:
+        if type(err).__name__ == "SafetensorError":  # truncated or damaged weights
+            raise ModelError(
+                f"{location}: its safetensors weights are damaged ({err}). If this is a stage's model, rerun that "
+                f"stage with --force STAGE; otherwise restore or download the model again."
+            ) from err
+        if not isinstance(err, (OSError, ValueError)):
+            raise
+        where = "a local directory" if Path(str(location)).exists() else "a hub id"
+        hint = (
+            "HF_HUB_OFFLINE is set, so only local directories and the Hugging Face cache are searched: "
+            "download the model once with internet access, or point model.name at a local checkpoint"
+            if is_offline_mode()
+            else "check the name, model.revision and your network; private models need `huggingface-cli login`"
+        )
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"cannot load model {str(location)!r} ({where}): {first}. {hint}.") from err
+    return model, tokenizer
+
+
+def _adapter_base(adapter_dir: Path) -> tuple[str | Path, str | None]:
+    """The location (and hub revision) of the model the adapter in `adapter_dir` applies to."""
+    record_path = adapter_dir / ADAPTER_BASE_FILE
+    if not record_path.is_file():  # an adapter saved by PEFT elsewhere: its own config names the base
+        peft_cfg = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+        base = peft_cfg.get("base_model_name_or_path")
+        if not base:
+            raise ModelError(
+                f"{adapter_dir / ADAPTER_CONFIG_FILE}: this adapter names no base model (base_model_name_or_path) "
+                f"and has no {ADAPTER_BASE_FILE}; add one of them naming the model it was trained on"
+            )
+        return resolve_model(base), peft_cfg.get("revision")
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if "name" in record:
+        return resolve_model(record["name"]), record.get("revision")
+    # Lexical join, as the relative path was computed: a symlinked stage folder stays linked.
+    relative = os.path.normpath(os.path.join(os.path.abspath(adapter_dir), record["path"]))
+    for candidate in (relative, record.get("absolute")):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate), None
+    raise ModelError(
+        f"{record_path}: this adapter applies to the model in {record['path']!r} (relative to {adapter_dir}; "
+        f"was {record.get('absolute')}), which is gone. Restore that stage's folder, or export a merged model "
+        "from the run where it still exists (`semrl export RUN_DIR --stage STAGE --out DIR`)."
+    )
+
+
+# An adapter's base may itself be an adapter (GRPO from a cold-start adapter); a longer chain
+# than this is a cycle of base_model.json records.
+_MAX_ADAPTER_CHAIN = 16
+
+
+def _load_adapter_merged(cfg: ModelConfig, adapter_dir: Path, depth: int = 0) -> PreTrainedModel:
+    """Base model + the adapter in `adapter_dir`, merged in memory (bases that are adapters too are
+    loaded the same way, recursively). Merging gives the same weights a merged save writes."""
+    from peft import PeftModel
+
+    if depth >= _MAX_ADAPTER_CHAIN:
+        raise ModelError(f"{adapter_dir}: its chain of {ADAPTER_BASE_FILE} base models is a cycle")
+    base, revision = _adapter_base(adapter_dir)
+    if is_adapter_dir(base):
+        model = _load_adapter_merged(cfg, Path(base), depth + 1)
+    else:
+        model, _ = _load_pretrained(cfg, base, revision)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ModelError(
+            f"cannot apply the adapter in {adapter_dir} to its base model {str(base)!r}: {str(err).splitlines()[0]}"
+        ) from err
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":  # safetensors' own error: truncated or damaged weights
+            raise
+        raise ModelError(
+            f"{adapter_dir}: its adapter weights are damaged ({err}). If this is a stage's model, rerun that "
+            f"stage with --force STAGE."
+        ) from err
+
+
+def load_tokenizer(cfg: ModelConfig, path: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of the configured model (or of the checkpoint at `path`), without its weights;
+    the configured revision applies only to the configured hub model, as in `load_policy`."""
+    from transformers import AutoTokenizer
+
+    location = resolve_model(cfg.name) if path is None else path
+    extra = {"revision": cfg.revision} if path is None and cfg.revision else {}
+    return AutoTokenizer.from_pretrained(str(location), trust_remote_code=cfg.trust_remote_code, **extra)
+
+
+def _contiguous_input(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (args[0].contiguous(), *args[1:])
+
+
+def contiguous_lm_head_input(model: PreTrainedModel) -> None:
+    """Give the LM head a contiguous input (a forward pre-hook; a no-op when it already is).
+
+    Generation projects only the last position, `hidden[:, -1:, :]`, a slice whose batch stride is
+    not the width. For such an input torch's CPU bfloat16 matmul does not fold the batch into one
+    matrix product: it expands the (vocabulary x width) weight once per sequence into a batched
+    product. With Gemma 3's 262k vocabulary that is 5.4 GB and 20 s at batch 16 (measured on a
+    frozen model, i.e. every merged checkpoint and every LoRA-wrapped policy); a contiguous copy of
+    the (batch x 1 x width) slice avoids it.
+    """
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_input)
+
+
+def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the policy and its tokenizer.
+
+    Args:
+        cfg: the config's `model` section (name, revision, trust_remote_code, dtype).
+        path: load this checkpoint instead of the configured model (a stage's output); the
+            configured revision applies only to the configured hub model.
+
+    A LoRA adapter directory (a stage's output with `model.save: adapter`) loads as its base model
+    with the adapter merged in, so callers get the same plain model a merged checkpoint gives.
+    The tokenizer gets a pad token (its eos token when it has none) and left padding, which is
+    what batched generation needs; TRL's collators pad on the side they need themselves.
+    """
+    location = resolve_model(cfg.name) if path is None else path
+    if is_adapter_dir(location):
+        model = _load_adapter_merged(cfg, Path(str(location)))
+        tokenizer = load_tokenizer(cfg, location)
+    else:
+        model, tokenizer = _load_pretrained(cfg, location, cfg.revision if path is None else None)
+
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(
+                f"the tokenizer of {str(location)!r} has neither a pad nor an eos token; semrl needs an eos "
+                "token to end completions. Add one to the tokenizer (tokenizer.add_special_tokens) and save it."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    contiguous_lm_head_input(model)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
