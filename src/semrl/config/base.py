@@ -11,6 +11,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     model_serializer,
 )
+from pydantic_core import PydanticCustomError
 
 
 class Section(BaseModel):
@@ -31,3 +32,9 @@ class Section(BaseModel):
             if shown in data and getattr(self, key) == fields[key].get_default(call_default_factory=True):
                 del data[shown]
         return data
+
+
+def nested_key_error(field: str, detail: str) -> PydanticCustomError:
+    """A validation error about `field` inside the value being validated (e.g. '1.name' of a list of
+    components); the config loader names it <the value's key>.<field>."""
+    return PydanticCustomError("nested_key", "{detail}", {"field": field, "detail": detail})

@@ -162,7 +162,7 @@ def _format_validation_error(err: ValidationError, path: str | Path, overridden:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `semrl config init` writes every allowed key)"
-        elif e["type"] == "trl_key":  # a stage's `trl:` key: name the key itself
+        elif e["type"] in ("trl_key", "nested_key"):  # a key inside the value (a stage's `trl:` key): name it
             key = f"{key}.{e['ctx']['field']}"
             lines.append(f"  - {key}: {msg}")
             continue
