@@ -293,5 +293,9 @@ def test_trusting_a_module_does_not_change_a_stage_hash() -> None:
 
 
 def test_trl_trust_remote_code_cannot_bypass_the_model_switch() -> None:
-    with pytest.raises(ConfigError, match=r"stages\.grpo\.trl\.trust_remote_code: .*model\.trust_remote_code"):
+    with pytest.raises(
+        ConfigError, match=r"stages\.grpo\.trl\.trust_remote_code \(from --set .*\): .*model\.trust_remote"
+    ):
         load_config(TINY, overrides=["stages.grpo.trl={trust_remote_code: true}"])
+    with pytest.raises(ConfigError, match=r"rewards\.trust_modules\.0 \(from --set rewards\.trust_modules=\[os\]\): "):
+        load_config(TINY, overrides=["rewards.trust_modules=[os]"])
