@@ -80,8 +80,9 @@ class Env:
         return RunLayout(target)
 
 
-def run_cli(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+def run_cli(cmd: list[str], cwd: Path, timeout: float = 900, extra_path: str = "") -> subprocess.CompletedProcess:
+    path = os.pathsep.join(p for p in (str(ROOT / "src"), extra_path) if p)
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -629,6 +630,95 @@ def path_cases(env: Env) -> None:
         return stage_problem(run, "cold_start")
 
     case("train --force, changed config", [*env.argv(*train, sets=lr), "--force"], 0, project, retrained)
+HOSTILE = "![x](nope.png) <script>alert(1)</script> | *b* `c` # [l](http://e) \\ &amp;"
+
+
+def trust_cases(env: Env) -> None:
+    """Issue 21: a config runs no code the user has not trusted, and text from data or a config is
+    only ever text in a report (which a failure never leaves half-replaced)."""
+
+    def case(
+        name: str, cmd: list[str], expected: int, check: Callable[[], str | None], extra: dict | None = None
+    ) -> None:
+        t0 = time.time()
+        proc = run_cli(cmd, env.work, **(extra or {}))
+        record(env, name, proc, expected, check(), t0=t0)
+
+    w = env.work / "trust"
+    w.mkdir()
+    marker = w / "MARKER"
+
+    def no_marker() -> str | None:
+        return f"{marker} exists: the shell command ran" if marker.exists() else None
+
+    popen = f'{{name: "subprocess:Popen", kwargs: {{args: "touch {marker}", shell: true}}}}'
+    rewards = f"rewards.components=[{{name: language}}, {popen}]"
+    case(
+        "custom reward subprocess:Popen with a shell command",
+        env.argv("run", "--out", str(w / "p1"), sets=[rewards]),
+        2,
+        no_marker,
+    )
+    case(
+        "subprocess listed in rewards.trust_modules",
+        env.argv("run", "--out", str(w / "p2"), sets=[rewards, "rewards.trust_modules=[subprocess]"]),
+        2,
+        no_marker,
+    )
+    # A trusted user module that imports Popen does not make Popen trusted (refused when GRPO starts).
+    mods = w / "mods"
+    mods.mkdir()
+    (mods / "lab_reexport.py").write_text("from subprocess import Popen  # noqa: F401\n", encoding="utf-8")
+    reexport = [
+        "rewards.trust_modules=[lab_reexport]",
+        f"rewards.components=[{{name: language}}, {popen.replace('subprocess:Popen', 'lab_reexport:Popen')}]",
+        "stages.enabled=[grpo]",
+        "stages.grpo.from=null",
+    ]
+    path_env = {"extra_path": str(mods)}
+    case(
+        "trusted module re-exporting subprocess.Popen",
+        env.argv("run", "--out", str(w / "p3"), sets=reexport),
+        2,
+        no_marker,
+        path_env,
+    )
+    # Markdown and HTML in the references and in the run's name: `semrl run` and `semrl report` work,
+    # and both reports show that text as text.
+    data = jsonl(
+        w / "hostile.jsonl",
+        [{"bo": b, "zh": f"{HOSTILE} {z}", "doc": f"d{i}"} for i, (b, z) in enumerate(TRAD_PAIRS * 8)],
+    )
+    run = w / "hostile"
+    name = json.dumps("<script>alert(2)</script> ![n](nope.png) # h")
+    hostile = [
+        f"data.sources=[{{kind: local, path: '{data}', columns: {{source: bo, reference: zh, doc_id: doc}}}}]",
+        "data.splits={cold_start: 3, rl: 8, dev: 1, test: 2}",
+        "stages.enabled=[]",
+        f"name={name}",
+    ]
+
+    def inert() -> str | None:
+        layout = RunLayout(run)
+        if not layout.report_html.is_file():
+            return "no report.html"
+        page = layout.report_html.read_text(encoding="utf-8")
+        md = layout.report_md.read_text(encoding="utf-8")
+        if "<script" in page.lower() or 'src="nope.png"' in page:
+            return "report.html holds markup from the data"
+        if "&lt;script&gt;alert(2)&lt;/script&gt; ![n](nope.png) # h</h1>" not in page:
+            return "report.html's title is not the run's name as text"
+        if not md.startswith("# semrl report: \\<script\\>"):
+            return "report.md's title is raw HTML"
+        return None
+
+    case(
+        "references and run name with Markdown and HTML: run",
+        env.argv("run", "--out", str(run), sets=hostile),
+        0,
+        inert,
+    )
+    case("references and run name with Markdown and HTML: report", [*SEMRL, "report", str(run)], 0, inert)
 
 
 def json_rows(path: Path) -> list[dict]:
@@ -650,6 +740,7 @@ GROUPS: dict[str, Callable[[Env], None]] = {
     "concurrency": concurrency_cases,
     "inputs": input_cases,
     "paths": path_cases,
+    "trust": trust_cases,
 }
 
 

@@ -533,12 +533,13 @@ def test_custom_rewards_by_dotted_path_load_through_the_config_and_score() -> No
     config = parse_config(
         {
             "rewards": {
+                "trust_modules": ["custom_rewards"],
                 "components": [
                     {"name": "language", "weight": 1.0},
                     {"name": "custom_rewards:length_reward", "weight": 0.5, "kwargs": {"scale": 2.0}},
                     {"name": "custom_rewards.ExactMatch", "kwargs": {"miss": -1.0}},
                     {"name": "custom_rewards.length_reward"},
-                ]
+                ],
             }
         }
     )
@@ -573,9 +574,15 @@ def test_custom_reward_errors_name_the_component() -> None:
         ("custom_rewards:missing", r"cannot import the custom reward 'custom_rewards:missing': AttributeError"),
         ("custom_rewards.NOT_CALLABLE", r"the custom reward .* is not callable"),
     ]:
-        cfg = RewardsConfig(components=[RewardComponent(name="language"), RewardComponent(name=name)])
+        cfg = RewardsConfig(
+            trust_modules=["custom_rewards", "no_such_module"],
+            components=[RewardComponent(name="language"), RewardComponent(name=name)],
+        )
         with pytest.raises(ConfigError, match=rf"rewards\.components\[1\]\.name: {message}"):
             build_reward_functions(cfg, "zh", None, None)
-    bad_kwargs = RewardsConfig(components=[RewardComponent(name="custom_rewards.ExactMatch", kwargs={"hit": 2})])
+    bad_kwargs = RewardsConfig(
+        trust_modules=["custom_rewards"],
+        components=[RewardComponent(name="custom_rewards.ExactMatch", kwargs={"hit": 2})],
+    )
     with pytest.raises(ConfigError, match=r"rewards\.components\[0\]\.name: cannot instantiate"):
         build_reward_functions(bad_kwargs, "zh", None, None)

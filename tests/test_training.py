@@ -461,6 +461,7 @@ def test_a_grpo_step_changes_the_weights(cold_start: StageResult, splits, tmp_pa
 
     cfg = make_config(max_steps=2)  # step 1 is warm-up at learning rate 0
     # Completion length: continuous, so the sampled completions of a group differ in reward.
+    cfg.rewards.trust_modules = ["custom_rewards"]
     cfg.rewards.components = [RewardComponent(name="custom_rewards:length_reward", weight=1.0)]
     result = train_stage("grpo", cfg, splits, tmp_path / "grpo", init_model=cold_start.model_dir)
     rows = loss_rows(tmp_path / "grpo" / "log.jsonl")

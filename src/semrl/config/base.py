@@ -12,6 +12,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     model_serializer,
 )
+from pydantic_core import PydanticCustomError
 
 # Config values that become a file or folder name (stage names, sweep variants, transfer start
 # stages): a name like `../x` or `/tmp/x` would write outside the run directory.
@@ -45,3 +46,9 @@ class Section(BaseModel):
             if shown in data and getattr(self, key) == fields[key].get_default(call_default_factory=True):
                 del data[shown]
         return data
+
+
+def nested_key_error(field: str, detail: str) -> PydanticCustomError:
+    """A validation error about `field` inside the value being validated (e.g. '1.name' of a list of
+    components); the config loader names it <the value's key>.<field>."""
+    return PydanticCustomError("nested_key", "{detail}", {"field": field, "detail": detail})

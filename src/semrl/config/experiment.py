@@ -160,14 +160,16 @@ def _format_validation_error(err: ValidationError, path: str | Path, overridden:
     lines = [f"{path}: invalid experiment config ({err.error_count()} problem(s)):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        nested = e["type"] in ("trl_key", "nested_key")  # a key inside the value (a stage's `trl:` key): name it
+        if nested:
+            key = f"{key}.{e['ctx']['field']}" if key != "(top level)" else e["ctx"]["field"]
         origin = next((item for k, item in (overridden or {}).items() if key == k or key.startswith(k + ".")), None)
         if origin is not None:
             key = f"{key} (from --set {origin})"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `semrl config init` writes every allowed key)"
-        elif e["type"] == "trl_key":  # a stage's `trl:` key: name the key itself
-            key = f"{key}.{e['ctx']['field']}"
+        elif nested:
             lines.append(f"  - {key}: {msg}")
             continue
         elif e["type"] == "literal_error":

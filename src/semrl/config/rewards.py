@@ -10,7 +10,8 @@ from pydantic import (
     model_validator,
 )
 
-from semrl.config.base import Section
+from semrl.config.base import Section, nested_key_error
+from semrl.core.trust import is_module_name, never_trusted_reason, untrusted_reason
 
 
 class EncoderConfig(Section):
@@ -75,7 +76,8 @@ class RewardComponent(Section):
         "output is in the target script only), length_penalty, repetition_penalty, source_copy_penalty. "
         "Or a custom reward by dotted path, 'package.module:callable' or 'package.module.callable' (as TRL's "
         "grpo script): a function (prompts, completions, **columns) -> list[float] (bound to `kwargs` with "
-        "functools.partial), or a class of such callables (instantiated with `kwargs`)."
+        "functools.partial), or a class of such callables (instantiated with `kwargs`), defined in a module "
+        "listed in rewards.trust_modules."
     )
     weight: float = 1.0
     mode: Literal["binary", "continuous"] = Field(
@@ -144,6 +146,12 @@ class RewardComponent(Section):
         return self
 
 
+def custom_reward_module(path: str) -> str:
+    """The module of a custom reward's dotted path: 'pkg.mod' for 'pkg.mod:func' and 'pkg.mod.func'."""
+    module, sep, _ = path.partition(":")
+    return module if sep else path.rpartition(".")[0]
+
+
 def _components(*items: tuple[str, float]) -> list[dict[str, Any]]:
     return [{"name": name, "weight": weight} for name, weight in items]
 
@@ -169,6 +177,13 @@ class RewardsConfig(Section):
         + " (weights other than emb_lang's not published). None: `components` as written.",
     )
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    trust_modules: list[str] = Field(
+        default_factory=list,
+        description="Modules custom rewards may be imported from: a dotted path in rewards.components runs "
+        "that module's code, so it is accepted only when its module equals or is under one listed here "
+        "(e.g. [my_rewards]). Standard-library modules and packages that hold no reward code (subprocess, "
+        "os, torch...) are refused even when listed.",
+    )
     tau: float | Literal["auto"] = Field(
         "auto",
         description="Semantic adequacy floor: cosine at or below tau scores 0. 'auto' calibrates it from "
@@ -188,6 +203,8 @@ class RewardsConfig(Section):
             RewardComponent(name="language", weight=1.0, mode="binary"),
         ]
     )
+
+    _omit_when_default = ("trust_modules",)
 
     @model_validator(mode="before")
     @classmethod
@@ -214,11 +231,53 @@ class RewardsConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _custom_rewards_trusted(self) -> RewardsConfig:
+        # Checked when the config loads, before anything is imported or run: a config can name any
+        # importable callable (subprocess:Popen with shell kwargs would run a command at GRPO start).
+        for i, comp in enumerate(self.components):
+            if not comp.is_custom:
+                continue
+            module = custom_reward_module(comp.name)
+            reason = untrusted_reason(module, self.trust_modules)
+            if reason is None:
+                continue
+            if never_trusted_reason(module) is not None:
+                advice = (
+                    "semrl never imports rewards from it, even when listed in rewards.trust_modules; write "
+                    "the reward as a function in your own module"
+                )
+            else:
+                advice = (
+                    "a custom reward runs its module's code, so semrl imports it only from modules you trust. "
+                    f"If you wrote {module!r} (or trust it), add it to rewards.trust_modules, e.g. "
+                    f"trust_modules: [{module}]"
+                )
+            raise nested_key_error(f"components.{i}.name", f"custom reward {comp.name!r}: {reason}; {advice}")
+        return self
+
     @field_validator("tau")
     @classmethod
     def _tau_range(cls, v: float | str) -> float | str:
         if isinstance(v, float) and not (-1.0 <= v < 1.0):
             raise ValueError(f"tau is a cosine threshold in [-1, 1), got {v}")
+        return v
+
+    @field_validator("trust_modules")
+    @classmethod
+    def _trustable(cls, v: list[str]) -> list[str]:
+        for i, module in enumerate(v):
+            if not is_module_name(module):
+                raise nested_key_error(
+                    str(i), f"{module!r} is not a dotted module name like 'my_rewards' or 'lab.rewards'"
+                )
+            reason = never_trusted_reason(module)
+            if reason is not None:
+                raise nested_key_error(
+                    str(i),
+                    f"{reason}; semrl never imports rewards from it, even when listed. Write the reward as a "
+                    "function in your own module and list that module",
+                )
         return v
 
     @field_validator("components")

@@ -61,6 +61,7 @@ SEMRL_OWNED_TRL_KEYS: dict[str, dict[str, str]] = {
         "seed": "the top-level seed",
         "data_seed": "the top-level seed",
         "max_length": "max_length",
+        "trust_remote_code": "the model.trust_remote_code key",
     },
 }
 SEMRL_OWNED_TRL_KEYS["grpo"] = {

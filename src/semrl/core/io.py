@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         _remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
+    """`atomic_path` for several outputs that belong together (a report's files): yield a temporary
+    path for each; only once the block has succeeded are they renamed onto their targets, one right
+    after another, so a failure while making any of them leaves every target as it was."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(p)) for p in paths]
+
+
 def _remove(p: Path) -> None:
     import shutil
 
@@ -48,9 +57,22 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_texts(files: Mapping[str | Path, str]) -> list[Path]:
+    """Write several text files together (`atomic_paths`): all are replaced, or none is."""
+    with atomic_paths(list(files)) as tmps:
+        for tmp, text in zip(tmps, files.values()):
+            tmp.write_text(text, encoding="utf-8")
+    return [Path(p) for p in files]
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """The text `write_json` writes: UTF-8 JSON with non-ASCII kept readable, ending in a newline."""
+    return json.dumps(obj, ensure_ascii=False, indent=indent) + "\n"
+
+
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     """Write JSON atomically (UTF-8, non-ASCII kept readable)."""
-    return write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
+    return write_text(path, json_text(obj, indent))
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:

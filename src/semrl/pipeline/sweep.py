@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
@@ -41,7 +42,7 @@ from semrl.config.experiment import (
 from semrl.config.rewards import REWARD_PRESETS
 from semrl.core.dist import is_main_process, wait_for_everyone
 from semrl.core.errors import ConfigError
-from semrl.core.io import write_json, write_text
+from semrl.core.io import json_text, write_text, write_texts
 from semrl.core.layout import ComparisonLayout, RunLayout
 from semrl.core.lock import directory_lock
 from semrl.pipeline.evaluate import evaluate_run
@@ -304,7 +305,7 @@ def _rewards_text(components: list[dict[str, Any]]) -> str:
 
 def render_sweep_markdown(sweep: dict[str, Any]) -> str:
     """sweep.md: the variants side by side, with intervals."""
-    from semrl.results.render import fmt, fmt_iv, fmt_with_iv, md_table
+    from semrl.results.render import fmt, fmt_iv, fmt_with_iv, md_code, md_table, md_text
 
     conf = int(sweep["confidence"] * 100)
     sc = sweep["scale"]
@@ -312,14 +313,14 @@ def render_sweep_markdown(sweep: dict[str, Any]) -> str:
     shared = sweep["shared"]
     variants = sweep["variants"]
     out = [
-        f"# semrl reward sweep: {sweep['name']}",
+        f"# semrl reward sweep: {md_text(sweep['name'])}",
         "",
-        f"Model `{sc['model']}`, reward encoder `{sc['encoder']}`; splits {sc['split_sizes']}; "
-        f"{sc['test_examples_evaluated']} test examples; benchmark items {sc['benchmark_items']}.",
+        f"Model {md_code(sc['model'])}, reward encoder {md_code(sc['encoder'])}; splits {md_text(sc['split_sizes'])}; "
+        f"{md_text(sc['test_examples_evaluated'])} test examples; benchmark items {md_text(sc['benchmark_items'])}.",
         "",
-        f"One cold-start stage (`{shared['run_dir']}/stages/cold_start`, finished "
-        f"{shared['cold_start']['finished_at']}, {fmt(shared['cold_start']['wall_time_s'], 1)} s) and one "
-        f"evaluation of {', '.join(shared['methods'])} are shared by every variant; only GRPO differs. "
+        f"One cold-start stage ({md_code(shared['run_dir'] + '/stages/cold_start')}, finished "
+        f"{md_text(shared['cold_start']['finished_at'])}, {fmt(shared['cold_start']['wall_time_s'], 1)} s) and one "
+        f"evaluation of {md_text(', '.join(shared['methods']))} are shared by every variant; only GRPO differs. "
         f"Intervals: {conf}% bootstrap over test examples (task) or benchmark items (tax). "
         "A small-scale ablation, not a reproduction of the paper's numbers.",
         "",
@@ -354,7 +355,7 @@ def render_sweep_markdown(sweep: dict[str, Any]) -> str:
             ]
         )
     out.append(md_table(["model", "reward", "BLEU", "chrF", "semantic", "lang rate", "length ratio"], rows))
-    out += ["", f"BLEU signature: `{sweep['signatures'].get('bleu')}`.", ""]
+    out += ["", f"BLEU signature: {md_code(sweep['signatures'].get('bleu'))}.", ""]
 
     def diff_table(key: str) -> str:
         return md_table(
@@ -368,7 +369,7 @@ def render_sweep_markdown(sweep: dict[str, Any]) -> str:
 
     out += [f"## GRPO minus the cold-start model (paired, {conf}% intervals)", "", diff_table("vs_cold_start"), ""]
     if any(r["vs_reference"] for r in variants.values()):
-        out += [f"## Each variant minus {ref} (paired, {conf}% intervals)", "", diff_table("vs_reference"), ""]
+        out += [f"## Each variant minus {md_text(ref)} (paired, {conf}% intervals)", "", diff_table("vs_reference"), ""]
     out += [
         "## Alignment tax and drift",
         "",
@@ -404,7 +405,8 @@ def render_sweep_markdown(sweep: dict[str, Any]) -> str:
     )
     if sweep.get("wall_time_s") is not None:
         out += ["", f"Whole sweep: {sweep['wall_time_s']:.1f} s."]
-    out += ["", "Per-variant reports: " + ", ".join(f"[{v}]({v}/report.md)" for v in variants), ""]
+    links = ", ".join(f"[{md_text(v)}]({quote(v)}/report.md)" for v in variants)
+    out += ["", "Per-variant reports: " + links, ""]
     return "\n".join(out)
 
 
@@ -418,6 +420,8 @@ def write_sweep_report(
     layout = ComparisonLayout(Path(out_dir), "sweep")
     sweep = build_sweep(layout.root, variants, walls, wall_time_s)
     md = render_sweep_markdown(sweep)
-    write_json(layout.report_json, sweep)
-    write_text(layout.report_html, render_html(md, layout.root))
-    return write_text(layout.report_md, md)
+    # Rendered first and written together: a failure leaves the previous three as they were.
+    write_texts(
+        {layout.report_json: json_text(sweep), layout.report_html: render_html(md, layout.root), layout.report_md: md}
+    )
+    return layout.report_md

@@ -31,7 +31,7 @@ from semrl.config.experiment import ExperimentConfig, parse_config
 from semrl.config.stages import TRAINING_SPLITS
 from semrl.core.dist import is_main_process
 from semrl.core.errors import ConfigError, DataError
-from semrl.core.io import read_manifest, write_json, write_text
+from semrl.core.io import json_text, read_manifest, write_json, write_text, write_texts
 from semrl.core.layout import ComparisonLayout, RunLayout
 from semrl.core.lock import directory_lock
 from semrl.core.provenance import digest
@@ -43,7 +43,7 @@ from semrl.models import load_policy
 from semrl.pipeline.evaluate import eval_key
 from semrl.pipeline.run import check_splits_current, prepare_run_data, run_stage_in_dir
 from semrl.results.build import bootstrap_args, paired_differences, task_intervals
-from semrl.results.render import fmt, fmt_iv, fmt_with_iv, md_table, render_html
+from semrl.results.render import fmt, fmt_iv, fmt_with_iv, md_code, md_table, md_text, render_html
 from semrl.train.stages import BASELINE
 
 TRANSFER_SCHEMA_VERSION = 1
@@ -297,17 +297,18 @@ def render_transfer_markdown(t: dict[str, Any]) -> str:
     conf = int(t["confidence"] * 100)
     task = t["task"]
     out = [
-        f"# semrl few-shot transfer: {t['name']}",
+        f"# semrl few-shot transfer: {md_text(t['name'])}",
         "",
-        f"Checkpoints {', '.join(f'`{s}`' for s in t['from_stages'])} of `{t['from_run']}`, each fine-tuned on "
-        f"{t['n_train']} examples of the {task['kind']} task ({task['source_lang']}->{task['target_lang']}), "
-        f"evaluated on {t['test_examples']} test examples; similarity encoder `{t['encoder']}`. "
+        f"Checkpoints {', '.join(md_code(s) for s in t['from_stages'])} of {md_code(t['from_run'])}, each fine-tuned "
+        f"on {t['n_train']} examples of the {md_text(task['kind'])} task "
+        f"({md_text(task['source_lang'])}->{md_text(task['target_lang'])}), "
+        f"evaluated on {t['test_examples']} test examples; similarity encoder {md_code(t['encoder'])}. "
         f"Paper (Tibetan headlines, 1k examples): similarity {t['paper']['values']['from_grpo']:.4f} from MT-RL vs "
         f"{t['paper']['values']['from_sft']:.4f} from MT-SFT.",
         "",
     ]
     if t.get("encoder_note"):
-        out += [t["encoder_note"], ""]
+        out += [md_text(t["encoder_note"]), ""]
     cols = ["bleu", "chrf", "rouge_l", "semantic", "lang_rate", "length_ratio"]
     present = [c for c in cols if any(c in m["task"] for m in t["methods"].values())]
     rows = []
@@ -341,6 +342,8 @@ def write_transfer_report(out_dir: str | Path, config: ExperimentConfig, encoder
     layout = ComparisonLayout(Path(out_dir), "transfer")
     t = build_transfer(layout.root, config, encoder)
     md = render_transfer_markdown(t)
-    write_json(layout.report_json, t)
-    write_text(layout.report_html, render_html(md, layout.root))
-    return write_text(layout.report_md, md)
+    # Rendered first and written together: a failure leaves the previous three as they were.
+    write_texts(
+        {layout.report_json: json_text(t), layout.report_html: render_html(md, layout.root), layout.report_md: md}
+    )
+    return layout.report_md

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,43 @@ from markdown_it import MarkdownIt
 
 from semrl.results.build import MONITOR_FLAGS, verdict
 from semrl.results.plots import PLOTS
+
+
+class Md(str):
+    """Markdown source written into a report as is. Every other string a report shows (data, model
+    outputs, names from the config) goes through `md_text` or `md_code` and reads as text."""
+
+
+# Characters Markdown may read as markup anywhere in a line or a table cell (emphasis, code,
+# links and images, raw HTML, entities, headings, table pipes, strikethrough, escapes).
+_MD_SPECIAL = re.compile(r"[\\`*\[\]!<>#|&~]")
+_LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
+
+
+def md_text(text: Any) -> Md:
+    """`text` as literal text in one Markdown line or table cell: line breaks become spaces and every
+    character that could start markup is backslash-escaped (a '_' inside a word cannot, and stays
+    bare: `cold_start`). An `Md` is returned as it is."""
+    if isinstance(text, Md):
+        return text
+    s = _LINE_BREAKS.sub(" ", str(text))
+
+    def escape(m: re.Match[str]) -> str:
+        return "\\" + m.group()
+
+    s = _MD_SPECIAL.sub(escape, s)
+    s = re.sub(r"(?<![^\W_])_|_(?![^\W_])", r"\\_", s)  # '_' not between two letters or digits
+    return Md(s)
+
+
+def md_code(text: Any) -> Md:
+    """`text` as a Markdown code span (for a line, not a table cell): fenced with more backticks
+    than any run inside it, on one line."""
+    s = _LINE_BREAKS.sub(" ", str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", s)), default=0) + 1)
+    # CommonMark strips one space from each side when both are there: pad so that the text survives.
+    pad = " " if s[:1] in ("`", " ") or s[-1:] in ("`", " ") else ""
+    return Md(f"{fence}{pad}{s}{pad}{fence}" if s else "` `")
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -22,17 +60,17 @@ def fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def fmt_iv(iv: dict[str, float] | None, digits: int = 3) -> str:
+def fmt_iv(iv: dict[str, float] | None, digits: int = 3) -> Md:
     if not iv:
-        return "–"
-    return f"{iv['estimate']:+.{digits}f} [{iv['low']:+.{digits}f}, {iv['high']:+.{digits}f}]"
+        return Md("–")
+    return Md(f"{iv['estimate']:+.{digits}f} [{iv['low']:+.{digits}f}, {iv['high']:+.{digits}f}]")
 
 
-def fmt_with_iv(value: float | None, iv: dict[str, float] | None) -> str:
+def fmt_with_iv(value: float | None, iv: dict[str, float] | None) -> Md:
     """A value with its interval, "0.812 [0.790, 0.834]"; the bare value when there is no interval."""
     if value is None:
-        return "–"
-    return f"{value:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else f"{value:.3f}"
+        return Md("–")
+    return Md(f"{value:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else f"{value:.3f}")
 
 
 MEASURE_LABELS = {
@@ -59,10 +97,12 @@ def _chance_section(methods: dict[str, Any], conf: int) -> list[str]:
         for k in keys:
             c = ch.get(k)
             cells.append(
-                "–"
+                Md("–")
                 if c is None
-                else f"{c['value']:.3f} vs {c['floor']:.3f}: {fmt_iv(c['margin'])}"
-                + ("" if c["above_chance"] else " **at chance**")
+                else Md(
+                    f"{c['value']:.3f} vs {c['floor']:.3f}: {fmt_iv(c['margin'])}"
+                    + ("" if c["above_chance"] else " **at chance**")
+                )
             )
         rows.append([name, *cells])
     return [
@@ -93,7 +133,8 @@ def _tax_evidence_section(metrics: dict[str, Any], conf: int) -> list[str]:
             for k, d in comparison["measures"].items()
         ]
         out += [
-            f"### Tax of {a} minus tax of {b} ({conf}% paired intervals; negative: {a} paid less)",
+            f"### Tax of {md_text(a)} minus tax of {md_text(b)} ({conf}% paired intervals; negative: "
+            f"{md_text(a)} paid less)",
             "",
             md_table(["measure", f"{a} − {b}", "reading"], rows),
             "",
@@ -113,7 +154,7 @@ def _tax_evidence_section(metrics: dict[str, Any], conf: int) -> list[str]:
                     if flips
                     else "–",
                     f"{empty['base']:.0%} → {empty['method']:.0%}" if empty else "–",
-                    "**format change**"
+                    Md("**format change**")
                     if e.get("format_change")
                     else ("empty answers rose" if e.get("empty_rise") else ""),
                 ]
@@ -156,10 +197,14 @@ def _tax_evidence_section(metrics: dict[str, Any], conf: int) -> list[str]:
     return out
 
 
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+def md_table(header: list[str], rows: list[list[str]]) -> Md:
+    """A GFM table. Every header and cell reads as text (`md_text`), except an `Md`, which is
+    Markdown already (formatted numbers, deliberate emphasis)."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(md_text(c) for c in cells) + " |"
+
+    return Md("\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)]))
 
 
 def _hardware_line(scale: dict[str, Any]) -> list[str]:
@@ -168,7 +213,8 @@ def _hardware_line(scale: dict[str, Any]) -> list[str]:
         return []
     where = hw.get("gpu") or f"{hw['cpu']}, {hw['cores']} cores"
     return [
-        f"Trained on {where} in {hw['dtype']} ({hw['dtype_reason']}); evaluated in {scale.get('eval_dtype', '?')}.",
+        f"Trained on {md_text(where)} in {md_text(hw['dtype'])} ({md_text(hw['dtype_reason'])}); evaluated in "
+        f"{md_text(scale.get('eval_dtype', '?'))}.",
         "",
     ]
 
@@ -176,25 +222,26 @@ def _hardware_line(scale: dict[str, Any]) -> list[str]:
 def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], plots: dict[str, str]) -> str:
     methods = metrics["methods"]
     sc = metrics["scale"]
-    out = [f"# semrl report: {metrics['config']['name']}", ""]
+    out = [f"# semrl report: {md_text(metrics['config']['name'])}", ""]
     out += [
         "## Verdict",
         "",
-        verdict(metrics),
+        md_text(verdict(metrics)),
         "",
         *_flag_summary(metrics.get("monitors")),
         "## Scale",
         "",
-        f"Model `{sc['model']}` ({'LoRA' if sc['lora'] else 'full fine-tuning'}), reward encoder `{sc['encoder']}`; "
-        f"splits {sc['split_sizes']}; {sc['test_examples_evaluated']} test examples evaluated; "
-        f"benchmark items {sc['benchmark_items']}; training steps {sc['steps']}.",
+        f"Model {md_code(sc['model'])} ({'LoRA' if sc['lora'] else 'full fine-tuning'}), reward encoder "
+        f"{md_code(sc['encoder'])}; splits {md_text(sc['split_sizes'])}; {md_text(sc['test_examples_evaluated'])} "
+        f"test examples evaluated; benchmark items {md_text(sc['benchmark_items'])}; training steps "
+        f"{md_text(sc['steps'])}.",
         "",
         *_hardware_line(sc),
         "This is a small-scale check of the paper's claim (GRPO with a semantic reward keeps general skills "
         "better than strong SFT), not a reproduction of its numbers.",
         "",
         "GRPO reward: "
-        + " + ".join(f"{c['weight']:g} {c['name']}" for c in metrics["config"]["rewards"]["components"])
+        + " + ".join(f"{c['weight']:g} {md_text(c['name'])}" for c in metrics["config"]["rewards"]["components"])
         + ".",
         "",
         "## Task quality",
@@ -207,7 +254,8 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
     )
     out += [
         "",
-        f"BLEU signature: `{metrics['signatures'].get('bleu')}`; chrF signature: `{metrics['signatures'].get('chrf')}`.",
+        f"BLEU signature: {md_code(metrics['signatures'].get('bleu'))}; chrF signature: "
+        f"{md_code(metrics['signatures'].get('chrf'))}.",
         "",
     ]
     for key in ("semantic", "semantic_2"):
@@ -215,7 +263,7 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
             (m["task"].get(f"{key}_note") for m in methods.values() if m["task"].get(f"{key}_valid") is False), None
         )
         if note:
-            out += [f"WARNING: `{key}` similarity is not meaningful in this run: {note}.", ""]
+            out += [f"WARNING: `{key}` similarity is not meaningful in this run: {md_text(note)}.", ""]
     conf = int(metrics["intervals"]["confidence"] * 100)
     diffs = metrics["intervals"]["differences"]
     if diffs:
@@ -278,11 +326,11 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
         for k, e in evals.items():
             sem = e["per_example"]["semantic"][i]
             row.append(
-                f"{_short(e['outputs'][i]['output'])} (sim {sem:.2f}, lang {int(e['per_example']['lang_pass'][i])})"
+                Md(f"{_short(e['outputs'][i]['output'])} (sim {sem:.2f}, lang {int(e['per_example']['lang_pass'][i])})")
             )
         rows.append(row)
     out.append(md_table(["source", "reference"] + list(evals), rows))
-    out += ["", "## Versions", "", "`" + json.dumps(metrics["versions"]) + "`", ""]
+    out += ["", "## Versions", "", md_code(json.dumps(metrics["versions"])), ""]
     return "\n".join(out)
 
 
@@ -293,7 +341,8 @@ def _judge_section(judge: dict[str, Any]) -> list[str]:
     out = [
         "## LLM judge: pairwise preference",
         "",
-        f"Judge `{who['model']}` ({who['kind']}{', ' + who['url'] if who.get('url') else ''}; verdicts by {who['mode']}). "
+        f"Judge {md_code(who['model'])} ({md_text(who['kind'])}{', ' + md_text(who['url']) if who.get('url') else ''}; "
+        f"verdicts by {md_text(who['mode'])}). "
         "Each pair was shown in both orders: a win needs both orders to prefer the first method's output, a loss both "
         "to prefer the second's; anything else is a tie. Inconsistent: the two orders preferred opposite outputs "
         f"(position bias). Rates from the first method's side, with {conf}% bootstrap intervals over examples.",
@@ -331,7 +380,7 @@ def _flag_summary(monitors: dict[str, Any] | None) -> list[str]:
     flags = (monitors or {}).get("flags") or []
     if not flags:
         return []
-    names = ", ".join(f["monitor"] for f in flags)
+    names = md_text(", ".join(f["monitor"] for f in flags))
     return [f"GRPO raised {len(flags)} reward-hacking flag(s) ({names}): see Reward-hacking monitors.", ""]
 
 
@@ -353,29 +402,37 @@ def _monitor_section(monitors: dict[str, Any] | None) -> list[str]:
         "",
     ]
     if monitors["flags"]:
-        out += ["Flags:", ""] + [f"- FLAG {f['monitor']}: {f['message']}" for f in monitors["flags"]] + [""]
+        out += ["Flags:", ""] + [f"- FLAG {md_text(f['monitor'])}: {md_text(f['message'])}" for f in monitors["flags"]]
+        out += [""]
     else:
         out += ["No monitor crossed its threshold.", ""]
     return out
 
 
-def _short(text: str, n: int = 60) -> str:
-    """Data text for a Markdown cell: one line, clipped, and HTML-escaped (a `<script>` in the data
-    stays text in any Markdown viewer; `render_html` unescapes it before escaping it for HTML)."""
-    text = text.replace("\n", " ")
+def _short(text: str, n: int = 60) -> Md:
+    """Data text for a Markdown cell: one line, clipped, read as text (`md_text`: a `<script>` or an
+    image in the data stays text in any Markdown viewer and in report.html)."""
+    text = _LINE_BREAKS.sub(" ", text)
     text = text if len(text) <= n else text[: n - 1] + "…"
-    return html.escape(text, quote=False).replace("|", "\\|")
+    return md_text(text)
 
 
 def render_html(markdown_text: str, plot_dir: Path) -> str:
     """A self-contained HTML page: the Markdown rendered by markdown-it-py (CommonMark with GFM
     tables), raw HTML in it escaped (user text such as model outputs lands in the report), and
-    each plot image embedded as a data URI read from `plot_dir` by its file name."""
+    each plot image embedded as a data URI read from `plot_dir` by its file name. An image that
+    is no plot in `plot_dir` is shown as its text, never fetched."""
     md = MarkdownIt("commonmark", {"html": False}).enable("table")
 
     def embedded_image(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
-        name = Path(str(tokens[idx].attrGet("src"))).name
-        data = base64.b64encode((plot_dir / name).read_bytes()).decode()
+        token = tokens[idx]
+        name = Path(str(token.attrGet("src"))).name
+        plot = plot_dir / name
+        if not (name.endswith(".png") and plot.is_file()):
+            return html.escape(
+                f"![{renderer.renderInlineAsText(token.children or [], options, env)}]({token.attrGet('src')})"
+            )
+        data = base64.b64encode(plot.read_bytes()).decode()
         return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
 
     md.add_render_rule("image", embedded_image)

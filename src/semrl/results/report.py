@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from semrl.core.errors import DataError
-from semrl.core.io import atomic_path, remove_stale_temps, write_json, write_text
+from semrl.core.io import atomic_paths, json_text, remove_stale_temps
 from semrl.core.layout import RunLayout
 from semrl.core.lock import directory_lock
 from semrl.eval.records import load_evaluations
@@ -35,17 +35,22 @@ def _write_report(run_dir: Path) -> Path:
     metrics = build_metrics(run_dir)  # reads the evaluations in the run's method order
     evals = load_evaluations(run_dir, list(metrics["methods"]))
     layout = RunLayout(run_dir)
-    for path in (layout.plots, layout.metrics, layout.report_md, layout.report_html):
+    outputs = (layout.plots, layout.metrics, layout.report_md, layout.report_html)
+    for path in outputs:
         remove_stale_temps(path)  # left by a report killed mid-write
-    with atomic_path(layout.plots) as plot_dir:
+    # Everything is made first and renamed together at the end: a failure on the way (a plot, text
+    # from the data) leaves the previous plots, metrics.json, report.md and report.html as they were.
+    with atomic_paths(outputs) as (plot_dir, metrics_path, md_path, html_path):
         plot_dir.mkdir()
         plot_gain_vs_tax(metrics, plot_dir / "gain_vs_tax.png")
         plot_reward_components(run_dir, plot_dir / "reward_components.png")
         plot_drift(evals, plot_dir / "nll_drift.png")
         plot_tax_meter(run_dir, plot_dir / "tax_meter.png")
         plot_tradeoff(run_dir, plot_dir / "tradeoff.png")
-    plots = {p.name: str(p) for p in layout.plots.glob("*.png")}
-    md = render_markdown(metrics, evals, plots)
-    write_json(layout.metrics, metrics)
-    write_text(layout.report_md, md)
-    return write_text(layout.report_html, render_html(md, layout.plots))
+        plots = {p.name: str(layout.plots / p.name) for p in plot_dir.glob("*.png")}
+        md = render_markdown(metrics, evals, plots)
+        page = render_html(md, plot_dir)
+        metrics_path.write_text(json_text(metrics), encoding="utf-8")
+        md_path.write_text(md, encoding="utf-8")
+        html_path.write_text(page, encoding="utf-8")
+    return layout.report_html

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from semrl.config.rewards import custom_reward_module
 from semrl.core import lang as L
 from semrl.core.errors import ConfigError, DataError, ModelError
 from semrl.core.io import read_jsonl
+from semrl.core.trust import untrusted_reason
 from semrl.encoders import Encoder
 from semrl.rewards.base import RewardFunc, check_lang, completion_text
 from semrl.rewards.grounded import SourceGroundedReward
@@ -88,19 +90,31 @@ REWARD_BUILDERS: dict[str, Callable[[RewardComponent, _BuildContext], RewardFunc
 
 
 def load_custom_reward(
-    path: str, kwargs: dict[str, Any] | None = None, where: str = "rewards.components"
+    path: str,
+    kwargs: dict[str, Any] | None = None,
+    where: str = "rewards.components",
+    trust_modules: Sequence[str] = (),
 ) -> RewardFunc:
     """The reward at dotted `path` ('package.module:callable' or 'package.module.callable'), as TRL's
     grpo script loads one: a class is instantiated with `kwargs`, a function is bound to them with
     functools.partial (when there are any). The result must take TRL's reward signature
     (prompts, completions, **columns) -> list[float]; its `__name__` (what TRL logs) defaults to the
-    path's last component. Raises ConfigError naming `where` if it cannot be loaded."""
+    path's last component.
+
+    Only trusted code is run: the path's module must equal or be under one of `trust_modules`
+    (rewards.trust_modules) and not be refused by `semrl.core.trust`, and so must the module that
+    defines the callable it names (a trusted module that imports `subprocess.Popen` does not make
+    Popen trusted). Raises ConfigError naming `where` if it is not trusted or cannot be loaded."""
     kwargs = dict(kwargs or {})
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
+    module_name = custom_reward_module(path)
+    attr = path[len(module_name) + 1 :]
     if not module_name or not attr:
         raise ConfigError(f"{where}: {path!r} is not a dotted path 'package.module:callable'")
+    reason = untrusted_reason(module_name, trust_modules)
+    if reason is not None:  # checked before the import: importing runs the module
+        raise ConfigError(
+            f"{where}: custom reward {path!r}: {reason}; list the module in rewards.trust_modules if you wrote it"
+        )
     try:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
@@ -109,6 +123,13 @@ def load_custom_reward(
         raise ConfigError(f"{where}: cannot import the custom reward {path!r}: {type(err).__name__}: {err}") from None
     if not callable(obj):
         raise ConfigError(f"{where}: the custom reward {path!r} is not callable (it is {obj!r})")
+    defined_in = _defining_module(obj)
+    reason = "its defining module is unknown" if defined_in is None else untrusted_reason(defined_in, trust_modules)
+    if reason is not None:
+        raise ConfigError(
+            f"{where}: custom reward {path!r} names {obj!r}, which is not defined in a trusted module ({reason}); "
+            "name a function or class written in a module listed in rewards.trust_modules"
+        )
     label = attr.split(".")[-1]
     if isinstance(obj, type):
         try:
@@ -132,6 +153,15 @@ def load_custom_reward(
     return func
 
 
+def _defining_module(obj: Any) -> str | None:
+    """The module that defines callable `obj` (a function's, a class's, or an instance's class's);
+    a functools.partial is judged by the function it wraps."""
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    module = getattr(obj, "__module__", None)
+    return module if isinstance(module, str) else None
+
+
 def build_reward_functions(
     cfg: RewardsConfig, target_lang: str, encoder: Encoder | None, tau: float | None
 ) -> tuple[list[RewardFunc], list[float]]:
@@ -151,7 +181,11 @@ def build_reward_functions(
         if builder is not None:
             funcs.append(builder(comp, ctx))
         else:
-            funcs.append(load_custom_reward(comp.name, comp.kwargs, where=f"rewards.components[{i}].name"))
+            funcs.append(
+                load_custom_reward(
+                    comp.name, comp.kwargs, where=f"rewards.components[{i}].name", trust_modules=cfg.trust_modules
+                )
+            )
         weights.append(float(comp.weight))
     _warn_weak_gate(cfg)
     return funcs, weights

@@ -67,6 +67,8 @@ def common_args(stage: str, cfg: Any, config: ExperimentConfig, output_dir: Path
         seed=config.seed,
         data_seed=config.seed,
         report_to=default_report_to(),
+        # TRL loads code from the model's folder with this (vLLM, a processor): semrl's own switch decides.
+        trust_remote_code=config.model.trust_remote_code,
         **_checkpointing_arg(cfg.gradient_checkpointing),
         **trainer_hardware_kwargs(),
     )

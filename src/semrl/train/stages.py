@@ -121,5 +121,7 @@ def stage_config_hash(config: ExperimentConfig, stage: str) -> str:
     spec = stage_specs(config.stages)[stage]
     data = config.to_dict()
     keyed: dict[str, Any] = {k: data[k] for k in spec.hashed_sections}
+    if "rewards" in keyed:  # which modules may run says nothing about the stage's output
+        keyed["rewards"] = {k: v for k, v in keyed["rewards"].items() if k != "trust_modules"}
     keyed["stage"] = data["stages"][stage]
     return digest(keyed)
