@@ -630,6 +630,8 @@ def path_cases(env: Env) -> None:
         return stage_problem(run, "cold_start")
 
     case("train --force, changed config", [*env.argv(*train, sets=lr), "--force"], 0, project, retrained)
+
+
 HOSTILE = "![x](nope.png) <script>alert(1)</script> | *b* `c` # [l](http://e) \\ &amp;"
 
 
