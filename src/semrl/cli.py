@@ -67,7 +67,7 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from semrl.core.io import read_manifest
-    from semrl.data.splits import prepare_data, split_summary
+    from semrl.data.splits import cleaning_lines, prepare_data, split_summary
 
     config = _load(args)
     out = Path(args.out or config.output_dir)
@@ -79,9 +79,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(table)
-    dropped = (read_manifest(RunLayout(out).splits_manifest) or {}).get("dropped_by_max_source_chars", 0)
-    if dropped:
-        console.print(f"dropped {dropped} example(s) over the length cap (data.max_source_chars)", markup=False)
+    manifest = read_manifest(RunLayout(out).splits_manifest) or {}
+    for line in cleaning_lines(manifest):
+        console.print(line, markup=False)
     return 0
 
 
