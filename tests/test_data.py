@@ -453,7 +453,12 @@ def test_load_examples_prefixes_ids_and_filters(tmp_path: Path, ntrex_data_dir: 
     config = _config(
         [
             {"kind": "local", "path": str(_jsonl(a / "pairs.jsonl", _rows())), "columns": cols},
-            {"kind": "local", "path": str(_jsonl(b / "pairs.jsonl", _rows())), "columns": cols},
+            # other references: a pair repeated across sources would be dropped as a duplicate
+            {
+                "kind": "local",
+                "path": str(_jsonl(b / "pairs.jsonl", [{**r, "zh": r["zh"] + "！"} for r in _rows()])),
+                "columns": cols,
+            },
             {"kind": "ntrex"},
         ],
         data_dir=str(ntrex_data_dir),

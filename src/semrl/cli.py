@@ -68,7 +68,7 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from semrl.core.io import read_manifest
     from semrl.core.lock import directory_lock
-    from semrl.data.splits import split_summary
+    from semrl.data.splits import cleaning_lines, split_summary
     from semrl.pipeline.run import check_splits_current, prepare_run_data
 
     config = _load(args)
@@ -88,9 +88,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(table)
-    dropped = (read_manifest(layout.splits_manifest) or {}).get("dropped_by_max_source_chars", 0)
-    if dropped:
-        console.print(f"dropped {dropped} example(s) over the length cap (data.max_source_chars)", markup=False)
+    manifest = read_manifest(layout.splits_manifest) or {}
+    for line in cleaning_lines(manifest):
+        console.print(line, markup=False)
     return 0
 
 

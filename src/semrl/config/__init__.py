@@ -2,10 +2,12 @@
 
 from semrl.config.base import Section
 from semrl.config.data import (
+    AlignmentFilter,
     DataConfig,
     HubSource,
     LocalSource,
     LotsawaSource,
+    MitraSource,
     NtrexSource,
     SourceConfig,
     SplitSize,
@@ -64,6 +66,8 @@ __all__ = [
     "HubSource",
     "NtrexSource",
     "LotsawaSource",
+    "MitraSource",
+    "AlignmentFilter",
     "SourceConfig",
     "SplitSize",
     "SplitSizes",

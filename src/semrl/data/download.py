@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,12 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: Path) -> str:
     return sha256_bytes(path.read_bytes())
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """Git's object id of a file's content (what `git ls-tree` and GitHub's tree API list), so a
+    download is checked against the listing of a pinned commit."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def data_cache_dir() -> Path:
@@ -44,14 +51,21 @@ def fetch(url: str) -> bytes:
     return response.content
 
 
-def download_verified(url: str, dest: Path, sha256: str) -> Path:
-    """Download `url` to `dest` (atomically) unless a copy with the right sha256 is there."""
-    if dest.is_file() and sha256_file(dest) == sha256:
+def download_verified(
+    url: str, dest: Path, sha256: str, digest_of: Callable[[bytes], str] = sha256_bytes, digest_name: str = "sha256"
+) -> Path:
+    """Download `url` to `dest` (atomically) unless a copy with the right digest is there.
+
+    The digest is sha256 unless `digest_of` says otherwise (e.g. `git_blob_sha1`, named by
+    `digest_name` in the error)."""
+    if dest.is_file() and digest_of(dest.read_bytes()) == sha256:
         return dest
     data = fetch(url)
-    digest = sha256_bytes(data)
+    digest = digest_of(data)
     if digest != sha256:
-        raise DataError(f"download of {url} has sha256 {digest}, expected {sha256} (corrupt or changed upstream)")
+        raise DataError(
+            f"download of {url} has {digest_name} {digest}, expected {sha256} (corrupt or changed upstream)"
+        )
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
     return dest
