@@ -15,7 +15,12 @@ from semrl.config.rewards import EncoderConfig
 
 
 class TaskConfig(Section):
-    kind: Literal["translation", "headline"] = "translation"
+    """The task (translation or headline generation), its languages and its prompt."""
+
+    kind: Literal["translation", "headline"] = Field(
+        "translation",
+        description="'translation' (source -> target language) or 'headline' (article -> headline, one language).",
+    )
     source_lang: str = Field("bo", description="ISO 639-1 code of the source text, e.g. 'bo', 'zh', 'en'.")
     target_lang: str = Field("zh", description="ISO 639-1 code of the output text.")
     prompt_template: str | None = Field(
@@ -40,9 +45,9 @@ class TaskConfig(Section):
 class LocalSource(Section):
     """A local JSONL, CSV or TSV file; `columns` maps semrl's fields to the file's columns."""
 
-    kind: Literal["local"] = "local"
-    path: str
-    format: Literal["auto", "jsonl", "csv", "tsv"] = "auto"
+    kind: Literal["local"] = Field("local", description="Selects this source type.")
+    path: str = Field(description="The file (relative to the working directory).")
+    format: Literal["auto", "jsonl", "csv", "tsv"] = Field("auto", description="'auto': from the file's suffix.")
     columns: dict[str, str] = Field(
         default_factory=lambda: {"source": "source", "reference": "reference"},
         description="Map of semrl field (source, reference, doc_id, id) to the file's column name.",
@@ -52,17 +57,20 @@ class LocalSource(Section):
 class HubSource(Section):
     """A Hugging Face hub dataset by id (needs internet or a populated HF cache)."""
 
-    kind: Literal["hub"] = "hub"
-    id: str
-    config_name: str | None = None
-    split: str = "train"
-    revision: str | None = None
+    kind: Literal["hub"] = Field("hub", description="Selects this source type.")
+    id: str = Field(description="The dataset's hub id, e.g. 'KEVVVV/CMHG'.")
+    config_name: str | None = Field(None, description="The dataset's configuration (subset), if it has several.")
+    split: str = Field("train", description="The dataset split to read; semrl draws its own splits from it.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     data_files: str | list[str] | None = Field(
         None,
         description="Files of the dataset repository to read, e.g. 'bo/bo-all.csv' for the Tibetan part of "
         "KEVVVV/CMHG (null: the dataset's default files).",
     )
-    columns: dict[str, str] = Field(default_factory=lambda: {"source": "source", "reference": "reference"})
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {"source": "source", "reference": "reference"},
+        description="Map of semrl field (source, reference, doc_id, id) to the dataset's column name.",
+    )
 
     _omit_when_default = ("data_files",)
 
@@ -70,7 +78,7 @@ class HubSource(Section):
 class NtrexSource(Section):
     """NTREX-128 news (line-aligned, 123 documents). Read from the data directory, else downloaded."""
 
-    kind: Literal["ntrex"] = "ntrex"
+    kind: Literal["ntrex"] = Field("ntrex", description="Selects this source type.")
     headlines: bool = Field(False, description="Yield (document body -> headline) pairs instead of sentence pairs.")
     lead_lines: int | None = Field(
         None,
@@ -91,7 +99,7 @@ class NtrexSource(Section):
 class LotsawaSource(Section):
     """Lotsawa House Tibetan-Chinese text pairs (OpenPecha C0A2DD042). Buddhist liturgy."""
 
-    kind: Literal["lotsawa"] = "lotsawa"
+    kind: Literal["lotsawa"] = Field("lotsawa", description="Selects this source type.")
     skip_titles: bool = Field(True, description="Drop line 1 of each text (usually its title).")
 
 
@@ -217,7 +225,12 @@ class AlignmentFilter(Section):
 
 
 class DataConfig(Section):
-    sources: list[SourceConfig] = Field(default_factory=lambda: [NtrexSource()])
+    """Where the examples come from, and how they are split (by document, so no document is in two splits)."""
+
+    sources: list[SourceConfig] = Field(
+        default_factory=lambda: [NtrexSource()],
+        description="Where the examples come from: one or more sources, each chosen by its `kind`.",
+    )
     splits: SplitSizes = Field(default_factory=SplitSizes)
     max_source_chars: int | None = Field(
         None,

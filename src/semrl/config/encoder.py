@@ -90,14 +90,14 @@ class EncoderTrainingConfig(Section):
         "document to the run's splits: documents of the run's dev and test splits are never trained on, "
         "and the test split's documents give the held-out evaluation.",
     )
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training pairs.")
     max_steps: int = Field(-1, description="-1: the epochs decide; else >= 1.")
     learning_rate: float = Field(
         0.05, gt=0, description="Static students need a large rate (~0.05); transformers ~2e-5."
     )
     batch_size: int = Field(32, ge=2, description="Pairs per step (contrastive: the in-batch negatives).")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume points).")
     max_train_pairs: int | None = Field(None, ge=2, description="Cap on training pairs (null: all).")
     eval_limit: int | None = Field(None, ge=2, description="Held-out test pairs evaluated (null: all).")

@@ -15,17 +15,21 @@ from semrl.config.rewards import EncoderConfig
 
 
 class GenerationConfig(Section):
-    do_sample: bool = False
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1.0)
-    max_new_tokens: int = Field(128, ge=1)
+    """How the test outputs are generated."""
+
+    do_sample: bool = Field(False, description="Sample the test outputs (false: greedy decoding).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")
+    top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling (with do_sample).")
+    max_new_tokens: int = Field(128, ge=1, description="Generated tokens per test output.")
     batch_size: int = Field(8, ge=1, description="Prompts per generation batch.")
 
 
 class BenchmarkConfig(Section):
+    """One general benchmark of the tax instrument."""
+
     name: str = Field(description="'cmrc2018', 'mmlu', 'gsm8k', or any lm-evaluation-harness task name.")
     limit: int | None = Field(100, ge=1, description="Examples per benchmark (fixed seeded subset). None: all.")
-    num_fewshot: int = Field(0, ge=0)
+    num_fewshot: int = Field(0, ge=0, description="Few-shot examples in each prompt.")
     max_gen_toks: int | None = Field(
         None,
         ge=1,
@@ -115,6 +119,8 @@ class JudgeConfig(Section):
 
 
 class EvaluationConfig(Section):
+    """What is measured after training: task quality on the test split, the alignment tax, drift, the judge."""
+
     methods: list[MethodName] | None = Field(
         None, description="Methods to evaluate: 'base' and stage names (null: base and every enabled stage)."
     )
@@ -128,7 +134,8 @@ class EvaluationConfig(Section):
             BenchmarkConfig(name="cmrc2018"),
             BenchmarkConfig(name="mmlu"),
             BenchmarkConfig(name="gsm8k"),
-        ]
+        ],
+        description="The general benchmarks the alignment tax is measured on.",
     )
     dtype: Literal["float32", "model"] = Field(
         "float32",
@@ -147,8 +154,8 @@ class EvaluationConfig(Section):
     drift_text_file: str | None = Field(
         None, description="A text file (one passage per line) for drift instead of CMRC."
     )
-    bootstrap_samples: int = Field(1000, ge=100)
-    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    bootstrap_samples: int = Field(1000, ge=100, description="Bootstrap resamples of every interval.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of every interval.")
     tax_meter_steps: int = Field(0, ge=0, description="Measure NLL drift every N training steps (0: off).")
     primary_tax: Literal["continuous", "accuracy", "drift", "task_kl"] = Field(
         "continuous",

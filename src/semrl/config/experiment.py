@@ -84,8 +84,8 @@ class TransferConfig(Section):
 
 
 class ExperimentConfig(Section):
-    name: str = "experiment"
-    seed: int = 42
+    name: str = Field("experiment", description="The experiment's name (in the report and model cards).")
+    seed: int = Field(42, description="Seeds the data splits, training, sampling and the bootstrap.")
     output_dir: str = Field("runs/experiment", description="Run directory (relative to the working directory).")
     data_dir: str | None = Field(
         None, description="Directory with local copies of the datasets (else $SEMRL_DATA_DIR, else download)."

@@ -13,6 +13,8 @@ from semrl.config.base import Section
 
 
 class LoraConfig(Section):
+    """LoRA adapters (PEFT) on the policy: the paper trains LoRA r=64, alpha 128."""
+
     enabled: bool = Field(True, description="Train LoRA adapters (True) or all weights (False).")
     r: int = Field(64, ge=1, description="LoRA rank (paper: 64).")
     alpha: int = Field(128, ge=1, description="LoRA alpha (paper: 128).")
@@ -24,6 +26,8 @@ class LoraConfig(Section):
 
 
 class ModelConfig(Section):
+    """The policy model: which one, its weight dtype, its LoRA adapters and what a stage saves."""
+
     name: str = Field(
         "tiny",
         description="Policy model: 'tiny' (random, built in code), 'gemma-3-270m' (packaged, offline), "

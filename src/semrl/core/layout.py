@@ -50,10 +50,12 @@ class StageLayout:
 
     @property
     def checkpoints(self) -> Path:
+        """Trainer checkpoints: the resume points of a killed stage."""
         return self.root / "checkpoints"
 
     @property
     def model(self) -> Path:
+        """The stage's output model: a LoRA adapter (with base_model.json) or a full checkpoint."""
         return self.root / "model"
 
     @property
@@ -63,14 +65,17 @@ class StageLayout:
 
     @property
     def log(self) -> Path:
+        """Training logs, one JSON object per logged step (TRL's logs, rewards, monitors, timing)."""
         return self.root / "log.jsonl"
 
     @property
     def tau(self) -> Path:
+        """GRPO: the semantic floor tau and its origin."""
         return self.root / "tau.json"
 
     @property
     def manifest(self) -> Path:
+        """Written last: its presence means the stage finished (id, config hash, versions, wall time, peak RSS)."""
         return self.root / MANIFEST_FILE
 
     @property
@@ -99,25 +104,31 @@ class RunLayout:
 
     @property
     def config(self) -> Path:
+        """The resolved config the run was started with."""
         return self.root / CONFIG_FILE
 
     @property
     def lock(self) -> Path:
+        """Held while a semrl process works in the directory: its pid and host."""
         return self.root / LOCK_FILE
 
     @property
     def splits(self) -> Path:
+        """The document-level data splits."""
         return self.root / "splits"
 
     @property
     def splits_manifest(self) -> Path:
+        """The splits' counts, sources and config hash."""
         return self.splits / MANIFEST_FILE
 
     def split_file(self, split: str) -> Path:
+        """One split's examples, one JSON object per line."""
         return self.splits / f"{split}.jsonl"
 
     @property
     def stages(self) -> Path:
+        """One folder per training stage."""
         return self.root / "stages"
 
     ENCODER = "encoder"
@@ -128,17 +139,21 @@ class RunLayout:
         return StageLayout(self.root / self.ENCODER)
 
     def stage(self, stage: str) -> StageLayout:
+        """One stage's folder."""
         return StageLayout(self.stages / stage)
 
     @property
     def eval_dir(self) -> Path:
+        """The evaluations."""
         return self.root / "eval"
 
     def eval_file(self, method: str) -> Path:
+        """One method's test outputs, per-example scores, benchmark results and drift."""
         return self.eval_dir / f"{method}.json"
 
     @property
     def judge(self) -> Path:
+        """The LLM judge's verdicts per pair and order, and its win/tie/loss rates."""
         return self.eval_dir / "judge.json"
 
     @property
@@ -153,18 +168,22 @@ class RunLayout:
 
     @property
     def metrics(self) -> Path:
+        """Every number of the run (see the metrics.json reference)."""
         return self.root / "metrics.json"
 
     @property
     def report_md(self) -> Path:
+        """The report, in Markdown."""
         return self.root / "report.md"
 
     @property
     def report_html(self) -> Path:
+        """The report as one HTML file, plots embedded."""
         return self.root / "report.html"
 
     @property
     def plots(self) -> Path:
+        """The report's plots."""
         return self.root / "plots"
 
 
@@ -198,23 +217,29 @@ class ComparisonLayout:
 
     @property
     def shared(self) -> RunLayout:
+        """A sweep's shared stages and base evaluation (a run directory)."""
         return RunLayout(self.root / self.SHARED)
 
     @property
     def lock(self) -> Path:
+        """Held while a sweep or transfer works in the directory."""
         return self.root / LOCK_FILE
 
     def variant(self, name: str) -> RunLayout:
+        """One variant's run directory."""
         return RunLayout(self.root / name)
 
     @property
     def report_md(self) -> Path:
+        """The comparison report, in Markdown."""
         return self.root / f"{self.kind}.md"
 
     @property
     def report_json(self) -> Path:
+        """The comparison's numbers."""
         return self.root / f"{self.kind}.json"
 
     @property
     def report_html(self) -> Path:
+        """The comparison report as one HTML file."""
         return self.root / f"{self.kind}.html"

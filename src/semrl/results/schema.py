@@ -1,0 +1,274 @@
+"""The documented schema of metrics.json, key by key, next to the code that writes it (`build.py`).
+
+It describes and does not drive: `build_metrics` writes the file, this table says what each key
+means. The reference page docs/reference/metrics.md is generated from it (scripts/gen_docs.py), and
+tests/test_docs.py checks it against the metrics.json of a real tiny run both ways: every key the
+run writes is documented here, and every key marked required is in the run.
+
+Paths are dotted. A segment in angle brackets stands for a family of keys: ``<method>`` (``base``
+and every evaluated stage), ``<stage>``, ``<benchmark>`` (``cmrc2018``, ``mmlu``, ``gsm8k`` or an
+lm-eval task name), ``<metric>`` (a task metric), ``<a>-<b>`` (a pair of methods), ``<split>``,
+``<measure>`` (a tax measure) and ``<monitor>``. The type ``interval`` is an object
+``{"estimate", "low", "high"}`` (a bootstrap percentile interval at `evaluation.confidence`), and
+``open`` marks an object whose inner keys are not listed (they follow the config, the installed
+packages or the trainer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from semrl.results.build import SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class MetricsKey:
+    """One documented key of metrics.json."""
+
+    path: str
+    type: str
+    description: str
+    required: bool = True  # present in every run with a base model, sft and grpo, and a GRPO log
+
+
+def _key(path: str, type_: str, description: str, required: bool = True) -> MetricsKey:
+    return MetricsKey(path, type_, description, required)
+
+
+METRICS_KEYS: tuple[MetricsKey, ...] = (
+    _key("schema_version", "int", f"The version of this schema ({SCHEMA_VERSION})."),
+    # -- per method ---------------------------------------------------------------------------
+    _key("methods", "object", "One entry per evaluated method: `base` and every evaluated stage."),
+    _key("methods.<method>.task", "object", "Task quality on the test split."),
+    _key("methods.<method>.task.bleu", "number", "Corpus BLEU (sacrebleu; `zh` tokenisation for Chinese)."),
+    _key("methods.<method>.task.bleu_signature", "string", "sacrebleu's signature of that BLEU."),
+    _key("methods.<method>.task.chrf", "number", "Corpus chrF (sacrebleu)."),
+    _key("methods.<method>.task.chrf_signature", "string", "sacrebleu's signature of that chrF."),
+    _key(
+        "methods.<method>.task.rouge_l",
+        "number",
+        "ROUGE-L on Tibetan syllables / Chinese characters (headline tasks only).",
+        required=False,
+    ),
+    _key("methods.<method>.task.semantic", "number", "Mean cosine similarity to the reference (the reward's encoder)."),
+    _key(
+        "methods.<method>.task.semantic_2",
+        "number",
+        "The same with `evaluation.second_encoder` (when configured).",
+        required=False,
+    ),
+    _key(
+        "methods.<method>.task.semantic_valid",
+        "bool",
+        "Whether the encoder passes `can_represent` for the output language (absent without a probe for it).",
+        required=False,
+    ),
+    _key(
+        "methods.<method>.task.semantic_note",
+        "string",
+        "Why the similarity is meaningless (when `semantic_valid` is false).",
+        required=False,
+    ),
+    _key(
+        "methods.<method>.task.semantic_2_valid",
+        "bool",
+        "`semantic_valid` for the second encoder.",
+        required=False,
+    ),
+    _key(
+        "methods.<method>.task.semantic_2_note",
+        "string",
+        "`semantic_note` for the second encoder.",
+        required=False,
+    ),
+    _key("methods.<method>.task.lang_rate", "number", "Share of outputs written only in the target script."),
+    _key("methods.<method>.task.length_ratio", "number", "Mean output length over reference length (characters)."),
+    _key("methods.<method>.task.source_copy_rate", "number", "Share of outputs that copy their source (4-gram test)."),
+    _key("methods.<method>.task.n", "int", "Test examples evaluated."),
+    _key(
+        "methods.<method>.task.chance",
+        "object",
+        "Chance floors: the same outputs scored against shuffled references (absent with fewer than two examples).",
+    ),
+    _key("methods.<method>.task.chance.bleu", "number", "BLEU against the shuffled references."),
+    _key("methods.<method>.task.chance.chrf", "number", "chrF against the shuffled references."),
+    _key("methods.<method>.task.chance.semantic", "number", "Similarity to the shuffled references."),
+    _key(
+        "methods.<method>.task.chance.semantic_2",
+        "number",
+        "The second encoder's similarity to them.",
+        required=False,
+    ),
+    _key("methods.<method>.task.chance.reference_order", "list", "The shuffled order of the references (seeded)."),
+    _key(
+        "methods.<method>.chance",
+        "object",
+        "Each chance-floored metric (bleu, chrf, semantic, semantic_2) beside its floor.",
+    ),
+    _key("methods.<method>.chance.<metric>.value", "number", "The method's score."),
+    _key("methods.<method>.chance.<metric>.floor", "number", "The score of the same outputs on shuffled references."),
+    _key("methods.<method>.chance.<metric>.margin", "interval", "Score minus floor, paired over test examples."),
+    _key("methods.<method>.chance.<metric>.above_chance", "bool", "Whether the margin's interval lies above zero."),
+    _key("methods.<method>.general", "object", "General-benchmark scores."),
+    _key("methods.<method>.general.<benchmark>", "number", "The benchmark's score (lm-eval's metric for it)."),
+    _key("methods.<method>.tax", "object", "Accuracy-style alignment tax: score(base) - score(method)."),
+    _key("methods.<method>.tax.<benchmark>", "number", "The tax on one benchmark."),
+    _key("methods.<method>.tax.mean", "number", "Its mean over the benchmarks."),
+    _key("methods.<method>.tax_evidence", "object", "Per benchmark, the tax measures against base (not for `base`)."),
+    _key("methods.<method>.tax_evidence.<benchmark>.metric", "string", "The benchmark's score metric."),
+    _key("methods.<method>.tax_evidence.<benchmark>.n", "int", "Items."),
+    _key(
+        "methods.<method>.tax_evidence.<benchmark>.note",
+        "string",
+        "Why the items could not be paired (different subsets); the measures below are then absent.",
+        required=False,
+    ),
+    _key(
+        "methods.<method>.tax_evidence.<benchmark>.accuracy_tax",
+        "interval",
+        "Accuracy-style tax, paired over items.",
+    ),
+    _key("methods.<method>.tax_evidence.<benchmark>.flips", "object", "Paired flips against base."),
+    _key("methods.<method>.tax_evidence.<benchmark>.flips.n", "int", "Paired items."),
+    _key("methods.<method>.tax_evidence.<benchmark>.flips.lost", "int", "Right for base, wrong for the method."),
+    _key("methods.<method>.tax_evidence.<benchmark>.flips.gained", "int", "Wrong for base, right for the method."),
+    _key("methods.<method>.tax_evidence.<benchmark>.flips.p_value", "number", "McNemar's exact test."),
+    _key(
+        "methods.<method>.tax_evidence.<benchmark>.continuous_measure",
+        "string",
+        "What the continuous score is (MMLU: probability of the gold choice; CMRC 2018, GSM8K: gold answer "
+        "log-likelihood per character).",
+    ),
+    _key("methods.<method>.tax_evidence.<benchmark>.continuous", "object", "Mean continuous score of each model."),
+    _key("methods.<method>.tax_evidence.<benchmark>.continuous.base", "number", "The base model's."),
+    _key("methods.<method>.tax_evidence.<benchmark>.continuous.method", "number", "The method's."),
+    _key(
+        "methods.<method>.tax_evidence.<benchmark>.continuous_tax",
+        "interval",
+        "Per-item continuous tax (base - method), paired over items.",
+    ),
+    _key(
+        "methods.<method>.tax_evidence.<benchmark>.empty_share",
+        "object",
+        "Share of empty predictions (generative benchmarks).",
+        required=False,
+    ),
+    _key("methods.<method>.tax_evidence.<benchmark>.empty_share.base", "number", "The base model's.", required=False),
+    _key("methods.<method>.tax_evidence.<benchmark>.empty_share.method", "number", "The method's.", required=False),
+    _key(
+        "methods.<method>.tax_evidence.<benchmark>.empty_rise",
+        "bool",
+        "Empty predictions rose by at least a quarter of the items.",
+        required=False,
+    ),
+    _key(
+        "methods.<method>.tax_evidence.<benchmark>.format_change",
+        "bool",
+        "An accuracy drop that comes with empty answers while the gold answer's likelihood holds.",
+        required=False,
+    ),
+    _key(
+        "methods.<method>.task_kl",
+        "interval",
+        "Forward KL from the base model on the task distribution (`evaluation.task_kl_examples` > 0), with `n`.",
+        required=False,
+    ),
+    _key("methods.<method>.task_kl.n", "int", "Dev prompts sampled from the base model.", required=False),
+    _key("methods.<method>.drift", "object | null", "Drift on general text against base (null for `base`)."),
+    _key("methods.<method>.drift.nll_mean", "number", "Mean NLL increase per token."),
+    _key("methods.<method>.drift.nll_p90", "number", "Its 90th percentile over texts."),
+    _key("methods.<method>.drift.kl_mean", "number", "Mean KL from the base model's next-token distribution."),
+    _key("methods.<method>.drift.kl_p90", "number", "Its 90th percentile over texts."),
+    # -- intervals ----------------------------------------------------------------------------
+    _key("intervals", "object", "Bootstrap intervals of the task metrics, their differences and the tax."),
+    _key("intervals.confidence", "number", "The confidence level (`evaluation.confidence`)."),
+    _key("intervals.task", "object", "Per method, per-example task metrics."),
+    _key("intervals.task.<method>.<metric>", "interval", "Over test examples."),
+    _key("intervals.differences", "object", "Paired differences between methods (grpo-sft, grpo-cold_start, ...)."),
+    _key("intervals.differences.<a>-<b>.<metric>", "interval", "Method a minus method b, paired over test examples."),
+    _key("intervals.tax", "object", "Per method, the accuracy-style tax."),
+    _key("intervals.tax.<method>.<benchmark>", "interval", "Paired over items."),
+    _key("intervals.tax.<method>.mean", "interval", "The mean over benchmarks."),
+    # -- the comparison the verdict rests on --------------------------------------------------
+    _key("comparison", "object", "GRPO's tax minus SFT's on every measure."),
+    _key("comparison.primary", "string", "The measure the verdict rests on (`evaluation.primary_tax`)."),
+    _key("comparison.pair", "list", "The two methods compared: [grpo, sft]."),
+    _key("comparison.measures", "object", "One entry per measure: continuous, accuracy, drift, task_kl."),
+    _key("comparison.measures.<measure>", "interval", "tax(grpo) - tax(sft), paired."),
+    _key("comparison.measures.<measure>.measure", "string", "The measure's name."),
+    _key("comparison.measures.<measure>.reading", "string", "`lower`, `higher` or `not separated`."),
+    _key("signatures", "object", "sacrebleu signatures."),
+    _key("signatures.bleu", "string", "BLEU's."),
+    _key("signatures.chrf", "string", "chrF's."),
+    # -- the judge ----------------------------------------------------------------------------
+    _key("judge", "object", "LLM-judge win rates (only when RUN_DIR/eval/judge.json exists).", required=False),
+    _key("judge.judge", "object", "The judge: `kind` (local, endpoint), `model`, `mode`, `url`.", required=False),
+    _key("judge.judge.kind", "string", "`local` or `endpoint`.", required=False),
+    _key("judge.judge.model", "string", "The judge model.", required=False),
+    _key("judge.judge.mode", "string", "`logprob` or `generate`.", required=False),
+    _key("judge.judge.url", "string", "The endpoint (endpoint judges).", required=False),
+    _key("judge.confidence", "number", "Confidence level of the rates' intervals.", required=False),
+    _key("judge.stale", "bool", "A compared method was re-evaluated since it was judged.", required=False),
+    _key("judge.pairs.<a>-<b>.first", "string", "Method a.", required=False),
+    _key("judge.pairs.<a>-<b>.second", "string", "Method b.", required=False),
+    _key("judge.pairs.<a>-<b>.n", "int", "Examples judged.", required=False),
+    _key("judge.pairs.<a>-<b>.judge_prompts", "int", "Prompts sent (two orders per example).", required=False),
+    _key(
+        "judge.pairs.<a>-<b>.counts",
+        "object",
+        "`win`, `tie`, `loss` (from a's side: a win needs both orders to prefer a), `inconsistent`, "
+        "`identical`, `unparsed`.",
+        required=False,
+    ),
+    _key("judge.pairs.<a>-<b>.counts.<count>", "int", "One of those counts.", required=False),
+    _key("judge.pairs.<a>-<b>.rates.<rate>", "interval", "`win`, `tie` or `loss` rate.", required=False),
+    _key(
+        "judge.pairs.<a>-<b>.inconsistent_rate",
+        "number",
+        "Share of pairs whose two orders picked the same position.",
+        required=False,
+    ),
+    _key(
+        "judge.pairs.<a>-<b>.first_position_rate",
+        "number | null",
+        "Share of verdicts for the first position.",
+        required=False,
+    ),
+    # -- scale, training, monitors --------------------------------------------------------------
+    _key("scale", "object", "The run's scale, stated in the report."),
+    _key("scale.model", "string", "`model.name`."),
+    _key("scale.lora", "bool", "Whether LoRA was on."),
+    _key("scale.split_sizes.<split>", "int", "Examples per split."),
+    _key("scale.test_examples_evaluated", "int", "Test examples evaluated."),
+    _key("scale.benchmark_items.<benchmark>", "int", "Items per benchmark."),
+    _key("scale.steps.<stage>", "int", "Optimizer steps per stage."),
+    _key("scale.encoder", "string", "The reward encoder."),
+    _key("scale.hardware", "object | null", "Where and in which dtype the stages trained (from their manifests)."),
+    _key("scale.hardware.cpu", "string", "CPU model."),
+    _key("scale.hardware.cores", "int", "CPU cores."),
+    _key("scale.hardware.torch_threads", "int", "torch threads."),
+    _key("scale.hardware.gpu", "string | null", "GPU name, if any."),
+    _key("scale.hardware.dtype", "string", "The training dtype."),
+    _key("scale.hardware.dtype_reason", "string", "Why that dtype (`model.dtype: auto`'s choice)."),
+    _key("scale.eval_dtype", "string", "`evaluation.dtype`."),
+    _key("training", "object", "Per finished stage, from its manifest."),
+    _key("training.<stage>.wall_time_s", "number", "Wall time of the stage."),
+    _key("training.<stage>.peak_rss_mb", "number", "Peak resident memory of the process (MiB)."),
+    _key("training.<stage>.metrics", "open", "The trainer's final metrics (global_step, train_loss, ...)."),
+    _key("training.<stage>.extra", "open", "Stage details: hardware, tau (GRPO), reward weights, init model, ..."),
+    _key("monitors", "object | null", "GRPO's reward-hacking monitors (null without a GRPO log)."),
+    _key("monitors.rows", "int", "Logged GRPO steps."),
+    _key("monitors.window", "int", "Rows per window (a quarter of them, at least one)."),
+    _key(
+        "monitors.series.<monitor>",
+        "object",
+        "length_ratio, mixed_script_rate, source_copy_rate, repetition_rate, zero_std_group_share, language_pass_rate.",
+    ),
+    _key("monitors.series.<monitor>.first", "number", "Mean over the first window."),
+    _key("monitors.series.<monitor>.last", "number", "Mean over the last window."),
+    _key("monitors.series.<monitor>.change", "number", "last - first."),
+    _key("monitors.thresholds.<threshold>", "number", "The threshold of each flag (stated in the report)."),
+    _key("monitors.flags", "list", "Raised flags: {monitor, statistic, value, threshold, message}."),
+    _key("config", "open", "The resolved config."),
+    _key("versions", "open", "Versions of the packages that produced the run."),
+)
