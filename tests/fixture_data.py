@@ -180,3 +180,22 @@ def write_char_tokenizer(out_dir: Path) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
     fast.save_pretrained(out_dir)
     return out_dir
+
+
+def serve_downloads(monkeypatch, served: dict[str, bytes], cache: Path) -> dict:
+    """Replace `semrl.data.download.fetch` by a fake server of `served` (URL -> bytes; any other URL
+    is a 404) with the download cache in `cache`; the returned state records every URL fetched."""
+    from semrl.core.errors import DataError
+    from semrl.data import download
+
+    state: dict = {"served": served, "fetched": [], "cache": cache}
+
+    def fetch(url: str) -> bytes:
+        state["fetched"].append(url)
+        if url not in served:
+            raise DataError(f"download of {url} failed (404)")
+        return served[url]
+
+    monkeypatch.setattr(download, "fetch", fetch)
+    monkeypatch.setenv("SEMRL_CACHE_DIR", str(cache))
+    return state

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixture_data import serve_downloads
 
 from semrl import data
 from semrl.config.data import HubSource, LocalSource, LotsawaSource, NtrexSource, SplitSizes, TaskConfig
@@ -343,17 +344,7 @@ def fake_github(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, An
     ).encode()
     listing = "".join(f"{n}  {hashlib.sha256(b).hexdigest()}\n" for n, b in sorted(_lotsawa_files().items()))
     monkeypatch.setattr(lotsawa_source, "LOTSAWA_SHA256", hashlib.sha256(listing.encode()).hexdigest())
-    state: dict[str, Any] = {"served": served, "fetched": [], "cache": tmp_path / "cache"}
-
-    def fetch(url: str) -> bytes:
-        state["fetched"].append(url)
-        if url not in served:
-            raise DataError(f"download of {url} failed (404)")
-        return served[url]
-
-    monkeypatch.setattr(download, "fetch", fetch)
-    monkeypatch.setenv("SEMRL_CACHE_DIR", str(state["cache"]))
-    return state
+    return serve_downloads(monkeypatch, served, tmp_path / "cache")
 
 
 def test_ntrex_download_verifies_and_caches(fake_github: dict[str, Any]) -> None:

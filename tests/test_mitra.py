@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from fixture_data import serve_downloads
 
 from semrl import data
 from semrl.cli import main
@@ -201,17 +202,7 @@ def fake_mitra_github(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[s
     served[data.MITRA_TREE_URL] = json.dumps({"sha": data.MITRA_COMMIT, "tree": tree, "truncated": False}).encode()
     listing = {n: download.git_blob_sha1(blobs[n]) for n in (FILE_A, FILE_B)}
     monkeypatch.setattr(mitra_source, "subset_listing", lambda: dict(listing))
-    state: dict[str, Any] = {"served": served, "fetched": [], "cache": tmp_path / "cache"}
-
-    def fetch(url: str) -> bytes:
-        state["fetched"].append(url)
-        if url not in served:
-            raise DataError(f"download of {url} failed (404)")
-        return served[url]
-
-    monkeypatch.setattr(download, "fetch", fetch)
-    monkeypatch.setenv("SEMRL_CACHE_DIR", str(state["cache"]))
-    return state
+    return serve_downloads(monkeypatch, served, tmp_path / "cache")
 
 
 def test_mitra_download_checks_git_blob_sha1_and_caches(fake_mitra_github: dict[str, Any], tmp_path: Path) -> None:
