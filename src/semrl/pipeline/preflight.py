@@ -13,6 +13,9 @@ encoder itself:
 - `preflight`: builds the reward encoder and checks that it represents the output language when
   a GRPO stage will train on it. For the run's own encoder this runs once it is trained, which is
   the first thing every command trains.
+
+The data sources are read when each command draws its splits, which is also before anything
+trains (the encoder's own `encoder.sources` when it starts training, before its first step).
 """
 
 from __future__ import annotations
