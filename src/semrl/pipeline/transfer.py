@@ -10,11 +10,18 @@ Transfer directory::
 
     DIR/
       config.yaml, splits/                      the new task's document-level splits
+      encoder/                                  the run's own reward encoder (backend: trained)
       stages/from_<stage>/model, manifest.json  SFT from RUN/stages/<stage>/model
       eval/from_<stage>.json                    test outputs and per-example scores
       transfer.json, transfer.md, transfer.html
 
 Training examples are the new task's cold_start and rl splits, shuffled with the seed, first N.
+
+Everything the transfer needs (the source run's finished stages, the encoders, the transfer
+directory's state) is checked before anything is written or trained
+(`semrl.pipeline.preflight`). With `rewards.encoder.backend: trained` (or the second
+encoder's) the transfer trains the config's `encoder:` into DIR/encoder first, as `semrl run`
+does in a run directory; see `run_transfer` for why it does not reuse the source run's.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ from semrl.eval.records import read_evaluation
 from semrl.eval.task import evaluate_task, evaluation_examples
 from semrl.models import load_policy
 from semrl.pipeline.evaluate import eval_key
-from semrl.pipeline.run import check_splits_current, prepare_run_data, run_stage_in_dir
+from semrl.pipeline.preflight import check_preconditions
+from semrl.pipeline.run import check_splits_current, prepare_run_data, run_stage_in_dir, train_run_encoder
 from semrl.results.build import bootstrap_args, paired_differences, task_intervals
 from semrl.results.render import fmt, fmt_iv, fmt_with_iv, md_code, md_table, md_text, render_html
 from semrl.train.stages import BASELINE
@@ -53,7 +61,8 @@ PAPER_TRANSFER = {"from_grpo": 0.5690, "from_sft": 0.5456}
 
 @dataclass
 class TransferSummary:
-    """What `run_transfer` did: per start stage 'ran' or 'skipped', and the report's path."""
+    """What `run_transfer` did: per start stage (and for the run's own encoder, 'encoder') 'ran',
+    'resumed' or 'skipped', and the report's path."""
 
     out_dir: Path
     actions: dict[str, str] = field(default_factory=dict)
@@ -81,6 +90,11 @@ def _source_manifests(config: ExperimentConfig) -> tuple[RunLayout, dict[str, di
             "(e.g. runs/ntrex-bo-zh), in the config or with --set transfer.from_run=DIR"
         )
     source = RunLayout(Path(t.from_run))
+    if not source.root.is_dir():
+        raise ConfigError(
+            f"transfer.from_run: {source.root} does not exist (or is not a directory); name the run directory "
+            f"whose stage models start the transfer (`semrl run CONFIG --out DIR` makes one)"
+        )
     manifests = {}
     for stage in t.from_stages:
         manifest = read_manifest(source.stage(stage).manifest)
@@ -117,7 +131,15 @@ def run_transfer(
     config's task, evaluate them on its test split and write transfer.json/md/html.
 
     Finished fine-tunings and evaluations are reused; one made from another source checkpoint or
-    under other settings is an error (use a new directory or delete it).
+    under other settings is an error (use a new directory or delete it). Every precondition is
+    checked before anything is trained; a refusal is a SemrlError naming what to do.
+
+    The run's own reward encoder (`rewards.encoder.backend: trained`) is trained in the transfer
+    directory (DIR/encoder), on the transfer's training documents, before the fine-tunings; a
+    finished one there is reused. The source run's encoder is never reused: it was trained on the
+    source task's splits, which may include documents of the transfer's test split (its similarity
+    would then be measured on sentences the encoder was trained on), and it would be the same
+    encoder only under the same seed, task, data and `encoder:` sections, i.e. no transfer at all.
     """
     source, sources = _source_manifests(config)
     paths = RunLayout(Path(out_dir or config.output_dir))
@@ -149,18 +171,23 @@ def _transfer(
     check_splits_current(config, paths)
     for stage, src_manifest in sources.items():
         _check_transfer_current(config, paths, stage, src_manifest)
+    # The evaluation is the task's alone (no alignment tax): its encoders are what it needs.
+    check_preconditions(config, paths.root, evaluate=True, tax=False)
     if is_main_process():
         write_text(paths.config, config.to_yaml())
     splits = prepare_run_data(config, paths)
     train = transfer_examples(splits, config.transfer.n, config.seed)
     if not train:
         raise DataError(f"{paths.splits}: the cold_start and rl splits are empty; nothing to fine-tune on")
+    summary = TransferSummary(out_dir=paths.root)
+    encoder_result = train_run_encoder(config, paths, splits, log)  # before the fine-tunings, as `semrl run`
+    if encoder_result is not None:
+        summary.actions[RunLayout.ENCODER] = encoder_result.action
     log(
         f"[transfer] {len(train)} training examples of the {config.task.kind} task "
         f"({config.task.source_lang}->{config.task.target_lang}) from {source.root}"
     )
     stage_cfg = _stage_config(config)
-    summary = TransferSummary(out_dir=paths.root)
 
     for stage, src_manifest in sources.items():
         method = method_name(stage)
@@ -189,8 +216,9 @@ def _transfer(
     if not is_main_process():
         return summary
     test = evaluation_examples(config, paths.root)
-    encoder = build_encoder(config.rewards.encoder)
-    second = build_encoder(config.evaluation.second_encoder) if config.evaluation.second_encoder else None
+    trained = paths.encoder.model  # where backend 'trained' finds the transfer's own encoder
+    encoder = build_encoder(config.rewards.encoder, trained)
+    second = build_encoder(config.evaluation.second_encoder, trained) if config.evaluation.second_encoder else None
     for stage in sources:
         method = method_name(stage)
         out_path = paths.eval_file(method)

@@ -139,6 +139,63 @@ def _base_task(path: Path) -> dict[str, Any]:
     return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
 
 
+def _fewshot_pool(bench: BenchmarkConfig, rows: Sequence[Any], chosen: Sequence[int], seed: int) -> list[int]:
+    """The rows few-shot examples are drawn from (none without `num_fewshot`): items outside the
+    evaluated subset, so that no item is shown its own answer."""
+    if not bench.num_fewshot:
+        return []
+    taken = set(chosen)
+    rest = [i for i in range(len(rows)) if i not in taken]
+    random.Random(seed + 1).shuffle(rest)
+    pool = rest[: max(FEWSHOT_POOL, bench.num_fewshot)]
+    if len(pool) < bench.num_fewshot:
+        raise ConfigError(
+            f"evaluation.benchmarks[{bench.name}].num_fewshot={bench.num_fewshot}: only {len(pool)} items are "
+            f"left outside the evaluated subset of {len(chosen)}; lower limit or num_fewshot"
+        )
+    return sorted(pool)
+
+
+def _generation_kwargs(bench: BenchmarkConfig) -> dict[str, Any] | None:
+    """A semrl benchmark's generation settings with `max_gen_toks` applied (None: the shipped ones).
+
+    lm-eval's `include` replaces a whole top-level key, so the base generation_kwargs are copied
+    and only the cap changed."""
+    if bench.max_gen_toks is None:
+        return None
+    shipped = _base_task(SEMRL_TASKS[bench.name].base_path).get("generation_kwargs")
+    if shipped is None:
+        raise ConfigError(
+            f"evaluation.benchmarks[{bench.name}].max_gen_toks: {bench.name} is scored by log-likelihood and "
+            f"generates nothing; remove max_gen_toks"
+        )
+    return {**shipped, "max_gen_toks": bench.max_gen_toks}
+
+
+def check_benchmarks(benchmarks: Sequence[BenchmarkConfig], data_dir: str | Path | None, seed: int) -> None:
+    """What `evaluate_general` will need, checked before a run trains anything: lm-evaluation-
+    harness, distinct names, each semrl benchmark's data (read from the data directory, or
+    downloaded into the cache now) and the settings only preparing its task would reject.
+    lm-eval's own tasks are not looked up here (indexing them takes ~20 s)."""
+    if not benchmarks:
+        return
+    _lm_eval_tasks_dir()
+    _check_distinct(benchmarks)
+    for bench in benchmarks:
+        if bench.name in SEMRL_TASKS:
+            rows = LOADERS[bench.name](data_dir)
+            chosen = seeded_indices(rows, bench.limit, seed, stratify="subject" if bench.name == "mmlu" else None)
+            _fewshot_pool(bench, rows, chosen, seed)
+            _generation_kwargs(bench)
+
+
+def _check_distinct(benchmarks: Sequence[BenchmarkConfig]) -> None:
+    names = [b.name for b in benchmarks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"evaluation.benchmarks: {duplicates} listed more than once")
+
+
 def prepare_task(
     bench: BenchmarkConfig, data_dir: str | Path | None, seed: int, out_dir: str | Path
 ) -> tuple[str, Path]:
@@ -171,31 +228,14 @@ def prepare_task(
     }
     if bench.name == "mmlu":
         config["description"] = MMLU_DESCRIPTION
-    if bench.num_fewshot:
-        # Few-shot examples come from items outside the evaluated subset, so no item is shown
-        # its own answer.
-        taken = set(chosen)
-        rest = [i for i in range(len(rows)) if i not in taken]
-        random.Random(seed + 1).shuffle(rest)
-        pool = rest[: max(FEWSHOT_POOL, bench.num_fewshot)]
-        if len(pool) < bench.num_fewshot:
-            raise ConfigError(
-                f"evaluation.benchmarks[{bench.name}].num_fewshot={bench.num_fewshot}: only {len(pool)} items are "
-                f"left outside the evaluated subset of {len(chosen)}; lower limit or num_fewshot"
-            )
-        fewshot_path = write_jsonl(out_dir / "fewshot.jsonl", (rows[i] for i in sorted(pool)))
+    pool = _fewshot_pool(bench, rows, chosen, seed)
+    if pool:
+        fewshot_path = write_jsonl(out_dir / "fewshot.jsonl", (rows[i] for i in pool))
         config["dataset_kwargs"]["data_files"]["fewshot"] = str(fewshot_path.resolve())
         config["fewshot_split"] = "fewshot"
-    if bench.max_gen_toks is not None:
-        # lm-eval's `include` replaces a whole top-level key, so the base generation_kwargs are
-        # copied and only the cap changed.
-        shipped = _base_task(spec.base_path).get("generation_kwargs")
-        if shipped is None:
-            raise ConfigError(
-                f"evaluation.benchmarks[{bench.name}].max_gen_toks: {bench.name} is scored by log-likelihood and "
-                f"generates nothing; remove max_gen_toks"
-            )
-        config["generation_kwargs"] = {**shipped, "max_gen_toks": bench.max_gen_toks}
+    generation = _generation_kwargs(bench)
+    if generation is not None:
+        config["generation_kwargs"] = generation
     write_text(out_dir / f"{task_name}.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return task_name, out_dir
 
@@ -409,10 +449,7 @@ def evaluate_general(
             "pip install 'semrl[eval]', or set evaluation.benchmarks: [] to skip them"
         ) from err
 
-    names = [b.name for b in benchmarks]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"evaluation.benchmarks: {duplicates} listed more than once")
+    _check_distinct(benchmarks)
     results: dict[str, BenchmarkResult] = {}
     harness_tasks = None
     with contextlib.ExitStack() as stack:
