@@ -44,6 +44,7 @@ from semrl.core.errors import ConfigError, DataError
 from semrl.core.io import atomic_path
 from semrl.data.download import sha256_bytes, sha256_file
 from semrl.data.example import Example, read_text
+from semrl.data.prompts import prompt_template
 from semrl.data.sources.hub import load_hub
 from semrl.data.sources.local import iter_jsonl_records, load_local
 from semrl.data.sources.lotsawa import load_lotsawa
@@ -237,6 +238,7 @@ def prepare_data(config: ExperimentConfig, out_dir: Path) -> dict[str, list[Exam
     and test, and `manifest.json` (seed, requested and obtained sizes, sources, per-split sha256,
     config hash of the seed/task/data sections). It appears complete or not at all.
     """
+    prompt_template(config.task)  # a bad template fails here, not when training builds prompts
     examples, sources, dropped = _load_all(config)
     splits = split_examples(examples, config.data.splits, config.seed)
     split_info: dict[str, Any] = {}
