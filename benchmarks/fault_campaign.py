@@ -9,6 +9,7 @@ directory and records its exit code, the first line of its message and a verdict
     data loss   a check after the command found lost or corrupted results (named in the note)
     late        the expected refusal (2), but only after something was trained (stage folders,
                 checkpoints or an encoder were made; named in the note)
+    weak message  the refusal's message lacks what it must name (the `hostile` group; in the note)
 
     python benchmarks/fault_campaign.py [--data-dir DIR] [--out benchmarks/results/fault_campaign.json]
 
@@ -835,6 +836,105 @@ def precondition_cases(env: Env) -> None:
     case("sweep: rewards.encoder backend trained", "sweep", own, 0, ("--vary", "rewards=emb_lang"), swept)
 
 
+# `semrl` with every write failing as on a full disk (a write() names no file); runs like `python -m semrl`.
+FULL_DISK = (
+    "import errno, pathlib, sys\n"
+    "def full(self, *args, **kwargs):\n"
+    "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+    "pathlib.Path.write_bytes = pathlib.Path.write_text = full\n"
+    "from semrl.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)
+
+
+def hostile_cases(env: Env) -> None:
+    """Hostile inputs (issue 21): each must be refused fast with exit 2 and a message naming what
+    is wrong (and where), never a traceback, a hang or a silent misreading."""
+
+    def case(name: str, cmd: list[str], *words: str) -> None:
+        t0 = time.time()
+        proc = run_cli(cmd, env.work, timeout=120)
+        record(env, name, proc, 2, t0=t0)
+        result = env.results[-1]
+        missing = [w for w in words if w not in proc.stderr.replace("\n", "")]
+        if result.verdict == "clean" and missing:
+            result.verdict, result.note = "weak message", f"the message lacks {missing}"
+
+    def prepare(name: str, data: Path, *words: str, fmt: str = "auto", sets: tuple[str, ...] = ()) -> None:
+        src = f"data.sources=[{{kind: local, path: '{data}', format: {fmt}, columns: {{source: bo, reference: zh}}}}]"
+        # Without the campaign's BASE_SET: `lr_scheduler` imports transformers, seconds per case.
+        argv = ["data", "prepare", str(TINY), "--out", str(w / f"hostile-{len(env.results)}"), "--set", src]
+        case(name, [*SEMRL, *argv, "--set", sizes, *(x for item in sets for x in ("--set", item))], *words)
+
+    def config(name: str, text: str, *words: str) -> None:
+        path = w / f"hostile-{len(env.results)}.yaml"
+        path.write_text(text, encoding="utf-8")
+        case(name, [*SEMRL, "config", "show", str(path)], str(path), *words)
+
+    def score(name: str, path: Path, *words: str) -> None:
+        case(name, [*SEMRL, "score", "--completions", str(path), "--target-lang", "zh", "--tau", "0.1"], *words)
+
+    def lines(name: str, *rows: str) -> Path:
+        path = w / name
+        path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        return path
+
+    w = env.work
+    tiny = TINY.read_text(encoding="utf-8")
+    sizes = "data.splits={cold_start: 2, rl: -1, dev: 1, test: 1}"
+    good = [json.dumps({"bo": b, "zh": z}, ensure_ascii=False) for b, z in TRAD_PAIRS * 3]
+    done = json.dumps({"source": "a", "reference": "我", "completion": "我"}, ensure_ascii=False)
+    # Resource exhaustion
+    config("YAML alias bomb (9**9 values)", BILLION_LAUGHS, "alias")
+    config("duplicate YAML key", tiny + "stages: {enabled: [cold_start]}\n", "duplicate key 'stages'", "line 18")
+    long = jsonl(w / "long.jsonl", [{"source": "a", "reference": "我", "completion": "我" * 2_000_000}])
+    score("score: a 2,000,000-character completion", long, f"{long}:1", "2,000,000")
+    # Tracebacks
+    deep = "[" * 200_000 + "]" * 200_000
+    prepare("JSON nested 200,000 deep in a data file", lines("deep.jsonl", *good, f'{{"bo": {deep}}}'), ":10", "nested")
+    score("score: JSON nested 200,000 deep", lines("deep-c.jsonl", done, f'{{"source": {deep}}}'), ":2", "nested")
+    score("score: a 5,000-digit integer", lines("digits.jsonl", done, '{"source": ' + "9" * 5000 + "}"), ":2", "digits")
+    surrogate = lines("surrogate.jsonl", *good, '{"bo": "\\ud800", "zh": "我"}')
+    prepare("a lone surrogate in a text field", surrogate, f"{surrogate}:10", "surrogate")
+    for seed in ("-5", "1.0e+20", "true", "4294967296"):
+        config(f"seed: {seed}", tiny.replace("seed: 0", f"seed: {seed}"), "seed")
+    nested = "{source:{source_lang.__class__}}"
+    prepare(
+        "prompt_template with a nested field",
+        lines("ok.jsonl", *good),
+        "task.prompt_template",
+        nested,
+        sets=(f"task.prompt_template='{nested}'",),
+    )
+    # Weak messages
+    inf = tiny.replace("learning_rate: 1.0e-4", "learning_rate: .inf")
+    config("learning_rate: .inf", inf, "stages.grpo.learning_rate", "finite")
+    batch = tiny.replace("per_device_batch_size: 8", "per_device_batch_size: 1.0e+9")
+    config("per_device_batch_size: 1.0e+9 (a float)", batch, "per_device_batch_size", "must be an integer")
+    tsv = w / "dup.tsv"
+    tsv.write_text("bo\tzh\tzh\n" + "".join(f"{b}\t{z}\t錯\n" for b, z in TRAD_PAIRS * 3), encoding="utf-8")
+    prepare("duplicate TSV header column", tsv, f"{tsv}:1", "'zh'", "twice")
+    loop = w / "loop.jsonl"
+    loop.symlink_to(loop)
+    prepare("data path: a symlink loop", loop, str(loop), "symlink loop")
+    fifo = w / "fifo.jsonl"
+    os.mkfifo(fifo)
+    prepare("data path: a FIFO", fifo, str(fifo), "FIFO", "not a regular file")
+    prepare("data path: /dev/zero", Path("/dev/zero"), "/dev/zero", "not a regular file", fmt="jsonl")
+    out, src = (
+        w / "full-disk",
+        f"data.sources=[{{kind: local, path: '{w / 'ok.jsonl'}', columns: {{source: bo, reference: zh}}}}]",
+    )
+    argv = ["data", "prepare", str(TINY), "--out", str(out), "--set", src, "--set", sizes]
+    case("full disk while writing the splits", [sys.executable, "-c", FULL_DISK, *argv], str(out), "No space left")
+    mac = w / "mac.jsonl"
+    mac.write_bytes("".join(r + "\r" for r in good).encode("utf-8"))
+    prepare("CR-only line ends in JSONL", mac, f"{mac}:1", "line ends are CR only; convert to LF")
+
+
 def json_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -856,6 +956,7 @@ GROUPS: dict[str, Callable[[Env], None]] = {
     "paths": path_cases,
     "trust": trust_cases,
     "preconditions": precondition_cases,
+    "hostile": hostile_cases,
 }
 
 

@@ -48,7 +48,8 @@ def hostile_run(tmp_path_factory: pytest.TempPathFactory, fixture_data_dir: Path
     """A finished base-only run whose references start with HOSTILE and whose name is HOSTILE_NAME."""
     work = tmp_path_factory.mktemp("hostile")
     data = work / "hostile.jsonl"
-    rows = [{"bo": b, "zh": f"{HOSTILE} {z}", "doc": f"d{i}"} for i, (b, z) in enumerate(PAIRS * 8)]
+    # Distinct pairs: exact duplicates are dropped and a training row may not repeat a test sentence.
+    rows = [{"bo": f"{b} {i}", "zh": f"{HOSTILE} {z} {i}", "doc": f"d{i}"} for i, (b, z) in enumerate(PAIRS * 8)]
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     run = work / "run"
     name = json.dumps(HOSTILE_NAME)  # a YAML string: JSON's quoting is YAML's

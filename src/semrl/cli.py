@@ -561,19 +561,25 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return err.exit_code
     except OSError as err:  # the environment: a read-only or full disk, a missing permission
-        err_console.print(f"[bold red]error:[/] {escape(os_error_message(err))}", highlight=False, soft_wrap=True)
+        where = getattr(args, "out", None) or getattr(args, "run_dir", None)
+        err_console.print(
+            f"[bold red]error:[/] {escape(os_error_message(err, where))}", highlight=False, soft_wrap=True
+        )
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
 
 
-def os_error_message(err: OSError) -> str:
+def os_error_message(err: OSError, out: str | Path | None = None) -> str:
     """An OSError as a message naming the path and what is needed; nothing was half-written
-    (semrl writes through temporary names), and a rerun continues where this one stopped."""
+    (semrl writes through temporary names), and a rerun continues where this one stopped.
+
+    A write() on a full disk names no file: the message then names `out`, the command's output
+    directory, when it is known."""
     import errno
 
-    where = err.filename or "the output directory"
+    where = err.filename or (f"the output directory {out}" if out else "the output directory")
     needs = {
         errno.ENOSPC: "free disk space there",
         errno.EDQUOT: "free quota there",

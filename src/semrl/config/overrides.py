@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from semrl.config.yaml_input import YAMLRefused, load_user_yaml
 from semrl.core.errors import ConfigError
 
 
@@ -22,7 +23,9 @@ def apply_override(data: dict[str, Any], item: str) -> str:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {item!r}: {part!r} is not a section")
     try:
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = load_user_yaml(raw)
+    except YAMLRefused as err:
+        raise ConfigError(f"--set {item!r}: the value is refused: {err.problem}") from None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(

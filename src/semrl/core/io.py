@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +31,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if path.is_dir() and target.is_dir():
             _remove(path)
         os.replace(target, path)
+    except OSError as err:
+        if err.filename is None and err.errno is not None:  # a write() on a full disk names no file
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
         _remove(tmp)
 
@@ -84,11 +91,44 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return Path(path)
 
 
+NO_SUCH_FILE = "no such file"
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be read as a regular file, as a phrase for "PATH: <phrase>" (NO_SUCH_FILE,
+    "is a directory, not a file", "is a symlink loop ...", "is a FIFO (named pipe), not a regular
+    file", ...), or None when it is one. Other errors (a missing permission) are raised."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            return f"{NO_SUCH_FILE} (a broken symlink to {os.readlink(path)})"
+        return NO_SUCH_FILE
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symlink loop (symlinks that lead back to themselves), not a file"
+        raise
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    kinds = {
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
+    # Reading one would block (a FIFO with no writer) or never end (/dev/zero).
+    return f"is {kind}, not a regular file"
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file; raise DataError naming the file and line on malformed input."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     rows: list[dict[str, Any]] = []
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -111,10 +151,31 @@ def parse_jsonl_line(path: str | Path, lineno: int, line: str) -> dict[str, Any]
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+        # Old Mac files end lines with CR alone: the whole file reads as one line.
+        hint = "; the file's line ends are CR only; convert to LF" if "\r" in line.rstrip("\r\n") else ""
+        raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno}){hint}") from None
+    except RecursionError:
+        raise DataError(f"{path}:{lineno}: JSON nested too deeply to read; an example's fields are strings") from None
+    except ValueError as err:  # a number over Python's 4300-digit limit on int conversion
+        raise DataError(
+            f"{path}:{lineno}: a JSON number too long to read ({str(err).split(';')[0]}); an example's fields "
+            f"are strings"
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
+    if _SURROGATE_ESCAPE.search(line):
+        try:  # a valid pair decodes to one character; a lone half cannot be written as UTF-8 later
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise DataError(
+                f"{path}:{lineno}: a lone surrogate escape \\u{ord(err.object[err.start]):04x} (half of a UTF-16 "
+                f"pair, no character); write the character itself, or its full pair"
+            ) from None
     return obj
+
+
+# A \uD800-\uDFFF escape: half of a UTF-16 surrogate pair (UTF-8 input cannot hold one otherwise).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semrl.core.errors import ConfigError, DataError
+from semrl.core.io import file_problem
 
 if TYPE_CHECKING:
     pass
@@ -57,8 +58,9 @@ class Example:
 
 def read_text(path: Path) -> str:
     """Decode a UTF-8 file (a BOM is dropped); invalid bytes raise DataError with file:line."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")

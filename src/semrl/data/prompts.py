@@ -38,12 +38,23 @@ def check_template(template: str, key: str, allowed: frozenset[str], required: t
     """Check a str.format template: valid syntax, only `allowed` placeholders, every `required`
     one present; ConfigError naming the config `key` otherwise. Returns the template."""
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
     except ValueError as err:
         raise ConfigError(f"{key}: not a valid format string ({err}); write literal braces as {{{{ }}}}") from None
+    fields = {f for f, _, _ in parsed}
     unknown = sorted(fields - allowed)
     if unknown:
         raise ConfigError(f"{key}: unknown placeholder(s) {unknown}; allowed: {sorted(allowed)}")
+    # A format spec or conversion ({source:{source_lang}}, {source!r}) passes the names above but
+    # is filled in (or fails) only when a prompt is built: placeholders are plain names.
+    fancy = [
+        f"{{{f}{'!' + conv if conv else ''}{':' + spec if spec else ''}}}" for f, spec, conv in parsed if spec or conv
+    ]
+    if fancy:
+        raise ConfigError(
+            f"{key}: placeholder(s) {fancy} have a format spec or conversion; write plain placeholders such as "
+            f"{{source}} (and literal braces as {{{{ }}}})"
+        )
     missing = [f"{{{name}}}" for name in required if name not in fields]
     if missing:
         raise ConfigError(f"{key}: must contain {', '.join(missing)}")

@@ -62,6 +62,7 @@ from semrl.core.errors import ConfigError, DataError
 from semrl.core.io import atomic_path
 from semrl.data.download import sha256_bytes, sha256_file
 from semrl.data.example import Example, read_text
+from semrl.data.prompts import prompt_template
 from semrl.data.sources.hub import load_hub
 from semrl.data.sources.local import iter_jsonl_records, load_local
 from semrl.data.sources.lotsawa import load_lotsawa
@@ -545,6 +546,7 @@ def prepare_data(config: ExperimentConfig, out_dir: Path) -> dict[str, list[Exam
     rule and the leakage rule removed, per-split sha256, config hash of the seed/task/data
     sections). It appears complete or not at all.
     """
+    prompt_template(config.task)  # a bad template fails here, not when training builds prompts
     examples, sources, cleaning = _load_all(config)
     outcome = assign_splits(
         examples, config.data.splits, config.seed, config.data.training_unit, config.data.eval_document_max_examples

@@ -38,6 +38,7 @@ from semrl.models.loading import (
     contiguous_lm_head_input,
     load_policy,
     load_tokenizer,
+    model_source_problem,
     warn_remote_code,
 )
 from semrl.models.lora import (
@@ -75,6 +76,7 @@ __all__ = [
     "linear_module_names",
     "load_policy",
     "load_tokenizer",
+    "model_source_problem",
     "model_cache_dir",
     "peft_config",
     "resolve_model",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from huggingface_hub import is_offline_mode
 
 from semrl.core.errors import ModelError
 from semrl.core.layout import ADAPTER_BASE_FILE, ADAPTER_CONFIG_FILE
-from semrl.models.cache import resolve_model
+from semrl.models.cache import GEMMA_270M, TINY_MODEL, resolve_model
 from semrl.models.hardware import select_dtype
 from semrl.models.lora import is_adapter_dir
 
@@ -26,6 +27,34 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _warned_remote_code: set[str] = set()
+
+
+def model_source_problem(name: str, revision: str | None = None, files: Sequence[str] = ("config.json",)) -> str | None:
+    """Why the model (or sentence encoder) `name` cannot be loaded, found without loading it; None
+    when it can (as far as can be told without the network).
+
+    `name` is fine when it is a packaged name ('tiny', 'gemma-3-270m'), an existing local path, or a
+    hub id that is in the Hugging Face cache (any of `files` there) or, online, any valid hub id.
+    Used before a command trains anything, so that a model needed only at its end (the second
+    evaluation encoder, the judge) is not found missing after hours of training.
+    """
+    if name in (TINY_MODEL, GEMMA_270M) or Path(name).expanduser().exists():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return f"{name!r} is not a local directory (looked in {Path(name).expanduser().absolute()}) nor a hub id"
+    if is_offline_mode() and not any(
+        isinstance(try_to_load_from_cache(name, f, revision=revision), str) for f in files
+    ):
+        return (
+            f"{name!r} is not a local directory nor in the Hugging Face cache, and HF_HUB_OFFLINE is set "
+            f"(nothing is downloaded)"
+        )
+    return None
 
 
 def check_weights_format(location: str | Path, allow_pickle: bool) -> None:

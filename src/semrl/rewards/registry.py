@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from semrl.config.data import DEFAULT_MAX_TEXT_CHARS
 from semrl.config.rewards import custom_reward_module
 from semrl.core import lang as L
 from semrl.core.errors import ConfigError, DataError, ModelError
@@ -274,5 +275,15 @@ def load_completions(path: str | Path) -> list[dict[str, Any]]:
             raise DataError(
                 f"{path}:{lineno}: key(s) {wrong} must be strings, got "
                 + ", ".join(f"{k}={type(row[k]).__name__}" for k in wrong)
+            )
+        # The cap data.max_source_chars puts on training data: a megabyte-long completion is no
+        # output of a policy, and scoring it would take minutes.
+        long = [k for k in REQUIRED_COMPLETION_KEYS if len(row[k]) > DEFAULT_MAX_TEXT_CHARS]
+        if long:
+            raise DataError(
+                f"{path}:{lineno}: "
+                + ", ".join(f"{k!r} has {len(row[k]):,} characters" for k in long)
+                + f"; semrl scores texts of up to {DEFAULT_MAX_TEXT_CHARS:,} characters (the data.max_source_chars "
+                f"default): shorten it"
             )
     return rows

@@ -66,6 +66,10 @@ def _iter_delimited(
         if header is None:
             return
         header = [h.strip() for h in header]
+        twice = next((h for i, h in enumerate(header) if h in header[:i]), None)
+        if twice is not None:  # a row as a dict would keep the last of the two silently
+            columns = [i + 1 for i, h in enumerate(header) if h == twice]
+            raise DataError(f"{path}:1: column {twice!r} appears twice in the header (columns {columns}); rename one")
         missing = converter.missing_columns(header)
         if missing:
             wanted = ", ".join(f"{c!r} (for {f})" for f, c in missing)
