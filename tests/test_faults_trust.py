@@ -89,7 +89,7 @@ def test_markup_in_references_and_the_run_name_is_text_in_both_reports(hostile_r
     # The sample table shows each reference clipped to 60 characters, as the text it is.
     clipped = HOSTILE[:59] + "…"
     assert clipped in _visible_text(page)
-    sample = page.split("Sample outputs</h2>")[1].split("</table>")[0]
+    sample = page.split("<h3>Sample outputs")[1].split("</table>")[0]
     rows = re.findall(r"<tr>(.*?)</tr>", sample, re.S)[1:]
     assert rows and all(row.count("<td>") == 3 for row in rows)  # source, reference, base: no cell split by '|'
     assert json.loads(layout.metrics.read_text(encoding="utf-8"))["config"]["name"] == HOSTILE_NAME
@@ -106,7 +106,7 @@ def test_markup_in_model_outputs_is_text_and_the_report_can_be_rebuilt(hostile_r
         assert main(["report", str(layout.root)]) == 0
     page = layout.report_html.read_text(encoding="utf-8")
     _assert_inert(page)
-    assert "<img src=nope.png onerror=alert(3)>![y](nope.png) # hd (sim" in _visible_text(page)
+    assert "<img src=nope.png onerror=alert(3)>![y](nope.png) # hd" in _visible_text(page)
     assert "<h1>hd" not in page
 
 

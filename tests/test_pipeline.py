@@ -154,7 +154,7 @@ def test_report_has_every_section_and_plot(tiny_run: Path) -> None:
         "## Reward-hacking monitors",
         "## Training",
         "## Plots",
-        "## Sample outputs",
+        "### Sample outputs",
     ):
         assert section in md, section
     for plot in ("gain_vs_tax.png", "reward_components.png", "nll_drift.png", "tax_meter.png", "tradeoff.png"):

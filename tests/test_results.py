@@ -77,7 +77,9 @@ def test_a_gain_in_the_reward_encoders_similarity_alone_is_not_called_learning()
 def test_no_comparison_without_both_methods() -> None:
     m = _metrics(0.0, 0.0, 0.01)
     del m["methods"]["sft"]
-    assert verdict(m).startswith("GRPO and SFT were not both evaluated")
+    assert "No tax comparison is possible without a second trained method" in verdict(m)
+    m["methods"]["cold_start"] = {"tax": {"mean": 0.0}}  # two trained methods, but no SFT
+    assert "GRPO and SFT were not both evaluated against the base model, so no tax comparison is made." in verdict(m)
 
 
 def test_a_run_without_sft_still_reads_grpo_against_its_cold_start() -> None:
@@ -85,7 +87,7 @@ def test_a_run_without_sft_still_reads_grpo_against_its_cold_start() -> None:
     m = _metrics(0.0, 0.0, 0.01, learned=(0.001, 0.002), chrf=(1.99, 2.5))
     del m["methods"]["sft"]
     text = verdict(m)
-    assert text.startswith("GRPO and SFT were not both evaluated")
+    assert "No tax comparison is possible without a second trained method" in text
     assert "GRPO minus cold-start" in text and "chrF +1.990 [-0.510, +4.490]" in text
 
 

@@ -317,10 +317,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_count(text: str) -> int:
+    """argparse type of `semrl report --samples`: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of test examples (0 or more), got {text!r}")
+    return int(text)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    from semrl.results.render import SAMPLE_OUTPUTS
     from semrl.results.report import write_report
 
-    path = write_report(Path(args.run_dir))
+    path = write_report(Path(args.run_dir), samples=SAMPLE_OUTPUTS if args.samples is None else args.samples)
     console.print(f"report: [bold]{escape(str(path))}[/]")
     return 0
 
@@ -530,6 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write report.md, report.html and metrics.json for a run directory")
     p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "--samples",
+        type=_sample_count,
+        metavar="N",
+        help="sample outputs shown under the task table: the first N test examples (default: 3)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(

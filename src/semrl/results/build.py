@@ -18,6 +18,7 @@
               "continuous_tax": {"estimate", "low", "high"},             # per item, base - method
               "empty_share": {"base", "method"}, "format_change": bool}},  # generative benchmarks
           "task_kl": {"n", "estimate", "low", "high"},                   # forward KL from base on the task
+          "distinct_output_rate": share of distinct test outputs,
           "drift": {"nll_mean", "nll_p90", "kl_mean", "kl_p90"} | null (base)}},
       "comparison": {"primary": "continuous" | "accuracy" | "drift" | "task_kl", "pair": [grpo, sft],
           "measures": {"<measure>": {"estimate", "low", "high", "reading"}}},  # tax(grpo) - tax(sft);
@@ -36,7 +37,9 @@
               "counts": {"win", "tie", "loss", "inconsistent", "identical", "unparsed"},
               "rates": {"win" | "tie" | "loss": {"estimate", "low", "high"}},
               "inconsistent_rate", "first_position_rate"}}},
-      "scale": {"model", "train_examples", "test_examples", "steps", ...},
+      "scale": {"model", "lora", "split_sizes": {"<split>": n}, "test_examples_evaluated",
+                "benchmark_items": {"<benchmark>": n}, "steps": {"<stage>": n}, "grpo_stages": [...],
+                "encoder", "hardware", "eval_dtype"},
       "training": {"<stage>": {"wall_time_s", "peak_rss_mb", "tau", ...}},
       "monitors": {                                   # null when the run has no GRPO log
           "rows": n logged GRPO steps, "window": rows per window,
@@ -83,6 +86,7 @@ from semrl.results.evidence import (
     PRIMARY_TAX_MEASURES,
     benchmark_evidence,
     chance_margins,
+    distinct_output_rate,
     task_kl_summary,
     tax_difference,
 )
@@ -93,6 +97,7 @@ from semrl.train.stages import (
     COLD_START,
     TREATMENT,
     evaluated_methods,
+    stage_order,
     stage_specs,
 )
 
@@ -279,6 +284,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
                     if name in base["general"]
                 }
         entry["chance"] = chance_margins(e, target, boot)
+        entry["distinct_output_rate"] = distinct_output_rate([o["output"] for o in e["outputs"]])
         kl = task_kl_summary(e, boot)
         if kl is not None:
             entry["task_kl"] = kl
@@ -314,6 +320,8 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
         "test_examples_evaluated": any_eval["task"]["n"],
         "benchmark_items": {name: r["n"] for name, r in any_eval["general"].items()},
         "steps": {s: (t.get("metrics") or {}).get("global_step") for s, t in training.items()},
+        # The enabled GRPO-kind stages: the report names the reward only when one trains with it.
+        "grpo_stages": [s.name for s in stage_order(config.stages) if s.kind == "grpo"],
         "encoder": config.rewards.encoder.name or config.rewards.encoder.backend,
         # Where and in which dtype the stages trained (their manifests), and the evaluation's dtype.
         "hardware": next((t["extra"]["hardware"] for t in training.values() if "hardware" in (t["extra"] or {})), None),
@@ -364,7 +372,8 @@ def _primary_part(metrics: dict[str, Any], conf: int) -> str:
 
 def verdict(metrics: dict[str, Any]) -> str:
     """The honest reading of a run: the primary tax measure first (GRPO lower, SFT lower or not
-    separated), then the accuracy-style tax, drift and whether GRPO learned above chance."""
+    separated), then the accuracy-style tax, drift and whether GRPO learned above chance. A run
+    without both taxes reads what it has instead (`_reading_without_comparison`)."""
     m = metrics["methods"]
     conf = int(metrics["intervals"]["confidence"] * 100)
     if (
@@ -373,8 +382,7 @@ def verdict(metrics: dict[str, Any]) -> str:
         or "mean" not in m[TREATMENT].get("tax", {})
         or "mean" not in m[BASELINE].get("tax", {})
     ):
-        learning = _learning_part(metrics, conf) if TREATMENT in m else ""
-        return "GRPO and SFT were not both evaluated against the base model, so no tax comparison is made." + learning
+        return _reading_without_comparison(metrics, conf)
     g, s = m[TREATMENT]["tax"]["mean"], m[BASELINE]["tax"]["mean"]
     gi, si = metrics["intervals"]["tax"][TREATMENT]["mean"], metrics["intervals"]["tax"][BASELINE]["mean"]
     overlap = not (gi["high"] < si["low"] or si["high"] < gi["low"])
@@ -429,6 +437,81 @@ def verdict(metrics: dict[str, Any]) -> str:
                 drift_part[:-1] + f" (paired difference {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}])."
             )
     return _primary_part(metrics, conf) + "At this scale, " + tax_part + drift_part + _learning_part(metrics, conf)
+
+
+def _reading_without_comparison(metrics: dict[str, Any], conf: int) -> str:
+    """The verdict of a run that cannot compare GRPO's tax with SFT's (a cold-start pilot, a run
+    without benchmarks): what each trained method's test outputs show, why no tax comparison is
+    made, and GRPO against its cold start when GRPO ran."""
+    m = metrics["methods"]
+    trained = [name for name in m if name != BASE_METHOD]
+    parts = [] if trained else ["Only the base model was evaluated, so this run measures no training."]
+    parts += [_method_reading(metrics, name, conf) for name in trained or list(m)]
+    if len(trained) <= 1:
+        parts.append(
+            "No tax comparison is possible without a second trained method: the verdict compares GRPO's tax "
+            "with SFT's, each measured against the base model."
+        )
+    elif TREATMENT in m and BASELINE in m and BASE_METHOD not in m:
+        parts.append("The base model was not evaluated, so no tax comparison is made (add base to evaluation.methods).")
+    elif TREATMENT in m and BASELINE in m:
+        parts.append(
+            "No general benchmark was scored for both GRPO and SFT against the base model "
+            "(evaluation.benchmarks), so no tax comparison is made."
+        )
+    else:
+        parts.append("GRPO and SFT were not both evaluated against the base model, so no tax comparison is made.")
+    learning = _learning_part(metrics, conf) if TREATMENT in m else ""
+    return " ".join(p for p in parts if p) + learning
+
+
+def _method_reading(metrics: dict[str, Any], name: str, conf: int) -> str:
+    """One method's test outputs in sentences: chrF against its chance floor (is it above chance?),
+    the share of distinct outputs, and, for a trained method, chrF and the mean tax against the
+    base model. Empty when the metrics hold none of these."""
+    entry = metrics["methods"][name]
+    task = entry.get("task") or {}
+    out = []
+    c = (entry.get("chance") or {}).get("chrf")
+    if c is not None:
+        margin = c["margin"]
+        shown = (
+            f"chrF {c['value']:.2f} against {c['floor']:.2f} for the same outputs scored against shuffled "
+            f"references, a margin of {margin['estimate']:+.2f} [{margin['low']:+.2f}, {margin['high']:+.2f}] "
+            f"({conf}% paired interval)"
+        )
+        if c["above_chance"]:
+            out.append(f"{name}'s test outputs are above chance: {shown}.")
+        else:
+            out.append(
+                f"{name}'s test outputs are not above chance: {shown}, which reaches zero: they are no closer to "
+                "their own references than to unrelated ones."
+            )
+    elif task.get("n") is not None and task["n"] < 2:
+        out.append(f"{name} was evaluated on {task['n']} test example(s): a chance floor needs two or more.")
+    rate, n = entry.get("distinct_output_rate"), task.get("n")
+    if rate is not None and n:
+        distinct = round(rate * n)
+        if distinct == 1 and n > 1:
+            out.append(f"All {n} of {name}'s test outputs are the same text.")
+        elif rate < 0.5:
+            out.append(f"Only {distinct} of {name}'s {n} test outputs are distinct: it answers most sources alike.")
+        else:
+            out.append(f"{distinct} of {name}'s {n} test outputs are distinct.")
+    if name != BASE_METHOD:
+        d = metrics["intervals"].get("differences", {}).get(f"{name}-{BASE_METHOD}", {}).get("chrf")
+        if d is not None:
+            out.append(
+                f"Against the base model, {name}'s chrF moved {d['estimate']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] "
+                f"({conf}% paired interval)."
+            )
+        tax = metrics["intervals"].get("tax", {}).get(name, {}).get("mean")
+        if tax is not None:
+            out.append(
+                f"{name}'s mean accuracy-style tax against the base model is {tax['estimate']:+.3f} "
+                f"[{tax['low']:+.3f}, {tax['high']:+.3f}] ({conf}% interval)."
+            )
+    return " ".join(out)
 
 
 def _learning_part(metrics: dict[str, Any], conf: int) -> str:

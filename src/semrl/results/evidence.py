@@ -12,7 +12,8 @@ measures that can see a small tax.
   comes with it while the continuous score holds is labelled a format change, not forgetting
   ("pseudo-forgetting", arXiv 2411.11932).
 - Per method: the forward KL from the base model on the task's own distribution (RL's Razor,
-  arXiv 2509.04259), and drift on general text.
+  arXiv 2509.04259), drift on general text, and the share of distinct test outputs (a model that
+  answers every source with the same text can still clear a chance floor on a few examples).
 - The primary tax measure (`evaluation.primary_tax`) decides "GRPO lower", "SFT lower" or
   "not separated" from the paired interval of GRPO's tax minus SFT's.
 """
@@ -64,6 +65,11 @@ def chance_margins(record: dict[str, Any], target_lang: str, boot: dict[str, Any
     for entry in out.values():
         entry["above_chance"] = entry["margin"]["low"] > 0
     return out
+
+
+def distinct_output_rate(outputs: list[str]) -> float | None:
+    """The share of distinct texts among a method's test outputs (1.0: no two alike); None for none."""
+    return len(set(outputs)) / len(outputs) if outputs else None
 
 
 def _correct(result: dict[str, Any]) -> list[float]:

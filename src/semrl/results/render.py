@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -60,17 +59,24 @@ def fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+# Joins an interval's two ends: a narrow table column wraps between a value and its interval,
+# never inside the interval ("[+0.012," on one line and "+0.034]" on the next).
+NBSP = "\u00a0"
+
+
 def fmt_iv(iv: dict[str, float] | None, digits: int = 3) -> Md:
+    """An estimate with its interval, "+0.012 [-0.003, +0.027]" (the interval unbreakable)."""
     if not iv:
         return Md("–")
-    return Md(f"{iv['estimate']:+.{digits}f} [{iv['low']:+.{digits}f}, {iv['high']:+.{digits}f}]")
+    return Md(f"{iv['estimate']:+.{digits}f} [{iv['low']:+.{digits}f},{NBSP}{iv['high']:+.{digits}f}]")
 
 
 def fmt_with_iv(value: float | None, iv: dict[str, float] | None) -> Md:
-    """A value with its interval, "0.812 [0.790, 0.834]"; the bare value when there is no interval."""
+    """A value with its interval, "0.812 [0.790, 0.834]" (the interval unbreakable); the bare value when
+    there is no interval."""
     if value is None:
         return Md("–")
-    return Md(f"{value:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else f"{value:.3f}")
+    return Md(f"{value:.3f} [{iv['low']:.3f},{NBSP}{iv['high']:.3f}]" if iv else f"{value:.3f}")
 
 
 MEASURE_LABELS = {
@@ -160,21 +166,15 @@ def _tax_evidence_section(metrics: dict[str, Any], conf: int) -> list[str]:
                 ]
             )
     if rows:
+        header = ["method", "benchmark", "accuracy tax", "continuous tax", "lost / gained (McNemar)", "empty answers"]
+        if any(row[-1] for row in rows):
+            header.append("note")
+        else:  # no benchmark changed format or emptied its answers: no empty column
+            rows = [row[:-1] for row in rows]
         out += [
             "### Tax per benchmark: accuracy, continuous score, flips, empty answers",
             "",
-            md_table(
-                [
-                    "method",
-                    "benchmark",
-                    "accuracy tax",
-                    "continuous tax",
-                    "lost / gained (McNemar)",
-                    "empty answers",
-                    "",
-                ],
-                rows,
-            ),
+            md_table(header, rows),
             "",
             "Continuous tax: base − method per item on the gold answer's score (MMLU: its probability among the "
             "choices; CMRC 2018, GSM8K: its log-likelihood per character), which does not depend on the output "
@@ -219,9 +219,100 @@ def _hardware_line(scale: dict[str, Any]) -> list[str]:
     ]
 
 
-def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], plots: dict[str, str]) -> str:
-    methods = metrics["methods"]
+# Sample outputs shown under the task table (the first N test examples), each cell clipped to CELL_CHARS.
+SAMPLE_OUTPUTS = 3
+CELL_CHARS = 60
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _scale_section(metrics: dict[str, Any]) -> list[str]:
+    """What the run trained and measured on, as sentences and a table of split sizes."""
     sc = metrics["scale"]
+    out = [
+        "## Scale",
+        "",
+        f"Model {md_code(sc['model'])} ({'LoRA' if sc['lora'] else 'full fine-tuning'}); reward encoder "
+        f"{md_code(sc['encoder'])}.",
+        "",
+    ]
+    splits = sc.get("split_sizes") or {}
+    if splits:
+        out += [md_table(["split", "examples"], [[name, str(n)] for name, n in splits.items()]), ""]
+    items = sc.get("benchmark_items") or {}
+    evaluated = f"Evaluated on {_count(sc['test_examples_evaluated'], 'test example')}"
+    if items:
+        listed = ", ".join(f"{md_text(name)} ({_count(n, 'item')})" for name, n in items.items())
+        evaluated += f" and on {_count(len(items), 'general benchmark')}: {listed}."
+    else:
+        evaluated += (
+            "; no general benchmark was evaluated (evaluation.benchmarks is empty), so no alignment tax is measured."
+        )
+    out += [evaluated, ""]
+    steps = sc.get("steps") or {}
+    if steps:
+        ran = ", ".join(
+            f"{md_text(stage)} {_count(n, 'step') if n is not None else '(steps not recorded)'}"
+            for stage, n in steps.items()
+        )
+        out += [f"Trained: {ran}.", ""]
+    else:
+        out += ["No stage was trained in this run.", ""]
+    out += _hardware_line(sc)
+    out += [
+        "This is a small-scale check of the paper's claim (GRPO with a semantic reward keeps general skills "
+        "better than strong SFT), not a reproduction of its numbers.",
+        "",
+    ]
+    if sc.get("grpo_stages", True):  # metrics.json from before the key: name the reward as before
+        out += [
+            "GRPO reward: "
+            + " + ".join(f"{c['weight']:g} {md_text(c['name'])}" for c in metrics["config"]["rewards"]["components"])
+            + ".",
+            "",
+        ]
+    return out
+
+
+def _samples_section(evals: dict[str, dict[str, Any]], samples: int) -> list[str]:
+    """The first `samples` test examples: source, reference and each method's output, as text."""
+    first = next(iter(evals.values()), None)
+    shown = (first or {}).get("outputs", [])[:samples]
+    if not shown:
+        return []
+
+    def output(e: dict[str, Any], i: int) -> Md:
+        outputs = e.get("outputs") or []
+        if i >= len(outputs):
+            return Md("–")
+        return _short(outputs[i]["output"]) if outputs[i]["output"].strip() else Md("*(empty)*")
+
+    rows = [
+        [_short(o["source"]), _short(o["reference"]), *(output(e, i) for e in evals.values())]
+        for i, o in enumerate(shown)
+    ]
+    return [
+        f"### Sample outputs (the first {'test example' if len(shown) == 1 else f'{len(shown)} test examples'}; "
+        f"each cell clipped to {CELL_CHARS} characters)",
+        "",
+        md_table(["source", "reference", *evals], rows),
+        "",
+    ]
+
+
+def render_markdown(
+    metrics: dict[str, Any],
+    evals: dict[str, dict[str, Any]],
+    plots: dict[str, str],
+    not_drawn: dict[str, str] | None = None,
+    samples: int = SAMPLE_OUTPUTS,
+) -> str:
+    """report.md: the verdict, the scale, task quality with `samples` sample outputs, the tax
+    evidence, drift, monitors, training, the `plots` drawn (file name -> path) and one line per plot
+    in `not_drawn` (file name -> why it was left out)."""
+    methods = metrics["methods"]
     out = [f"# semrl report: {md_text(metrics['config']['name'])}", ""]
     out += [
         "## Verdict",
@@ -229,31 +320,29 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
         md_text(verdict(metrics)),
         "",
         *_flag_summary(metrics.get("monitors")),
-        "## Scale",
-        "",
-        f"Model {md_code(sc['model'])} ({'LoRA' if sc['lora'] else 'full fine-tuning'}), reward encoder "
-        f"{md_code(sc['encoder'])}; splits {md_text(sc['split_sizes'])}; {md_text(sc['test_examples_evaluated'])} "
-        f"test examples evaluated; benchmark items {md_text(sc['benchmark_items'])}; training steps "
-        f"{md_text(sc['steps'])}.",
-        "",
-        *_hardware_line(sc),
-        "This is a small-scale check of the paper's claim (GRPO with a semantic reward keeps general skills "
-        "better than strong SFT), not a reproduction of its numbers.",
-        "",
-        "GRPO reward: "
-        + " + ".join(f"{c['weight']:g} {md_text(c['name'])}" for c in metrics["config"]["rewards"]["components"])
-        + ".",
-        "",
+        *_scale_section(metrics),
         "## Task quality",
         "",
     ]
     task_cols = ["bleu", "chrf", "semantic", "semantic_2", "rouge_l", "lang_rate", "length_ratio", "source_copy_rate"]
     present = [c for c in task_cols if any(c in m["task"] for m in methods.values())]
+    distinct = any(m.get("distinct_output_rate") is not None for m in methods.values())
     out.append(
-        md_table(["method"] + present, [[k] + [fmt(m["task"].get(c)) for c in present] for k, m in methods.items()])
+        md_table(
+            ["method", *present, *(["distinct outputs"] if distinct else [])],
+            [
+                [
+                    k,
+                    *(fmt(m["task"].get(c)) for c in present),
+                    *([fmt(m.get("distinct_output_rate"))] if distinct else []),
+                ]
+                for k, m in methods.items()
+            ],
+        )
     )
+    out += [""]
+    out += _samples_section(evals, samples)
     out += [
-        "",
         f"BLEU signature: {md_code(metrics['signatures'].get('bleu'))}; chrF signature: "
         f"{md_code(metrics['signatures'].get('chrf'))}.",
         "",
@@ -281,56 +370,59 @@ def render_markdown(metrics: dict[str, Any], evals: dict[str, dict[str, Any]], p
         "",
     ]
     benches = sorted({b for m in methods.values() for b in m["general"]})
-    rows = []
-    for k, m in methods.items():
-        row = [k] + [fmt(m["general"].get(b)) for b in benches]
-        tiv = metrics["intervals"]["tax"].get(k, {})
-        row += [fmt_iv(tiv.get(b)) for b in benches + ["mean"]]
-        rows.append(row)
-    out.append(md_table(["method"] + benches + [f"tax {b}" for b in benches] + ["tax mean"], rows))
+    if benches:
+        rows = []
+        for k, m in methods.items():
+            row = [k] + [fmt(m["general"].get(b)) for b in benches]
+            tiv = metrics["intervals"]["tax"].get(k, {})
+            row += [fmt_iv(tiv.get(b)) for b in benches + ["mean"]]
+            rows.append(row)
+        out.append(md_table(["method"] + benches + [f"tax {b}" for b in benches] + ["tax mean"], rows))
+    else:
+        out.append("No general benchmark was evaluated (evaluation.benchmarks is empty), so there is no tax to show.")
     out += ["", *_tax_evidence_section(metrics, conf), "## Drift from the base model on general text", ""]
-    out.append(
-        md_table(
-            ["method", "NLL increase mean", "NLL increase P90", "token KL mean", "token KL P90"],
-            [
-                [k] + [fmt((m.get("drift") or {}).get(c), 4) for c in ("nll_mean", "nll_p90", "kl_mean", "kl_p90")]
-                for k, m in methods.items()
-            ],
+    drifted = {k: m["drift"] for k, m in methods.items() if m.get("drift")}
+    if drifted:
+        out.append(
+            md_table(
+                ["method", "NLL increase mean", "NLL increase P90", "token KL mean", "token KL P90"],
+                [
+                    [k] + [fmt(d.get(c), 4) for c in ("nll_mean", "nll_p90", "kl_mean", "kl_p90")]
+                    for k, d in drifted.items()
+                ],
+            )
         )
-    )
+    else:
+        out.append("No trained method was evaluated, so no drift from the base model was measured.")
     out += ["", *_monitor_section(metrics.get("monitors")), "## Training", ""]
     tr = metrics["training"]
-    out.append(
-        md_table(
-            ["stage", "wall time (s)", "peak RSS (MiB)", "tau"],
-            [
+    if tr:
+        out.append(
+            md_table(
+                ["stage", "wall time (s)", "peak RSS (MiB)", "tau"],
                 [
-                    s,
-                    fmt(t.get("wall_time_s"), 1),
-                    fmt(t.get("peak_rss_mb"), 0),
-                    fmt(((t.get("extra") or {}).get("tau") or {}).get("value"), 4),
-                ]
-                for s, t in tr.items()
-            ],
+                    [
+                        s,
+                        fmt(t.get("wall_time_s"), 1),
+                        fmt(t.get("peak_rss_mb"), 0),
+                        fmt(((t.get("extra") or {}).get("tau") or {}).get("value"), 4),
+                    ]
+                    for s, t in tr.items()
+                ],
+            )
         )
-    )
+    else:
+        out.append("No stage was trained in this run.")
     out += ["", "## Plots", ""]
     for name, title in PLOTS.items():
         if name in plots:
             out += [f"### {title}", "", f"![{title}](plots/{name})", ""]
-    out += ["## Sample outputs", ""]
-    first = next(iter(evals.values()))
-    rows = []
-    for i, o in enumerate(first["outputs"][:8]):
-        row = [_short(o["source"]), _short(o["reference"])]
-        for k, e in evals.items():
-            sem = e["per_example"]["semantic"][i]
-            row.append(
-                Md(f"{_short(e['outputs'][i]['output'])} (sim {sem:.2f}, lang {int(e['per_example']['lang_pass'][i])})")
-            )
-        rows.append(row)
-    out.append(md_table(["source", "reference"] + list(evals), rows))
-    out += ["", "## Versions", "", md_code(json.dumps(metrics["versions"])), ""]
+    if not_drawn:
+        out += ["Not drawn, for lack of data in this run:", ""]
+        out += [f"- {PLOTS.get(name, name)}: {md_text(why)}." for name, why in not_drawn.items()]
+        out += [""]
+    versions = ", ".join(f"{name} {version}" for name, version in metrics["versions"].items())
+    out += ["## Versions", "", md_text(versions) + ".", ""]
     return "\n".join(out)
 
 
@@ -409,7 +501,7 @@ def _monitor_section(monitors: dict[str, Any] | None) -> list[str]:
     return out
 
 
-def _short(text: str, n: int = 60) -> Md:
+def _short(text: str, n: int = CELL_CHARS) -> Md:
     """Data text for a Markdown cell: one line, clipped, read as text (`md_text`: a `<script>` or an
     image in the data stays text in any Markdown viewer and in report.html)."""
     text = _LINE_BREAKS.sub(" ", text)
@@ -437,7 +529,12 @@ def render_html(markdown_text: str, plot_dir: Path) -> str:
 
     md.add_render_rule("image", embedded_image)
     style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        # Tibetan fonts draw their letters small for their size (Tibetan Machine Uni, Microsoft
+        # Himalaya): Tibetan text takes the first one installed at a size that reads beside Latin.
+        "@font-face{font-family:semrl-tibetan;unicode-range:U+0F00-0FFF;size-adjust:140%;"
+        "src:local('Noto Serif Tibetan'),local('Noto Sans Tibetan'),local('Jomolhari'),local('Tibetan Machine Uni'),"
+        "local('Microsoft Himalaya'),local('Kailasa')}"
+        "body{font-family:semrl-tibetan,system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:4px 8px}"
         "th{background:#f4f4f4}img{max-width:560px;display:block;margin:1em 0}"
     )

@@ -17,21 +17,22 @@ from semrl.results.plots import (
     plot_tax_meter,
     plot_tradeoff,
 )
-from semrl.results.render import render_html, render_markdown
+from semrl.results.render import SAMPLE_OUTPUTS, render_html, render_markdown
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path, samples: int = SAMPLE_OUTPUTS) -> Path:
     """Write metrics.json, report.md, report.html and plots/ for a run; returns report.html's path.
+    The task section shows the first `samples` test outputs of each method.
 
     Holds the run directory's lock (a `semrl run` in it reports under its own lock)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run directory")
     with directory_lock(RunLayout(run_dir).lock, f"run directory {run_dir}"):
-        return _write_report(run_dir)
+        return _write_report(run_dir, samples)
 
 
-def _write_report(run_dir: Path) -> Path:
+def _write_report(run_dir: Path, samples: int) -> Path:
     metrics = build_metrics(run_dir)  # reads the evaluations in the run's method order
     evals = load_evaluations(run_dir, list(metrics["methods"]))
     layout = RunLayout(run_dir)
@@ -42,13 +43,17 @@ def _write_report(run_dir: Path) -> Path:
     # from the data) leaves the previous plots, metrics.json, report.md and report.html as they were.
     with atomic_paths(outputs) as (plot_dir, metrics_path, md_path, html_path):
         plot_dir.mkdir()
-        plot_gain_vs_tax(metrics, plot_dir / "gain_vs_tax.png")
-        plot_reward_components(run_dir, plot_dir / "reward_components.png")
-        plot_drift(evals, plot_dir / "nll_drift.png")
-        plot_tax_meter(run_dir, plot_dir / "tax_meter.png")
-        plot_tradeoff(run_dir, plot_dir / "tradeoff.png")
+        # Each plot is drawn, or left out with the reason the report gives (file name -> why).
+        skipped = {
+            "gain_vs_tax.png": plot_gain_vs_tax(metrics, plot_dir / "gain_vs_tax.png"),
+            "reward_components.png": plot_reward_components(run_dir, plot_dir / "reward_components.png"),
+            "nll_drift.png": plot_drift(evals, plot_dir / "nll_drift.png"),
+            "tax_meter.png": plot_tax_meter(run_dir, plot_dir / "tax_meter.png"),
+            "tradeoff.png": plot_tradeoff(run_dir, plot_dir / "tradeoff.png"),
+        }
+        not_drawn = {name: why for name, why in skipped.items() if why is not None}
         plots = {p.name: str(layout.plots / p.name) for p in plot_dir.glob("*.png")}
-        md = render_markdown(metrics, evals, plots)
+        md = render_markdown(metrics, evals, plots, not_drawn, samples)
         page = render_html(md, plot_dir)
         metrics_path.write_text(json_text(metrics), encoding="utf-8")
         md_path.write_text(md, encoding="utf-8")
