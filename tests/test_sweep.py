@@ -100,6 +100,7 @@ def test_comparison_report_has_both_variants_with_intervals(sweep_dir: Path) -> 
     )
     md = (sweep_dir / "sweep.md").read_text(encoding="utf-8")
     assert "grpo: emb_lang" in md and "grpo: bleu_lang" in md and "1.5 bleu + 1 language" in md
+    assert "| split | examples |" in md and "{'" not in md  # the scale as a table, not a Python repr
     assert "<table>" in (sweep_dir / "sweep.html").read_text(encoding="utf-8")
     for variant in VARIANTS:  # every variant is a complete run with its own report
         assert set(_json(sweep_dir / variant / "metrics.json")["methods"]) == {"base", "cold_start", "grpo"}

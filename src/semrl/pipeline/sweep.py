@@ -332,7 +332,7 @@ def _rewards_text(components: list[dict[str, Any]]) -> str:
 
 def render_sweep_markdown(sweep: dict[str, Any]) -> str:
     """sweep.md: the variants side by side, with intervals."""
-    from semrl.results.render import fmt, fmt_iv, fmt_with_iv, md_code, md_table, md_text
+    from semrl.results.render import data_scale_lines, fmt, fmt_iv, fmt_with_iv, md_code, md_table, md_text
 
     conf = int(sweep["confidence"] * 100)
     sc = sweep["scale"]
@@ -342,9 +342,9 @@ def render_sweep_markdown(sweep: dict[str, Any]) -> str:
     out = [
         f"# semrl reward sweep: {md_text(sweep['name'])}",
         "",
-        f"Model {md_code(sc['model'])}, reward encoder {md_code(sc['encoder'])}; splits {md_text(sc['split_sizes'])}; "
-        f"{md_text(sc['test_examples_evaluated'])} test examples; benchmark items {md_text(sc['benchmark_items'])}.",
+        f"Model {md_code(sc['model'])}, reward encoder {md_code(sc['encoder'])}.",
         "",
+        *data_scale_lines(sc),
         f"One cold-start stage ({md_code(shared['run_dir'] + '/stages/cold_start')}, finished "
         f"{md_text(shared['cold_start']['finished_at'])}, {fmt(shared['cold_start']['wall_time_s'], 1)} s) and one "
         f"evaluation of {md_text(', '.join(shared['methods']))} are shared by every variant; only GRPO differs. "

@@ -228,6 +228,25 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def data_scale_lines(scale: dict[str, Any]) -> list[str]:
+    """The data a run (or sweep) measured on, for a person: a table of split sizes and a sentence
+    naming the test examples and the general benchmarks' items (metrics.json's `scale`)."""
+    out: list[str] = []
+    splits = scale.get("split_sizes") or {}
+    if splits:
+        out += [md_table(["split", "examples"], [[name, str(n)] for name, n in splits.items()]), ""]
+    items = scale.get("benchmark_items") or {}
+    evaluated = f"Evaluated on {_count(scale['test_examples_evaluated'], 'test example')}"
+    if items:
+        listed = ", ".join(f"{md_text(name)} ({_count(n, 'item')})" for name, n in items.items())
+        evaluated += f" and on {_count(len(items), 'general benchmark')}: {listed}."
+    else:
+        evaluated += (
+            "; no general benchmark was evaluated (evaluation.benchmarks is empty), so no alignment tax is measured."
+        )
+    return [*out, evaluated, ""]
+
+
 def _scale_section(metrics: dict[str, Any]) -> list[str]:
     """What the run trained and measured on, as sentences and a table of split sizes."""
     sc = metrics["scale"]
@@ -238,19 +257,7 @@ def _scale_section(metrics: dict[str, Any]) -> list[str]:
         f"{md_code(sc['encoder'])}.",
         "",
     ]
-    splits = sc.get("split_sizes") or {}
-    if splits:
-        out += [md_table(["split", "examples"], [[name, str(n)] for name, n in splits.items()]), ""]
-    items = sc.get("benchmark_items") or {}
-    evaluated = f"Evaluated on {_count(sc['test_examples_evaluated'], 'test example')}"
-    if items:
-        listed = ", ".join(f"{md_text(name)} ({_count(n, 'item')})" for name, n in items.items())
-        evaluated += f" and on {_count(len(items), 'general benchmark')}: {listed}."
-    else:
-        evaluated += (
-            "; no general benchmark was evaluated (evaluation.benchmarks is empty), so no alignment tax is measured."
-        )
-    out += [evaluated, ""]
+    out += data_scale_lines(sc)
     steps = sc.get("steps") or {}
     if steps:
         ran = ", ".join(
