@@ -441,6 +441,16 @@ SEMRL = [sys.executable, "-m", "semrl"]
 TRAD_PAIRS = [("ང་ཚོ་སང་ཉིན་འགྲོ།", "我們明天去。"), ("ཁྱེད་རང་བདེ་པོ་ཡིན་པས།", "你好嗎？"), ("དེབ་འདི་ཡག་པོ་འདུག", "這本書很好。")]
 
 
+def distinct_pairs(n: int) -> list[tuple[str, str]]:
+    """`n` distinct Tibetan-Chinese pairs from TRAD_PAIRS (a Tibetan and a Han numeral appended):
+    semrl drops exact duplicate pairs and training rows that repeat a test sentence."""
+    tib, han = "༠༡༢༣༤༥༦༧༨༩", "〇一二三四五六七八九"
+    return [
+        (f"{b} {''.join(tib[int(d)] for d in str(i))}", f"{z}{''.join(han[int(d)] for d in str(i))}")
+        for i, (b, z) in enumerate(TRAD_PAIRS * (n // len(TRAD_PAIRS) + 1))
+    ][:n]
+
+
 def jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -462,7 +472,7 @@ def input_cases(env: Env) -> None:
 
     w = env.work
     # Traditional Chinese references and completions: valid zh (Han script).
-    trad = jsonl(w / "trad.jsonl", [{"bo": b, "zh": z, "doc": f"d{i}"} for i, (b, z) in enumerate(TRAD_PAIRS * 8)])
+    trad = jsonl(w / "trad.jsonl", [{"bo": b, "zh": z, "doc": f"d{i}"} for i, (b, z) in enumerate(distinct_pairs(24))])
     src, small = local(trad), sizes(3, 8, 1, 2)
     completions = jsonl(w / "trad-c.jsonl", [{"source": b, "reference": z, "completion": z} for b, z in TRAD_PAIRS])
     score = [*SEMRL, "score", "--completions", str(completions), "--target-lang", "zh", "--tau"]
@@ -708,7 +718,7 @@ def trust_cases(env: Env) -> None:
     # and both reports show that text as text.
     data = jsonl(
         w / "hostile.jsonl",
-        [{"bo": b, "zh": f"{HOSTILE} {z}", "doc": f"d{i}"} for i, (b, z) in enumerate(TRAD_PAIRS * 8)],
+        [{"bo": b, "zh": f"{HOSTILE} {z}", "doc": f"d{i}"} for i, (b, z) in enumerate(distinct_pairs(24))],
     )
     run = w / "hostile"
     name = json.dumps("<script>alert(2)</script> ![n](nope.png) # h")
