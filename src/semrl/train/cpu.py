@@ -7,6 +7,8 @@ import functools
 import logging
 from collections.abc import Iterator
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,3 +57,53 @@ def compact_lm_head_on_cpu() -> Iterator[None]:
         yield
     finally:
         trl_utils._use_triton = use_triton
+
+
+def _linear_in_input_dtype(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    # The cast is differentiable: the gradient reaches the float32 weight (and Adam's state) in float32.
+    bias = None if linear.bias is None else linear.bias.to(x.dtype)
+    return torch.nn.functional.linear(x, linear.weight.to(x.dtype), bias)
+
+
+@contextlib.contextmanager
+def lora_in_weight_dtype(model: torch.nn.Module) -> Iterator[None]:
+    """Within this block, float32 LoRA adapters on a bfloat16 (or float16) model compute in the model's dtype.
+
+    PEFT keeps adapters in float32 over a half-precision base (`autocast_adapter_dtype`), and so each
+    adapted layer casts its input up to float32, runs both adapter matmuls in float32 and adds the
+    float32 result to the base layer's, then casts the sum back: per layer and token two full-width
+    casts, float32 element-wise work and float32 matmuls at a quarter of the bfloat16 rate (AMX).
+    Here the adapters' weights are cast down instead (r x width, a few MB per step), the input stays
+    as it comes, and the adapter path runs in the base's dtype, which is what mixed-precision
+    autocast does on a GPU. The float32 weights stay the trainable parameters, so Adam's updates are
+    still accumulated in float32; only the adapter's contribution is rounded to the base's dtype,
+    which the sum was rounded to anyway. Outside the block nothing is changed.
+    """
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        yield
+        return
+    patched: list[torch.nn.Module] = []
+    uncast: list[tuple[torch.nn.Module, bool]] = []
+    for layer in model.modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        base = getattr(layer.get_base_layer(), "weight", None)
+        if base is None or not base.dtype.is_floating_point or base.dtype == torch.float32:
+            continue
+        adapters = [m for d in (layer.lora_A, layer.lora_B) for m in d.values() if type(m) is torch.nn.Linear]
+        if not adapters or all(m.weight.dtype == base.dtype for m in adapters):
+            continue
+        for linear in adapters:
+            linear.forward = functools.partial(_linear_in_input_dtype, linear)
+            patched.append(linear)
+        uncast.append((layer, getattr(layer, "cast_input_dtype_enabled", True)))
+        layer.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for linear in patched:
+            del linear.forward
+        for layer, enabled in uncast:
+            layer.cast_input_dtype_enabled = enabled
