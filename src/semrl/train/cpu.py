@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import types
 from collections.abc import Iterator
 
 import torch
@@ -96,7 +97,8 @@ def lora_in_weight_dtype(model: torch.nn.Module) -> Iterator[None]:
         if not adapters or all(m.weight.dtype == base.dtype for m in adapters):
             continue
         for linear in adapters:
-            linear.forward = functools.partial(_linear_in_input_dtype, linear)
+            # A bound method, not a partial: a deep copy of the model then calls its own copy's weights.
+            linear.forward = types.MethodType(_linear_in_input_dtype, linear)
             patched.append(linear)
         uncast.append((layer, getattr(layer, "cast_input_dtype_enabled", True)))
         layer.cast_input_dtype_enabled = False
