@@ -5,7 +5,7 @@ in the machine's load hits both alike; the load average is recorded. Arms:
 
 - ``lora_dtype``: an SFT optimizer step (forward, backward, AdamW) with PEFT's float32 adapter
   path (A) and with `semrl.train.lora_in_weight_dtype` (B);
-- ``attention``: the same SFT step with SDPA (A) and eager attention (B);
+- ``attention``: the same SFT step (with `lora_in_weight_dtype`) with SDPA (A) and eager attention (B);
 - ``generation``: GRPO-shaped sampling (prompts x G, at most max_completion_length new tokens) of
   the LoRA-wrapped policy, with PEFT's float32 adapter path (A) and `lora_in_weight_dtype` (B).
 
@@ -78,10 +78,14 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
             "lora_in_weight_dtype": lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch)),
         }, info
     if compare == "attention":
-        base = model.get_base_model()
+        base = model.get_base_model()  # both arms on top of the default lora_in_weight_dtype
         return {
-            "sdpa": lambda: _in(attention(base, "sdpa"), lambda: sft_step(trainer, batch)),
-            "eager": lambda: _in(attention(base, "eager"), lambda: sft_step(trainer, batch)),
+            "sdpa": lambda: _in(
+                attention(base, "sdpa"), lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))
+            ),
+            "eager": lambda: _in(
+                attention(base, "eager"), lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))
+            ),
         }, info
     if compare == "generation":
         cfg = config.stages.grpo

@@ -55,9 +55,14 @@ def test_lora_in_weight_dtype_matches_peft_float32_adapter_path(cache: None) -> 
     first_a = next(m for n, m in model.named_modules() if n.endswith("lora_A.default"))
     first_a.register_forward_hook(lambda mod, args, out: adapter_dtypes.append(out.dtype))
 
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
     slow_loss, slow_grads = _loss_and_grads(model, batch)
+    with torch.no_grad():
+        slow_logits = model(**inputs).logits.float()
     with lora_in_weight_dtype(model):
         fast_loss, fast_grads = _loss_and_grads(model, batch)
+        with torch.no_grad():  # generation's forwards: the float32 adapter path, same logits
+            nograd_logits = model(**inputs).logits.float()
     again_loss, _ = _loss_and_grads(model, batch)
 
     # Same loss and gradients within bfloat16's rounding (8 bits of mantissa).
@@ -67,7 +72,9 @@ def test_lora_in_weight_dtype_matches_peft_float32_adapter_path(cache: None) -> 
     # The gradients still reach float32 adapters (Adam's state stays float32), and the adapter path
     # really ran in bfloat16; after the block PEFT's own path is back, bit for bit.
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in adapters)
-    assert adapter_dtypes == [torch.float32, torch.bfloat16, torch.float32]
+    # (the no-grad forward inside the block computes in float32 and hands back bfloat16)
+    assert adapter_dtypes == [torch.float32, torch.float32, torch.bfloat16, torch.bfloat16, torch.float32]
+    assert torch.allclose(nograd_logits, slow_logits, atol=0.05, rtol=0.02)
     assert again_loss == slow_loss
 
 
