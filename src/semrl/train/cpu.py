@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import types
 from collections.abc import Iterator
+
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -55,3 +58,60 @@ def compact_lm_head_on_cpu() -> Iterator[None]:
         yield
     finally:
         trl_utils._use_triton = use_triton
+
+
+def _linear_in_input_dtype(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    weight, bias = linear.weight, linear.bias
+    if not torch.is_grad_enabled():
+        # No-grad forwards (generation) keep PEFT's float32 path: a decode step reads each weight for
+        # a handful of rows, so casting the weights down each step reads more than casting the input up
+        # (and the interleaved decode A/B did not measure it faster).
+        return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+    # The cast is differentiable: the gradient reaches the float32 weight (and Adam's state) in float32.
+    return torch.nn.functional.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+@contextlib.contextmanager
+def lora_in_weight_dtype(model: torch.nn.Module) -> Iterator[None]:
+    """Within this block, float32 LoRA adapters on a bfloat16 (or float16) model compute in the model's dtype.
+
+    PEFT keeps adapters in float32 over a half-precision base (`autocast_adapter_dtype`), and so each
+    adapted layer casts its input up to float32, runs both adapter matmuls in float32 and adds the
+    float32 result to the base layer's, then casts the sum back: per layer and token two full-width
+    casts, float32 element-wise work and float32 matmuls at a quarter of the bfloat16 rate (AMX).
+    Here, in forwards that build gradients (the loss), the adapters' weights are cast down instead
+    (r x width: tens of MB per forward), the input stays as it comes, and the adapter path runs in the
+    base's dtype, which is what mixed-precision autocast does on a GPU. The float32 weights stay the
+    trainable parameters, so Adam's updates are still accumulated in float32; only the adapter's
+    contribution is rounded to the base's dtype, which the sum was rounded to anyway. No-grad
+    forwards (generation) keep the float32 adapter path. Outside the block nothing is changed.
+    """
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        yield
+        return
+    patched: list[torch.nn.Module] = []
+    uncast: list[tuple[torch.nn.Module, bool]] = []
+    for layer in model.modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        base = getattr(layer.get_base_layer(), "weight", None)
+        if base is None or not base.dtype.is_floating_point or base.dtype == torch.float32:
+            continue
+        adapters = [m for d in (layer.lora_A, layer.lora_B) for m in d.values() if type(m) is torch.nn.Linear]
+        if not adapters or all(m.weight.dtype == base.dtype for m in adapters):
+            continue
+        for linear in adapters:
+            # A bound method, not a partial: a deep copy of the model then calls its own copy's weights.
+            linear.forward = types.MethodType(_linear_in_input_dtype, linear)
+            patched.append(linear)
+        uncast.append((layer, getattr(layer, "cast_input_dtype_enabled", True)))
+        layer.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for linear in patched:
+            del linear.forward
+        for layer, enabled in uncast:
+            layer.cast_input_dtype_enabled = enabled

@@ -62,7 +62,7 @@ from semrl.train.callbacks import (
     use_rich_progress,
     write_reward_stats,
 )
-from semrl.train.cpu import compact_lm_head_on_cpu
+from semrl.train.cpu import compact_lm_head_on_cpu, lora_in_weight_dtype
 from semrl.train.grpo import build_grpo_trainer
 from semrl.train.sft import build_sft_trainer
 from semrl.train.stages import StageSpec, stage_specs
@@ -344,7 +344,8 @@ def train_stage(
         trainer.state.global_step = int(_checkpoint_state(resume_from)["global_step"])
         metrics: dict[str, Any] = {}
     else:
-        with compact_lm_head_on_cpu():
+        # Both change how the work is done, not what is computed (tests/test_speed_equivalence.py).
+        with compact_lm_head_on_cpu(), lora_in_weight_dtype(trainer.model):
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         metrics = {k: json_safe(v) for k, v in output.metrics.items()}
 

@@ -1,0 +1,174 @@
+"""A/B timings of one speed change at a time, interleaved in one process (the machine is shared).
+
+The same trainer and batch serve both arms, alternated step by step (A, B, A, B, ...), so a change
+in the machine's load hits both alike; the load average is recorded. Arms:
+
+- ``lora_dtype``: an SFT optimizer step (forward, backward, AdamW) with PEFT's float32 adapter
+  path (A) and with `semrl.train.lora_in_weight_dtype` (B);
+- ``attention``: the same SFT step (with `lora_in_weight_dtype`) with SDPA (A) and eager attention (B);
+- ``generation``: GRPO-shaped sampling (prompts x G, at most max_completion_length new tokens) of
+  the LoRA-wrapped policy, with PEFT's float32 adapter path (A) and `lora_in_weight_dtype` (B).
+
+    SEMRL_DATA_DIR=../shared/data python benchmarks/step_ab.py --compare lora_dtype [--repeats 3]
+        [--out benchmarks/results/step_ab_lora_dtype.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semrl.config.experiment import load_config
+from semrl.core.io import write_json
+from semrl.core.provenance import machine, package_versions
+from semrl.data.prompts import prompt_text
+from semrl.data.splits import load_examples, split_examples
+from semrl.models import load_policy
+from semrl.train.cpu import compact_lm_head_on_cpu, lora_in_weight_dtype
+from semrl.train.sft import build_sft_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def attention(model: Any, implementation: str) -> Iterator[None]:
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def sft_trainer(config: Any, splits: Any, tmp: Path) -> tuple[Any, dict]:
+    model, tokenizer = load_policy(config.model)
+    trainer = build_sft_trainer("cold_start", config, list(splits["cold_start"]), model, tokenizer, tmp, [], {})
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this bypasses
+    batch = next(iter(trainer.get_train_dataloader()))
+    return trainer, batch
+
+
+def sft_step(trainer: Any, batch: dict) -> float:
+    start = time.perf_counter()
+    trainer.training_step(trainer.model, dict(batch))
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad()
+    return time.perf_counter() - start
+
+
+def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, Callable[[], float]], dict]:
+    """The two arms of `compare`: callables that time one step each."""
+    trainer, batch = sft_trainer(config, splits, tmp)
+    model = trainer.model
+    info = {"tokens": int(batch["attention_mask"].sum()), "padded": int(batch["input_ids"].numel())}
+    if compare == "lora_dtype":
+        return {
+            "peft_float32_adapters": lambda: sft_step(trainer, batch),
+            "lora_in_weight_dtype": lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch)),
+        }, info
+    if compare == "attention":
+        base = model.get_base_model()  # both arms on top of the default lora_in_weight_dtype
+        return {
+            "sdpa": lambda: _in(
+                attention(base, "sdpa"), lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))
+            ),
+            "eager": lambda: _in(
+                attention(base, "eager"), lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))
+            ),
+        }, info
+    if compare == "generation":
+        cfg = config.stages.grpo
+        tokenizer = trainer.processing_class
+        prompts = [prompt_text(e.source, config.task) for e in splits["rl"][: cfg.batch_size // cfg.num_generations]]
+        enc = tokenizer([p for p in prompts for _ in range(cfg.num_generations)], return_tensors="pt", padding=True)
+        info = {"sequences": len(enc["input_ids"]), "prompt_tokens": int(enc["attention_mask"].sum())}
+
+        def generate() -> float:
+            torch.manual_seed(0)
+            model.eval()
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=cfg.max_completion_length,
+                    do_sample=True,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            info["new_tokens"] = out.shape[1] - enc["input_ids"].shape[1]
+            return time.perf_counter() - start
+
+        return {
+            "peft_float32_adapters": generate,
+            "lora_in_weight_dtype": lambda: _in(lora_in_weight_dtype(model), generate),
+        }, info
+    raise SystemExit(f"unknown --compare {compare!r}")
+
+
+def _in(context: Any, fn: Callable[[], float]) -> float:
+    with context:
+        return fn()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    parser.add_argument("--compare", required=True, choices=["lora_dtype", "attention", "generation"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--data-dir", default=os.environ.get("SEMRL_DATA_DIR"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    config = load_config(args.config, overrides=[f"model.dtype={args.dtype}"])
+    if args.data_dir:
+        config.data_dir = args.data_dir
+    splits = split_examples(load_examples(config), config.data.splits, config.seed)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp, compact_lm_head_on_cpu():
+        timed, info = arms(args.compare, config, splits, Path(tmp))
+        for fn in timed.values():  # warm-up: oneDNN picks its kernels on the first call
+            fn()
+        times: dict[str, list[float]] = {name: [] for name in timed}
+        for _ in range(args.repeats):
+            for name, fn in timed.items():
+                times[name].append(round(fn(), 3))
+    load_after = os.getloadavg()
+    (a, ta), (b, tb) = times.items()
+    ratio = statistics.median(ta) / statistics.median(tb)
+    hw = machine()
+    summary = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "compare": args.compare,
+        "machine": hw,
+        "dtype": args.dtype,
+        "load_average": [round(load_before[0], 2), round(load_after[0], 2)],
+        "config": args.config.name,
+        "shape": info,
+        "seconds": times,
+        "median_s": {name: round(statistics.median(t), 3) for name, t in times.items()},
+        "ratio_a_over_b": round(ratio, 2),
+        "versions": package_versions(),
+    }
+    print(f"{hw['cpu']}, {hw['cores']} cores, {args.dtype}, load {load_before[0]:.1f} -> {load_after[0]:.1f}; {info}")
+    for name, t in times.items():
+        print(f"  {name:<24} median {statistics.median(t):7.3f} s  {t}")
+    print(f"  {a} / {b} = {ratio:.2f}x")
+    out = args.out or ROOT / "benchmarks" / "results" / f"step_ab_{args.compare}.json"
+    write_json(out, summary)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
