@@ -895,7 +895,7 @@ def hostile_cases(env: Env) -> None:
     w = env.work
     tiny = TINY.read_text(encoding="utf-8")
     sizes = "data.splits={cold_start: 2, rl: -1, dev: 1, test: 1}"
-    good = [json.dumps({"bo": b, "zh": z}, ensure_ascii=False) for b, z in TRAD_PAIRS * 3]
+    good = [json.dumps({"bo": b, "zh": z}, ensure_ascii=False) for b, z in distinct_pairs(9)]
     done = json.dumps({"source": "a", "reference": "我", "completion": "我"}, ensure_ascii=False)
     # Resource exhaustion
     config("YAML alias bomb (9**9 values)", BILLION_LAUGHS, "alias")
