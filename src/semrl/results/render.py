@@ -265,6 +265,7 @@ def _scale_section(metrics: dict[str, Any]) -> list[str]:
             for stage, n in steps.items()
         )
         out += [f"Trained: {ran}.", ""]
+        out += _rft_lines(metrics.get("training") or {})
     else:
         out += ["No stage was trained in this run.", ""]
     out += _hardware_line(sc)
@@ -275,8 +276,31 @@ def _scale_section(metrics: dict[str, Any]) -> list[str]:
     ]
     if sc.get("grpo_stages", True):  # metrics.json from before the key: name the reward as before
         out += [
-            "GRPO reward: "
-            + " + ".join(f"{c['weight']:g} {md_text(c['name'])}" for c in metrics["config"]["rewards"]["components"])
+            "GRPO reward: " + _reward_sum(metrics["config"]["rewards"]["components"]) + ".",
+            "",
+        ]
+    for stage, components in (sc.get("stage_rewards") or {}).items():
+        out += [f"{md_text(stage)}'s own reward: {_reward_sum(components)}.", ""]
+    return out
+
+
+def _reward_sum(components: list[dict[str, Any]]) -> str:
+    """Reward components as '1.5 semantic + 1 language'."""
+    return " + ".join(f"{c['weight']:g} {md_text(c['name'])}" for c in components)
+
+
+def _rft_lines(training: dict[str, Any]) -> list[str]:
+    """One sentence per RFT stage: how many prompts kept a sample, and the kept samples' mean reward."""
+    out = []
+    for stage, record in training.items():
+        rft = ((record or {}).get("extra") or {}).get("rft")
+        if not rft:
+            continue
+        mean = rft.get("kept_mean_reward")
+        out += [
+            f"RFT stage {md_text(stage)} kept the best of {_count(rft['num_generations'], 'sample')} for "
+            f"{rft['prompts_kept']} of {_count(rft['prompts'], 'prompt')}"
+            + (f" (mean reward {mean:.3f})" if mean is not None else "")
             + ".",
             "",
         ]

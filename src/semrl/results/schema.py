@@ -242,6 +242,12 @@ METRICS_KEYS: tuple[MetricsKey, ...] = (
     _key("scale.test_examples_evaluated", "int", "Test examples evaluated."),
     _key("scale.benchmark_items.<benchmark>", "int", "Items per benchmark."),
     _key("scale.steps.<stage>", "int", "Optimizer steps per stage."),
+    _key(
+        "scale.stage_rewards.<stage>",
+        "array",
+        "Only when a stage has its own `rewards:` section: that stage's reward components (name, weight, ...).",
+        required=False,
+    ),
     _key("scale.encoder", "string", "The reward encoder."),
     _key("scale.hardware", "object | null", "Where and in which dtype the stages trained (from their manifests)."),
     _key("scale.hardware.cpu", "string", "CPU model."),
