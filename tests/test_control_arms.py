@@ -12,6 +12,7 @@ import pytest
 
 from semrl.cli import main
 from semrl.config.experiment import load_config, parse_config
+from semrl.results.render import gain_per_tax
 from semrl.train.rft import clears_threshold
 from semrl.train.stages import evaluated_methods, stage_config_hash, stage_rewards, stage_specs
 
@@ -75,6 +76,13 @@ def test_control_arms_train_evaluate_and_report(control_run: Path) -> None:
     report = (control_run / "report.md").read_text(encoding="utf-8")
     assert "grpo_chrf's own reward: 1.5 bleu + 1 language." in report
     assert f"RFT stage rft kept the best of 2 samples for {summary['prompts_kept']} of" in report
+    # Each arm is compared, paired, with the cold start it starts from and with GRPO ...
+    diffs = metrics["intervals"]["differences"]
+    assert {"rft-cold_start", "grpo-rft", "grpo_chrf-cold_start", "grpo-grpo_chrf"} <= set(diffs)
+    assert "chrf" in diffs["rft-cold_start"]
+    # ... and the report sets each method's task gain against its tax.
+    gain_table = report.split("### Gain per tax", 1)[1].split("\n#", 1)[0]
+    assert all(f"| {m} |" in gain_table for m in ("cold_start", "grpo", "rft", "grpo_chrf"))
 
 
 def test_finished_rft_stage_is_skipped(control_run: Path, fixture_data_dir: Path, capsys) -> None:
@@ -120,6 +128,11 @@ def test_rft_keeping_nothing_exits_2_naming_the_threshold(
     err = capsys.readouterr().err
     assert "stage 'rft' kept no sample" in err and "stages.rft.threshold (100.0)" in err
     assert not (run_dir / "stages" / "rft" / "manifest.json").exists()
+
+
+def test_gain_per_tax() -> None:
+    assert gain_per_tax(3.0, 0.02) == pytest.approx(1.5)  # 3 chrF points for 2 accuracy points
+    assert gain_per_tax(3.0, 0.0) is None and gain_per_tax(3.0, -0.01) is None  # no tax paid
 
 
 def test_default_threshold_is_the_semantic_floor() -> None:

@@ -67,6 +67,7 @@ window's value (or, for the mixed-script rate, its rise) crosses the threshold n
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,22 @@ COMPARISONS = (
     (COLD_START, BASE_METHOD),
 )
 PER_TO_SUMMARY = {"lang_pass": "lang_rate"}
+
+
+def comparisons(methods: Iterable[str]) -> list[tuple[str, str]]:
+    """The method pairs whose paired task differences metrics.json records, among `methods`: the
+    paper's roles (`COMPARISONS`), then each further trained method (a control arm such as RFT or a
+    surface-reward GRPO, a recovery stage) against the cold start it is measured from and against
+    GRPO."""
+    present = list(methods)
+    pairs = [(a, b) for a, b in COMPARISONS if a in present and b in present]
+    for m in present:
+        if m in (BASE_METHOD, COLD_START, BASELINE, TREATMENT):
+            continue
+        pairs += [(a, b) for a, b in ((m, COLD_START), (TREATMENT, m)) if a in present and b in present]
+    return pairs
+
+
 # Reward-hacking monitors: report name -> GRPO log key.
 MONITOR_KEYS = {
     "length_ratio": "monitor/length_ratio",
@@ -311,9 +328,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
     }
 
     differences: dict[str, Any] = {}
-    for a, b in COMPARISONS:
-        if a not in evals or b not in evals:
-            continue
+    for a, b in comparisons(evals):
         differences[f"{a}-{b}"] = paired_differences(evals[a], evals[b], target, boot)
 
     training: dict[str, Any] = {}
