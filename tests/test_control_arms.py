@@ -114,6 +114,7 @@ def test_unfinished_rft_stage_reuses_its_sampled_set(
     assert "[rft] reusing the sampled set" in capsys.readouterr().out
     after = json.loads((stage / "manifest.json").read_text())
     assert after["id"] != before["id"] and after["extra"]["rft"] == before["extra"]["rft"]
+    assert after["extra"]["tau"] == before["extra"]["tau"]  # the floor the set was selected with
 
 
 def test_rft_keeping_nothing_exits_2_naming_the_threshold(

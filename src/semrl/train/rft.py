@@ -129,10 +129,14 @@ def rft_examples(
             "key": key,
             **sample_rft_set(stage, config, splits, examples, model, tokenizer, stage_dir, extra, encoder),
         }
+        if "tau" in extra:  # the calibration, for a resumed stage's manifest (its tau.json may be gone)
+            record["tau_calibration"] = extra["tau"]
         if is_main_process():
             write_json(path, record)
     summary = record["summary"]
     extra["rft"] = summary
+    if "tau_calibration" in record:
+        extra["tau"] = record["tau_calibration"]
     if is_main_process():
         mean = summary["kept_mean_reward"]
         print(
