@@ -222,3 +222,28 @@ def test_study_controls_config_loads() -> None:
     # The study's stages are the same stages: a finished study run's stages are reused.
     for stage in ("cold_start", "sft", "grpo"):
         assert stage_config_hash(config, stage) == stage_config_hash(study, stage)
+
+
+@pytest.mark.parametrize(
+    ("encoder", "message"),
+    [
+        (
+            "{backend: sentence-transformers, name: /nonexistent/encoder}",
+            "stages.arm.rewards.encoder: ",
+        ),
+        ("{backend: trained}", "stages.arm.rewards.encoder: backend 'trained' names the run's own encoder"),
+    ],
+)
+def test_a_stage_rewards_encoder_is_checked_before_training(
+    tmp_path: Path, fixture_data_dir: Path, capsys, encoder: str, message: str
+) -> None:
+    """The preflight checks a stage's own encoder, not only the run's: nothing trains first."""
+    run_dir = tmp_path / "run"
+    arm = f"{{kind: grpo, from: cold_start, splits: [rl], rewards: {{encoder: {encoder}}}}}"
+    args = [
+        "run", TINY, "--out", str(run_dir), "--data-dir", str(fixture_data_dir),
+        "--set", f"stages.arm={arm}", "--set", "stages.enabled=[cold_start, arm]",
+    ]  # fmt: skip
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (run_dir / "stages").exists()
