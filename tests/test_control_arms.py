@@ -229,7 +229,7 @@ def test_study_controls_config_loads() -> None:
     [
         (
             "{backend: sentence-transformers, name: /nonexistent/encoder}",
-            "stages.arm.rewards.encoder: ",
+            "download it once with internet access, or drop stages.arm.rewards.encoder to use rewards.encoder.",
         ),
         ("{backend: trained}", "stages.arm.rewards.encoder: backend 'trained' names the run's own encoder"),
     ],

@@ -128,11 +128,14 @@ def _check_encoder(cfg: EncoderConfig, key: str) -> None:
     if problem is None:
         return
     remove = f", or remove {key}" if key == SECOND_ENCODER else ""
+    if key.startswith("stages."):  # a stage's own rewards: the run's own encoder is not theirs to name
+        own = f", or drop {key} to use rewards.encoder"
+    else:
+        own = f", or set {key}.backend: trained with an `encoder:` section so that the run trains it first"
     raise ModelError(
         f"{key}: {problem}. Nothing was trained. Point {key}.name at an existing sentence-transformers "
         f"directory (`semrl encoder train CONFIG --out DIR` trains one into DIR/encoder/model), download it "
-        f"once with internet access, or set {key}.backend: trained with an `encoder:` section so that the run "
-        f"trains it first{remove}."
+        f"once with internet access{own}{remove}."
     )
 
 
