@@ -238,10 +238,12 @@ def config_page() -> str:
     from semrl.config.experiment import ExperimentConfig
 
     sections = plan_sections(ExperimentConfig)
-    # A model documented under several paths links to its first one.
+    # A model documented under several paths links to its shallowest one (the first of equals):
+    # `rewards`, not the `stages.grpo.rewards` a stage may carry.
     links: dict[type, str] = {}
     for path, cls, _, _ in sections:
-        links.setdefault(cls, path or "top level")
+        if cls not in links or path.count(".") < links[cls].count("."):
+            links[cls] = path or "top level"
     lines = [
         header("the pydantic models in src/semrl/config/"),
         "# Config reference",
@@ -254,8 +256,14 @@ def config_page() -> str:
         'say "not published".',
         "",
     ]
-    shown: dict[tuple[str, ...], str] = {}  # a table already on the page -> its section
-    for path, cls, instance, note in sections:
+    # Each table is shown once, under its shallowest path (the first of equals); other paths link there.
+    tables = [tuple(section_table(cls, instance, links)) for _, cls, instance, _ in sections]
+    shown: dict[tuple[str, ...], str] = {}
+    for (path, _, _, _), table in zip(sections, tables):
+        title = path or "top level"
+        if table not in shown or path.count(".") < shown[table].count("."):
+            shown[table] = title
+    for (path, cls, instance, note), table in zip(sections, tables):
         title = path or "top level"
         lines += [f"## `{path}` {{#{anchor(title)}}}" if path else "## Top level {#top-level}", ""]
         doc = first_paragraphs(cls.__dict__.get("__doc__"))  # its own docstring, not an inherited one
@@ -263,11 +271,9 @@ def config_page() -> str:
             lines += [doc, ""]
         if note:
             lines += [note, ""]
-        table = tuple(section_table(cls, instance, links))
-        if table in shown:  # the same keys and defaults under another path
+        if shown[table] != title:  # the same keys and defaults under another path
             lines += [f"The same keys and defaults as [`{shown[table]}`](#{anchor(shown[table])}).", ""]
             continue
-        shown[table] = title
         lines += [*table, ""]
     return "\n".join(lines).rstrip() + "\n"
 

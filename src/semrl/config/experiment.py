@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import (
@@ -27,7 +27,7 @@ from semrl.config.evaluation import EvaluationConfig
 from semrl.config.model import ModelConfig
 from semrl.config.overrides import apply_override
 from semrl.config.rewards import REWARD_PRESETS, RewardsConfig
-from semrl.config.stages import StagesConfig, StrongSFTConfig
+from semrl.config.stages import StageKind, StagesConfig, StrongSFTConfig
 from semrl.config.yaml_input import YAMLRefused, load_user_yaml
 from semrl.core.errors import ConfigError
 from semrl.core.io import NO_SUCH_FILE, file_problem
@@ -164,10 +164,18 @@ class ExperimentConfig(Section):
         return digest(data)
 
 
+def _without_stage_kind(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A declared stage's error location without the kind pydantic puts in it (stages.arm.grpo.beta
+    is the config's stages.arm.beta): the message names keys as the config writes them."""
+    if len(loc) >= 3 and loc[0] == "stages" and loc[2] in get_args(StageKind):
+        return (*loc[:2], *loc[3:])
+    return loc
+
+
 def _format_validation_error(err: ValidationError, path: str | Path, overridden: dict[str, str] | None = None) -> str:
     lines = [f"{path}: invalid experiment config ({err.error_count()} problem(s)):"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in _without_stage_kind(e["loc"])) or "(top level)"
         nested = e["type"] in ("trl_key", "nested_key")  # a key inside the value (a stage's `trl:` key): name it
         if nested:
             key = f"{key}.{e['ctx']['field']}" if key != "(top level)" else e["ctx"]["field"]

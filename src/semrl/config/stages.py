@@ -7,6 +7,17 @@ Built-in stages, with the paper's graph as their defaults::
     sft         sft   from the base model, on the cold-start and RL splits (the strong-SFT baseline)
     grpo        grpo  from cold_start, on the RL split
 
+A third kind, `rft` (rejection-sampling fine-tuning, a control arm for GRPO), samples G completions
+per prompt from its parent, keeps each prompt's best one when its reward clears `threshold`, and
+runs SFT on the kept pairs. A grpo or rft stage may carry its own `rewards:` section (the top-level
+schema), which replaces the run's for that stage, e.g. a surface-reward GRPO arm beside the
+semantic one::
+
+    stages:
+      enabled: [cold_start, sft, grpo, rft, grpo_chrf]
+      rft: {kind: rft, from: cold_start, splits: [rl]}
+      grpo_chrf: {kind: grpo, from: cold_start, splits: [rl], rewards: {preset: bleu_lang}}
+
 A config may declare further stages of either kind under any other name, e.g. SG-SRL's recovery
 SFT after GRPO::
 
@@ -28,8 +39,9 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from semrl.config.base import Section, check_plain_name
+from semrl.config.rewards import RewardsConfig
 
-StageKind = Literal["sft", "grpo"]
+StageKind = Literal["sft", "grpo", "rft"]
 # Splits a stage may train on: evaluation splits (dev, test) never are.
 TRAINING_SPLITS: tuple[str, ...] = ("cold_start", "rl")
 # Names a declared stage may not take: the base model's method name and the section's own keys.
@@ -37,7 +49,7 @@ BASE_METHOD = "base"  # the untrained model's method name, evaluated beside ever
 RESERVED_STAGE_NAMES: frozenset[str] = frozenset({BASE_METHOD, "enabled"})
 
 # The TRL config class a stage of each kind builds (`stages.<stage>.trl` keys are its fields).
-TRL_CONFIG_CLASS: dict[str, str] = {"sft": "SFTConfig", "grpo": "GRPOConfig"}
+TRL_CONFIG_CLASS: dict[str, str] = {"sft": "SFTConfig", "grpo": "GRPOConfig", "rft": "SFTConfig"}
 # TRL fields semrl sets from its own stage keys (TRL field -> semrl key): `trl:` may not set them,
 # or the two would disagree. Other fields semrl sets to fixed values (save_total_limit, report_to,
 # packing, precision...) a `trl:` key overrides.
@@ -81,6 +93,11 @@ SEMRL_OWNED_TRL_KEYS["grpo"] = {
     "vllm_enable_sleep_mode": "vllm_enable_sleep_mode",
     "vllm_max_model_length": "vllm_max_model_length",
 }
+SEMRL_OWNED_TRL_KEYS["rft"] = SEMRL_OWNED_TRL_KEYS["sft"]
+STAGE_REWARDS_DESCRIPTION = (
+    "This stage's own reward (the top-level `rewards` schema), replacing the run's for this stage only, "
+    "e.g. {preset: bleu_lang} for a surface-reward arm. null: the run's `rewards`."
+)
 
 
 @functools.cache
@@ -102,7 +119,7 @@ class StageCommon(Section):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
-    kind: StageKind = Field("sft", description="'sft' or 'grpo': the trainer this stage runs.")
+    kind: StageKind = Field("sft", description="'sft', 'grpo' or 'rft': the trainer this stage runs.")
     from_: str | None = Field(
         None, alias="from", description="The stage whose output model this stage starts from (null: the base model)."
     )
@@ -224,6 +241,7 @@ class GRPOStageConfig(StageCommon):
     vllm_max_model_length: int | None = Field(
         None, ge=1, description="Colocate: vLLM's context length (None: prompt + completion lengths, TRL's default)."
     )
+    rewards: RewardsConfig | None = Field(None, description=STAGE_REWARDS_DESCRIPTION)
 
     _omit_when_default = (
         "kind",
@@ -233,6 +251,7 @@ class GRPOStageConfig(StageCommon):
         "vllm_gpu_memory_utilization",
         "vllm_enable_sleep_mode",
         "vllm_max_model_length",
+        "rewards",
     )
 
     @model_validator(mode="after")
@@ -260,8 +279,48 @@ class DeclaredGRPOStage(GRPOStageConfig):
     splits: list[str] = Field(min_length=1, description="Splits whose sources are the prompts.")
 
 
-DeclaredStage = Annotated[Union[DeclaredSFTStage, DeclaredGRPOStage], Field(discriminator="kind")]
-AnyStageConfig = Union[SFTStageConfig, GRPOStageConfig]
+class RFTStageConfig(SFTStageConfig):
+    """Rejection-sampling fine-tuning, a control arm for GRPO: sample `num_generations` completions
+    per prompt of its splits from its parent (GRPO's sampling settings and defaults), score them with
+    the stage's rewards, keep each prompt's best completion when it clears `threshold`, and SFT on
+    the kept (prompt, completion) pairs (the SFT keys below)."""
+
+    kind: Literal["rft"] = Field("rft", description="An RFT stage (sampling, then TRL's SFTTrainer).")
+    from_: str | None = Field(
+        "cold_start", alias="from", description="The stage whose model samples the completions (and is fine-tuned)."
+    )
+    splits: list[str] = Field(default_factory=lambda: ["rl"], description="Splits whose sources are the prompts.")
+    num_generations: int = Field(8, ge=1, description="Completions sampled per prompt (GRPO's G; paper: 8).")
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature (as GRPO's, paper: 0.8).")
+    top_p: float = Field(0.9, gt=0, le=1.0, description="Nucleus sampling (as GRPO's, paper: 0.9).")
+    max_completion_length: int = Field(128, ge=1, description="Generated tokens per completion (as GRPO's).")
+    threshold: float | None = Field(
+        None,
+        description="A prompt's best completion is kept when its weighted total reward exceeds this. null: when "
+        "it clears the semantic floor tau (its semantic reward is > 0); without a semantic reward, total > 0.",
+    )
+    rewards: RewardsConfig | None = Field(None, description=STAGE_REWARDS_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _has_parent(self) -> RFTStageConfig:
+        if self.from_ is None:
+            raise ValueError(
+                "an rft stage samples its completions from another stage's model: set `from` to a stage "
+                "(e.g. from: cold_start)"
+            )
+        return self
+
+
+class DeclaredRFTStage(RFTStageConfig):
+    """A stage a config adds, of kind rft: it must name its kind, parent and splits."""
+
+    kind: Literal["rft"] = Field(description="An RFT stage (sampling, then TRL's SFTTrainer).")
+    from_: str | None = Field(alias="from", description="The stage whose model samples the completions.")
+    splits: list[str] = Field(min_length=1, description="Splits whose sources are the prompts.")
+
+
+DeclaredStage = Annotated[Union[DeclaredSFTStage, DeclaredGRPOStage, DeclaredRFTStage], Field(discriminator="kind")]
+AnyStageConfig = Union[SFTStageConfig, GRPOStageConfig, RFTStageConfig]
 
 
 class StagesConfig(Section):

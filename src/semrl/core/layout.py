@@ -74,6 +74,12 @@ class StageLayout:
         return self.root / "tau.json"
 
     @property
+    def rft_samples(self) -> Path:
+        """RFT: the sampled set (each prompt's best completion and its reward), written before training
+        so that a resumed stage does not sample again."""
+        return self.root / "rft_samples.json"
+
+    @property
     def manifest(self) -> Path:
         """Written last: its presence means the stage finished (id, config hash, versions, wall time, peak RSS)."""
         return self.root / MANIFEST_FILE

@@ -21,7 +21,7 @@ from semrl.core.errors import SemrlError
 from semrl.core.io import atomic_path, read_manifest
 from semrl.core.layout import MODEL_CARD_FILE, RunLayout, run_dir_marker
 from semrl.models import is_adapter_dir, load_policy
-from semrl.train.stages import stage_specs
+from semrl.train.stages import stage_rewards, stage_specs
 
 
 def _metric_lines(metrics: dict[str, Any] | None, stage: str) -> list[str]:
@@ -56,7 +56,7 @@ def model_card(
         "---",
         f"language: [{task.source_lang}, {task.target_lang}]",
         "library_name: transformers",
-        "tags: [semrl, " + ("grpo" if spec.kind == "grpo" else "sft") + "]",
+        f"tags: [semrl, {spec.kind}]",
         "---",
         "",
         f"# {model.name}: semrl stage `{stage}` ({spec.kind})",
@@ -74,11 +74,10 @@ def model_card(
         f"max steps {section.max_steps}",
         f"- seed {config.seed}; stage config hash {manifest.get('config_hash')}",
     ]
-    if spec.kind == "grpo":
-        components = ", ".join(f"{c.name} x{c.weight}" for c in config.rewards.components)
-        lines.append(
-            f"- rewards: {components}; encoder {config.rewards.encoder.name or config.rewards.encoder.backend}"
-        )
+    if spec.kind in ("grpo", "rft"):
+        rewards = stage_rewards(config, stage)
+        components = ", ".join(f"{c.name} x{c.weight}" for c in rewards.components)
+        lines.append(f"- rewards: {components}; encoder {rewards.encoder.name or rewards.encoder.backend}")
     lines += [
         "",
         "## Data",

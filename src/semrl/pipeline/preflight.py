@@ -25,7 +25,7 @@ from pathlib import Path
 
 from semrl.config.experiment import ExperimentConfig
 from semrl.config.rewards import ENCODER_REWARDS, EncoderConfig
-from semrl.core.errors import ModelError
+from semrl.core.errors import ConfigError, ModelError
 from semrl.core.io import read_manifest
 from semrl.core.layout import RunLayout
 from semrl.data.general import general_texts
@@ -35,16 +35,32 @@ from semrl.eval.tax.benchmarks import check_benchmarks
 from semrl.models import model_source_problem
 from semrl.train.encoder import check_encoder_current
 from semrl.train.grpo import SEMANTIC_PURPOSE
-from semrl.train.stages import stage_specs
+from semrl.train.stages import rewards_key, stage_rewards, stage_specs
 
 SECOND_ENCODER = "evaluation.second_encoder"
 
 
+# Stage kinds that score completions with rewards (GRPO trains on them, RFT selects with them).
+REWARD_KINDS = ("grpo", "rft")
+
+
+def encoder_reward_stages(config: ExperimentConfig, stages: Iterable[str]) -> list[str]:
+    """Those of `stages` that score with rewards (GRPO, RFT) including one that reads the encoder
+    (semantic, or SG-SRL's source_grounded), under the stage's own rewards or the run's."""
+    specs = stage_specs(config.stages)
+    return [
+        s
+        for s in stages
+        if specs[s].kind in REWARD_KINDS and any(c.name in ENCODER_REWARDS for c in stage_rewards(config, s).components)
+    ]
+
+
 def trains_on_semantic_reward(config: ExperimentConfig, stages: Iterable[str]) -> bool:
-    """Whether any of `stages` is a GRPO stage and the rewards include one that reads the encoder
-    (semantic, or SG-SRL's source_grounded)."""
-    kinds = {stage_specs(config.stages)[s].kind for s in stages}
-    return "grpo" in kinds and any(c.name in ENCODER_REWARDS for c in config.rewards.components)
+    """Whether any of `stages` is a GRPO or RFT stage that reads the run's reward encoder
+    (`rewards.encoder`) for a semantic or source-grounded reward."""
+    return any(
+        stage_rewards(config, s).encoder == config.rewards.encoder for s in encoder_reward_stages(config, stages)
+    )
 
 
 def uses_trained_encoder(config: ExperimentConfig) -> bool:
@@ -83,6 +99,17 @@ def check_preconditions(
             )
     if evaluate or trains_on_semantic_reward(config, stages):
         _check_encoder(config.rewards.encoder, "rewards.encoder")
+    for stage in encoder_reward_stages(config, stages):  # a stage's own rewards with another encoder
+        own = stage_rewards(config, stage).encoder
+        if own == config.rewards.encoder:
+            continue
+        key = f"{rewards_key(config, stage)}.encoder"
+        if own.backend == "trained":
+            raise ConfigError(
+                f"{key}: backend 'trained' names the run's own encoder, which only the run's rewards.encoder "
+                f"may use; set rewards.encoder.backend: trained and drop {key} (or name another encoder)"
+            )
+        _check_encoder(own, key)
     if evaluate and config.evaluation.second_encoder is not None:
         _check_encoder(config.evaluation.second_encoder, SECOND_ENCODER)
     ev = config.evaluation
@@ -101,11 +128,14 @@ def _check_encoder(cfg: EncoderConfig, key: str) -> None:
     if problem is None:
         return
     remove = f", or remove {key}" if key == SECOND_ENCODER else ""
+    if key.startswith("stages."):  # a stage's own rewards: the run's own encoder is not theirs to name
+        own = f", or drop {key} to use rewards.encoder"
+    else:
+        own = f", or set {key}.backend: trained with an `encoder:` section so that the run trains it first"
     raise ModelError(
         f"{key}: {problem}. Nothing was trained. Point {key}.name at an existing sentence-transformers "
         f"directory (`semrl encoder train CONFIG --out DIR` trains one into DIR/encoder/model), download it "
-        f"once with internet access, or set {key}.backend: trained with an `encoder:` section so that the run "
-        f"trains it first{remove}."
+        f"once with internet access{own}{remove}."
     )
 
 
@@ -143,7 +173,13 @@ def preflight(
     if not trains_on_semantic_reward(config, stages):
         return encoder
     encoder = encoder if encoder is not None else build_encoder(config.rewards.encoder, trained_dir)
-    names = {c.name for c in config.rewards.components}
+    # Stages whose own rewards read another encoder check it when they build it.
+    names = {
+        c.name
+        for s in encoder_reward_stages(config, stages)
+        if stage_rewards(config, s).encoder == config.rewards.encoder
+        for c in stage_rewards(config, s).components
+    }
     if "semantic" in names:
         require_representation(encoder, config.task.target_lang, SEMANTIC_PURPOSE)
     if "source_grounded" in names:  # it compares the output with the source: it reads both languages

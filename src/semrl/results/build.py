@@ -39,7 +39,7 @@
               "inconsistent_rate", "first_position_rate"}}},
       "scale": {"model", "lora", "split_sizes": {"<split>": n}, "test_examples_evaluated",
                 "benchmark_items": {"<benchmark>": n}, "steps": {"<stage>": n}, "grpo_stages": [...],
-                "encoder", "hardware", "eval_dtype"},
+                "stage_rewards"?: {"<stage>": [{"name", "weight", ...}]}, "encoder", "hardware", "eval_dtype"},
       "training": {"<stage>": {"wall_time_s", "peak_rss_mb", "tau", ...}},
       "monitors": {                                   # null when the run has no GRPO log
           "rows": n logged GRPO steps, "window": rows per window,
@@ -67,6 +67,7 @@ window's value (or, for the mixed-script rate, its rise) crosses the threshold n
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ from semrl.train.stages import (
     TREATMENT,
     evaluated_methods,
     stage_order,
+    stage_rewards,
     stage_specs,
 )
 
@@ -113,6 +115,22 @@ COMPARISONS = (
     (COLD_START, BASE_METHOD),
 )
 PER_TO_SUMMARY = {"lang_pass": "lang_rate"}
+
+
+def comparisons(methods: Iterable[str]) -> list[tuple[str, str]]:
+    """The method pairs whose paired task differences metrics.json records, among `methods`: the
+    paper's roles (`COMPARISONS`), then each further trained method (a control arm such as RFT or a
+    surface-reward GRPO, a recovery stage) against the cold start it is measured from and against
+    GRPO."""
+    present = list(methods)
+    pairs = [(a, b) for a, b in COMPARISONS if a in present and b in present]
+    for m in present:
+        if m in (BASE_METHOD, COLD_START, BASELINE, TREATMENT):
+            continue
+        pairs += [(a, b) for a, b in ((m, COLD_START), (TREATMENT, m)) if a in present and b in present]
+    return pairs
+
+
 # Reward-hacking monitors: report name -> GRPO log key.
 MONITOR_KEYS = {
     "length_ratio": "monitor/length_ratio",
@@ -228,6 +246,17 @@ def summarize_monitors(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"rows": n_rows, "window": window, "series": series, "thresholds": thresholds, "flags": flags}
 
 
+def _stage_rewards(config: ExperimentConfig) -> dict[str, Any]:
+    """{"stage_rewards": {stage: its own reward components}} for the enabled stages with their own
+    `rewards:` section, or {} when none has one (metrics.json then stays as before)."""
+    own = {
+        spec.name: [c.model_dump(mode="json", exclude_none=True) for c in stage_rewards(config, spec.name).components]
+        for spec in stage_order(config.stages)
+        if getattr(config.stages.section(spec.name), "rewards", None) is not None
+    }
+    return {"stage_rewards": own} if own else {}
+
+
 def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Assemble metrics.json's content from a run directory's evaluations (read from
     `RUN_DIR/eval` unless given) and manifests."""
@@ -299,9 +328,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
     }
 
     differences: dict[str, Any] = {}
-    for a, b in COMPARISONS:
-        if a not in evals or b not in evals:
-            continue
+    for a, b in comparisons(evals):
         differences[f"{a}-{b}"] = paired_differences(evals[a], evals[b], target, boot)
 
     training: dict[str, Any] = {}
@@ -322,6 +349,8 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
         "steps": {s: (t.get("metrics") or {}).get("global_step") for s, t in training.items()},
         # The enabled GRPO-kind stages: the report names the reward only when one trains with it.
         "grpo_stages": [s.name for s in stage_order(config.stages) if s.kind == "grpo"],
+        # Enabled stages that score with their own rewards (control arms), when there are any.
+        **_stage_rewards(config),
         "encoder": config.rewards.encoder.name or config.rewards.encoder.backend,
         # Where and in which dtype the stages trained (their manifests), and the evaluation's dtype.
         "hardware": next((t["extra"]["hardware"] for t in training.values() if "hardware" in (t["extra"] or {})), None),

@@ -12,6 +12,7 @@ from markdown_it import MarkdownIt
 
 from semrl.results.build import MONITOR_FLAGS, verdict
 from semrl.results.plots import PLOTS
+from semrl.train.stages import BASE_METHOD
 
 
 class Md(str):
@@ -265,6 +266,7 @@ def _scale_section(metrics: dict[str, Any]) -> list[str]:
             for stage, n in steps.items()
         )
         out += [f"Trained: {ran}.", ""]
+        out += _rft_lines(metrics.get("training") or {})
     else:
         out += ["No stage was trained in this run.", ""]
     out += _hardware_line(sc)
@@ -275,8 +277,31 @@ def _scale_section(metrics: dict[str, Any]) -> list[str]:
     ]
     if sc.get("grpo_stages", True):  # metrics.json from before the key: name the reward as before
         out += [
-            "GRPO reward: "
-            + " + ".join(f"{c['weight']:g} {md_text(c['name'])}" for c in metrics["config"]["rewards"]["components"])
+            "GRPO reward: " + _reward_sum(metrics["config"]["rewards"]["components"]) + ".",
+            "",
+        ]
+    for stage, components in (sc.get("stage_rewards") or {}).items():
+        out += [f"{md_text(stage)}'s own reward: {_reward_sum(components)}.", ""]
+    return out
+
+
+def _reward_sum(components: list[dict[str, Any]]) -> str:
+    """Reward components as '1.5 semantic + 1 language'."""
+    return " + ".join(f"{c['weight']:g} {md_text(c['name'])}" for c in components)
+
+
+def _rft_lines(training: dict[str, Any]) -> list[str]:
+    """One sentence per RFT stage: how many prompts kept a sample, and the kept samples' mean reward."""
+    out = []
+    for stage, record in training.items():
+        rft = ((record or {}).get("extra") or {}).get("rft")
+        if not rft:
+            continue
+        mean = rft.get("kept_mean_reward")
+        out += [
+            f"RFT stage {md_text(stage)} kept the best of {_count(rft['num_generations'], 'sample')} for "
+            f"{rft['prompts_kept']} of {_count(rft['prompts'], 'prompt')}"
+            + (f" (mean reward {mean:.3f})" if mean is not None else "")
             + ".",
             "",
         ]
@@ -387,7 +412,8 @@ def render_markdown(
         out.append(md_table(["method"] + benches + [f"tax {b}" for b in benches] + ["tax mean"], rows))
     else:
         out.append("No general benchmark was evaluated (evaluation.benchmarks is empty), so there is no tax to show.")
-    out += ["", *_tax_evidence_section(metrics, conf), "## Drift from the base model on general text", ""]
+    out += ["", *_gain_per_tax_section(methods, metrics["intervals"]["tax"])]
+    out += [*_tax_evidence_section(metrics, conf), "## Drift from the base model on general text", ""]
     drifted = {k: m["drift"] for k, m in methods.items() if m.get("drift")}
     if drifted:
         out.append(
@@ -431,6 +457,42 @@ def render_markdown(
     versions = ", ".join(f"{name} {version}" for name, version in metrics["versions"].items())
     out += ["## Versions", "", md_text(versions) + ".", ""]
     return "\n".join(out)
+
+
+def gain_per_tax(gain: float, tax: float) -> float | None:
+    """chrF points gained per percentage point of general accuracy lost (`tax` is a fraction);
+    None when the method lost nothing (tax <= 0): its gain came without a tax."""
+    return gain / (tax * 100) if tax > 0 else None
+
+
+def _gain_per_tax_section(methods: dict[str, Any], tax_intervals: dict[str, Any]) -> list[str]:
+    """The trained methods side by side: task gain over the base model against the alignment tax
+    paid for it (point estimates), so control arms (RFT, a surface-reward GRPO) compare with GRPO
+    at a glance. Shown when at least two trained methods have both a chrF score and a tax."""
+    base = methods.get(BASE_METHOD) or {}
+    base_chrf = (base.get("task") or {}).get("chrf")
+    rows = []
+    for name, m in methods.items():
+        tax = (m.get("tax") or {}).get("mean")
+        chrf = (m.get("task") or {}).get("chrf")
+        if name == BASE_METHOD or tax is None or chrf is None or base_chrf is None:
+            continue
+        gain = chrf - base_chrf
+        ratio = gain_per_tax(gain, tax)
+        shown = fmt(ratio, 2) if ratio is not None else ("no tax" if gain > 0 else "–")
+        rows.append([name, fmt(chrf, 2), f"{gain:+.2f}", fmt_iv((tax_intervals.get(name) or {}).get("mean")), shown])
+    if len(rows) < 2:
+        return []
+    return [
+        "### Gain per tax",
+        "",
+        "Task gain (chrF over the base model) against the mean tax paid for it; the last column is chrF points "
+        'per percentage point of general accuracy lost (higher is better; "no tax": a gain with no loss). '
+        "Point estimates: read them with the intervals above.",
+        "",
+        md_table(["method", "chrF", "chrF gain", "tax mean", "chrF per tax point"], rows),
+        "",
+    ]
 
 
 def _judge_section(judge: dict[str, Any]) -> list[str]:

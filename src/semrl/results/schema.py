@@ -39,6 +39,7 @@ METRICS_KEYS: tuple[MetricsKey, ...] = (
     _key("schema_version", "int", f"The version of this schema ({SCHEMA_VERSION})."),
     # -- per method ---------------------------------------------------------------------------
     _key("methods", "object", "One entry per evaluated method: `base` and every evaluated stage."),
+    _key("methods.<method>.distinct_output_rate", "number", "Share of distinct texts among the test outputs."),
     _key("methods.<method>.task", "object", "Task quality on the test split."),
     _key("methods.<method>.task.bleu", "number", "Corpus BLEU (sacrebleu; `zh` tokenisation for Chinese)."),
     _key("methods.<method>.task.bleu_signature", "string", "sacrebleu's signature of that BLEU."),
@@ -242,6 +243,15 @@ METRICS_KEYS: tuple[MetricsKey, ...] = (
     _key("scale.test_examples_evaluated", "int", "Test examples evaluated."),
     _key("scale.benchmark_items.<benchmark>", "int", "Items per benchmark."),
     _key("scale.steps.<stage>", "int", "Optimizer steps per stage."),
+    _key(
+        "scale.grpo_stages", "array", "The enabled GRPO-kind stages (the report names the reward only when one trains)."
+    ),
+    _key(
+        "scale.stage_rewards.<stage>",
+        "array",
+        "Only when a stage has its own `rewards:` section: that stage's reward components (name, weight, ...).",
+        required=False,
+    ),
     _key("scale.encoder", "string", "The reward encoder."),
     _key("scale.hardware", "object | null", "Where and in which dtype the stages trained (from their manifests)."),
     _key("scale.hardware.cpu", "string", "CPU model."),

@@ -26,6 +26,7 @@ from semrl.models import peft_config
 from semrl.rewards.registry import build_reward_functions
 from semrl.train.callbacks import TimedReward, completion_monitors, frac_groups_equal
 from semrl.train.common import build_trl_config, common_args
+from semrl.train.stages import stage_rewards
 
 if TYPE_CHECKING:
     from semrl.data.example import Example
@@ -132,13 +133,13 @@ def _calibrate_tau(
     resumed stage optimises the same reward it started with."""
     from semrl.rewards.tau import TauCalibration, resolve_tau
 
+    rewards = stage_rewards(config, stage)
     saved = read_cache(tau_path) if resuming else None
     if saved is not None and isinstance(saved.get("value"), (int, float)) and "origin" in saved:
         logger.info("tau %.4f (%s) reused from %s", saved["value"], saved["origin"], tau_path)
         return TauCalibration(float(saved["value"]), saved["origin"], saved.get("details", {}))
     if resuming and tau_path.is_file():  # calibration is seeded: the same value comes out again
         logger.warning("%s is unreadable (damaged); calibrating tau again", tau_path)
-    rewards = config.rewards
     dev_sim = None
     dev = splits.get("dev") or []
     if rewards.tau == "auto" and rewards.tau_source == "cold_start_dev" and dev:
@@ -188,6 +189,51 @@ def grpo_args(stage: str, config: ExperimentConfig, output_dir: Path, reward_wei
     return build_trl_config(stage, cfg, GRPOConfig, semrl_kwargs)
 
 
+def stage_reward_functions(
+    stage: str,
+    config: ExperimentConfig,
+    splits: dict[str, list[Example]],
+    examples: Sequence[Example],
+    model: Any,
+    tokenizer: Any,
+    stage_dir: Path,
+    extra: dict[str, Any],
+    resuming: bool,
+    encoder: Encoder | None = None,
+) -> tuple[list[Any], list[float], float | None]:
+    """The reward functions and weights of stage `stage` (its own `rewards` section, else the run's;
+    see `stage_rewards`), and the semantic floor tau (None without a semantic reward). With a
+    semantic reward, tau is calibrated as `rewards.tau` says (on `model`, the stage's starting
+    model) and recorded in `stage_dir/tau.json` and `extra`. `encoder` is the run's reward encoder
+    when the caller built it already; it is used only when the stage's rewards name the same one."""
+    rewards = stage_rewards(config, stage)
+    if encoder is not None and rewards.encoder != config.rewards.encoder:
+        encoder = None  # the stage's own rewards read another encoder than the run's
+    tau: float | None = None
+    if any(c.name == "semantic" for c in rewards.components):
+        encoder = encoder if encoder is not None else build_encoder(rewards.encoder)
+        # Before tau calibration (which generates on the dev split): refuse an encoder blind to the
+        # output language rather than calibrate and train on noise.
+        probe = require_representation(encoder, config.task.target_lang, SEMANTIC_PURPOSE)
+        if probe is not None:
+            extra["encoder_probe"] = probe.summary()
+        calibration = _calibrate_tau(
+            stage, config, splits, examples, model, tokenizer, encoder, StageLayout(stage_dir).tau, resuming
+        )
+        tau = calibration.value
+        extra["tau"] = asdict(calibration)
+        logger.info("stage %s: semantic floor tau = %.4f (origin: %s)", stage, tau, calibration.origin)
+        if is_main_process():
+            print(f"[{stage}] semantic floor tau = {tau:.4f} ({calibration.origin})", flush=True)
+
+    elif any(c.name == "source_grounded" for c in rewards.components):  # SG-SRL: encoder, no tau calibration
+        encoder = encoder if encoder is not None else build_encoder(rewards.encoder)
+    else:
+        encoder = None
+    funcs, weights = build_reward_functions(rewards, config.task.target_lang, encoder, tau)
+    return funcs, weights, tau
+
+
 def build_grpo_trainer(
     stage: str,
     config: ExperimentConfig,
@@ -204,29 +250,9 @@ def build_grpo_trainer(
     """The GRPO trainer of stage `stage` (a section of kind grpo), with semrl's rewards and
     monitors. `encoder` is the reward encoder when the caller has built it already (the runner
     builds it once per run); otherwise it is built here when the semantic reward needs it."""
-    rewards = config.rewards
-    tau: float | None = None
-    if any(c.name == "semantic" for c in rewards.components):
-        encoder = encoder if encoder is not None else build_encoder(rewards.encoder)
-        # Before tau calibration (which generates on the dev split): refuse an encoder blind to the
-        # output language rather than calibrate and train on noise.
-        probe = require_representation(encoder, config.task.target_lang, SEMANTIC_PURPOSE)
-        if probe is not None:
-            extra["encoder_probe"] = probe.summary()
-        calibration = _calibrate_tau(
-            stage, config, splits, examples, model, tokenizer, encoder, StageLayout(stage_dir).tau, resuming
-        )
-        tau = calibration.value
-        extra["tau"] = asdict(calibration)
-        logger.info("GRPO semantic floor tau = %.4f (origin: %s)", tau, calibration.origin)
-        if is_main_process():
-            print(f"[{stage}] semantic floor tau = {tau:.4f} ({calibration.origin})", flush=True)
-
-    elif any(c.name == "source_grounded" for c in rewards.components):  # SG-SRL: encoder, no tau calibration
-        encoder = encoder if encoder is not None else build_encoder(rewards.encoder)
-    else:
-        encoder = None
-    funcs, weights = build_reward_functions(rewards, config.task.target_lang, encoder, tau)
+    funcs, weights, _ = stage_reward_functions(
+        stage, config, splits, examples, model, tokenizer, stage_dir, extra, resuming, encoder
+    )
 
     args = grpo_args(stage, config, StageLayout(stage_dir).checkpoints, weights)
     extra["gradient_accumulation_steps"] = args.gradient_accumulation_steps

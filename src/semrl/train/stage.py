@@ -19,7 +19,8 @@ Stage folder::
     stage_dir/
       checkpoints/checkpoint-N/   trainer checkpoints (resume points; TensorBoard logs under runs/)
       log.jsonl                   one JSON object per trainer log (step, epoch, time, metrics)
-      tau.json                    GRPO only: the semantic floor tau and where it came from
+      tau.json                    GRPO and RFT: the semantic floor tau and where it came from
+      rft_samples.json            RFT only: each kept prompt's best sampled completion and its reward
       reward_stats.rank<N>.json   GRPO only: process N's reward calls, completions scored, seconds
       model/                      the stage's output (adapter + base_model.json, or a full checkpoint)
       merged/                     model.save: both only: the full checkpoint beside the adapter
@@ -64,6 +65,7 @@ from semrl.train.callbacks import (
 )
 from semrl.train.cpu import compact_lm_head_on_cpu, lora_in_weight_dtype
 from semrl.train.grpo import build_grpo_trainer
+from semrl.train.rft import rft_examples
 from semrl.train.sft import build_sft_trainer
 from semrl.train.stages import StageSpec, stage_specs
 
@@ -277,9 +279,10 @@ def train_stage(
     Args:
         stage: a stage of `config.stages` (built-in: 'cold_start', SFT on the cold-start split;
             'sft', the strong-SFT baseline on the cold-start and RL splits; 'grpo', semantic GRPO
-            on the RL split; or one the config declares). Its kind decides the trainer.
+            on the RL split; or one the config declares). Its kind decides the trainer (rft: SFT on
+            the best of its parent's sampled completions, see `semrl.train.rft`).
         config: the experiment config; the stage reads `stages.<stage>`, `model`, `task`, `seed`
-            and, for GRPO, `rewards`.
+            and, for GRPO and RFT, `rewards` (or the stage's own `rewards`).
         splits: the run's splits by name (`semrl.data.load_splits`).
         stage_dir: the stage's folder (checkpoints, log.jsonl, model).
         init_model: the checkpoint to start from (GRPO: the cold-start output); None starts from
@@ -287,7 +290,7 @@ def train_stage(
         callbacks: extra `transformers.TrainerCallback`s.
         resume: continue from the last complete checkpoint in ``stage_dir/checkpoints`` if there
             is one; False starts over and deletes old checkpoints.
-        encoder: the reward encoder, when the caller built it already (GRPO stages only).
+        encoder: the reward encoder, when the caller built it already (GRPO and RFT stages).
     """
     from transformers import set_seed
 
@@ -333,6 +336,9 @@ def train_stage(
             encoder=encoder,
         )
     else:
+        if spec.kind == "rft":  # sampled from the starting model, before the trainer wraps it
+            examples = rft_examples(stage, config, splits, examples, model, tokenizer, stage_dir, extra, encoder)
+            extra["num_examples"] = len(examples)
         trainer = build_sft_trainer(stage, config, examples, model, tokenizer, layout.checkpoints, all_callbacks, extra)
     use_rich_progress(trainer)
 

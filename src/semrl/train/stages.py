@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from semrl.config.experiment import ExperimentConfig
+from semrl.config.rewards import RewardsConfig
 from semrl.config.stages import (
     BASE_METHOD,  # noqa: E402  (re-exported: the untrained model's method name)
     StageKind,
@@ -27,12 +28,13 @@ TREATMENT, BASELINE, COLD_START = "grpo", "sft", "cold_start"
 HASHED_SECTIONS: dict[str, tuple[str, ...]] = {
     "sft": ("seed", "model", "task", "data"),
     "grpo": ("seed", "model", "task", "data", "rewards"),
+    "rft": ("seed", "model", "task", "data", "rewards"),
 }
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage: its name, kind (sft or grpo), the stage it starts from (None: the base model)
+    """One stage: its name, kind (sft, grpo or rft), the stage it starts from (None: the base model)
     and the splits it trains on."""
 
     name: str
@@ -115,13 +117,29 @@ def evaluated_methods(config: ExperimentConfig) -> list[str]:
     return [m for m in [BASE_METHOD, *stage_specs(config.stages)] if m in chosen]
 
 
+def stage_rewards(config: ExperimentConfig, stage: str) -> RewardsConfig:
+    """The rewards a stage trains or selects with: its own `stages.<stage>.rewards` section when it
+    has one (grpo and rft stages may), else the run's `rewards`."""
+    own = getattr(config.stages.section(stage), "rewards", None)
+    return own if own is not None else config.rewards
+
+
+def rewards_key(config: ExperimentConfig, stage: str) -> str:
+    """Where `stage_rewards` comes from, as a config key for messages: stages.<stage>.rewards or rewards."""
+    return f"stages.{stage}.rewards" if getattr(config.stages.section(stage), "rewards", None) else "rewards"
+
+
 def stage_config_hash(config: ExperimentConfig, stage: str) -> str:
     """Hash of everything that decides a stage's output: the sections its kind reads and its own
-    section (not the other stages')."""
+    section (not the other stages'). A stage with its own rewards hashes those in place of the
+    run's, so the run's rewards leave it alone."""
     spec = stage_specs(config.stages)[stage]
     data = config.to_dict()
     keyed: dict[str, Any] = {k: data[k] for k in spec.hashed_sections}
-    if "rewards" in keyed:  # which modules may run says nothing about the stage's output
-        keyed["rewards"] = {k: v for k, v in keyed["rewards"].items() if k != "trust_modules"}
-    keyed["stage"] = data["stages"][stage]
+    keyed["stage"] = dict(data["stages"][stage])
+    if "rewards" in keyed:
+        own = keyed["stage"].pop("rewards", None)
+        rewards = own if own is not None else keyed["rewards"]
+        # Which modules may run says nothing about the stage's output.
+        keyed["rewards"] = {k: v for k, v in rewards.items() if k != "trust_modules"}
     return digest(keyed)
