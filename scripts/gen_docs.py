@@ -488,9 +488,12 @@ def fault_campaign_page() -> str:
         "",
         "`benchmarks/fault_campaign.py` runs the real command line (`python -m semrl ...`) on the tiny config "
         "against every fault it knows: a kill at every step boundary of every stage, damaged files of each "
-        "kind semrl writes, concurrent runs, sweeps and reports, and unusual but valid inputs. Each case "
-        "records its exit code, the first line of its message and a verdict: *clean* (the expected exit code, "
-        "0 or 2 with a message, and nothing lost), *traceback*, *wrong exit* or *data loss*.",
+        "kind semrl writes, concurrent runs, sweeps and reports, unusual but valid inputs, exports and names "
+        "that could write outside a run, code named in a config, preconditions that used to fail late, and "
+        "hostile inputs. Each case records its exit code, the first line of its message and a verdict: "
+        "*clean* (the expected exit code, 0 or 2 with a message, and nothing lost), *traceback*, *wrong exit*, "
+        "*data loss*, *late* (the right refusal, but only after something was trained) or *weak message* "
+        "(a refusal whose message lacks what it must name).",
         "",
         f"Last campaign: {campaign['when']}, on {machine}, {len(campaign['cases'])} cases in "
         f"{campaign['wall_time_s'] / 60:.1f} min: **{verdicts}**. Rerun it with "
