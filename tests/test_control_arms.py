@@ -12,7 +12,6 @@ import pytest
 
 from semrl.cli import main
 from semrl.config.experiment import load_config, parse_config
-from semrl.results.render import gain_per_tax
 from semrl.train.rft import clears_threshold
 from semrl.train.stages import evaluated_methods, stage_config_hash, stage_rewards, stage_specs
 
@@ -129,11 +128,6 @@ def test_rft_keeping_nothing_exits_2_naming_the_threshold(
     err = capsys.readouterr().err
     assert "stage 'rft' kept no sample" in err and "stages.rft.threshold (100.0)" in err
     assert not (run_dir / "stages" / "rft" / "manifest.json").exists()
-
-
-def test_gain_per_tax() -> None:
-    assert gain_per_tax(3.0, 0.02) == pytest.approx(1.5)  # 3 chrF points for 2 accuracy points
-    assert gain_per_tax(3.0, 0.0) is None and gain_per_tax(3.0, -0.01) is None  # no tax paid
 
 
 def test_default_threshold_is_the_semantic_floor() -> None:

@@ -23,6 +23,14 @@
       "comparison": {"primary": "continuous" | "accuracy" | "drift" | "task_kl", "pair": [grpo, sft],
           "measures": {"<measure>": {"estimate", "low", "high", "reading"}}},  # tax(grpo) - tax(sft);
                                                       # reading: lower | higher | not separated
+      "arms": {                                       # when a grpo or rft stage and its parent were evaluated
+          "reference", "primary", "budget_tolerance", "roles": {"<role>": stage},
+          "methods": {"<method>": {"kind", "role", "gain": {"<metric>": interval},  # over the reference
+                                   "tax": {"<measure>": interval}, "gain_per_tax": {"measure", "value", "reading"},
+                                   "budget": {"steps", "prompts", "trained_examples", "counted"} | null}},
+          "comparisons": {"<a>-<b>": {"a", "b", "roles", "isolates", "gain": {"<metric>": interval},
+                                      "tax": {"<measure>": {"estimate", "low", "high", "reading"}},
+                                      "headline", "budget_matched"}}},   # see semrl.results.arms
       "intervals": {
           "task": {"<method>": {"<metric>": {"estimate", "low", "high"}}},
           "differences": {"<a>-<b>": {"<metric>": {"estimate", "low", "high"}}},
@@ -83,6 +91,7 @@ from semrl.eval.stats import (
     paired_bootstrap,
     paired_corpus_bootstrap,
 )
+from semrl.results.arms import arms_reading, arms_summary
 from semrl.results.evidence import (
     PRIMARY_TAX_MEASURES,
     benchmark_evidence,
@@ -336,6 +345,15 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
         m = read_manifest(layout.stage(stage).manifest)
         if m is not None:
             training[stage] = {k: m.get(k) for k in ("wall_time_s", "peak_rss_mb", "metrics", "extra")}
+    # Control arms: gains over the arms' starting point and taxes with intervals, budgets, and the
+    # comparisons that each change one factor (semrl.results.arms).
+    arms = arms_summary(
+        config,
+        evals,
+        training,
+        boot,
+        lambda a, b: differences.get(f"{a}-{b}") or paired_differences(evals[a], evals[b], target, boot),
+    )
     any_eval = next(iter(evals.values()))
     from semrl.data.splits import load_splits
 
@@ -365,6 +383,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
         "methods": methods,
         "intervals": {"task": iv_task, "differences": differences, "tax": iv_tax, "confidence": ev.confidence},
         "comparison": comparison,
+        **({"arms": arms} if arms is not None else {}),
         "signatures": {k: any_eval["task"].get(f"{k}_signature") for k in CORPUS_METRICS},
         **({"judge": judge_summary(judged, evals)} if judged is not None else {}),
         "scale": scale,
@@ -402,9 +421,15 @@ def _primary_part(metrics: dict[str, Any], conf: int) -> str:
 def verdict(metrics: dict[str, Any]) -> str:
     """The honest reading of a run: the primary tax measure first (GRPO lower, SFT lower or not
     separated), then the accuracy-style tax, drift and whether GRPO learned above chance. A run
-    without both taxes reads what it has instead (`_reading_without_comparison`)."""
-    m = metrics["methods"]
+    without both taxes reads what it has instead (`_reading_without_comparison`). A run with
+    control arms ends with which comparison carries the tax difference (`arms_reading`)."""
     conf = int(metrics["intervals"]["confidence"] * 100)
+    return _paper_verdict(metrics, conf) + arms_reading(metrics, conf)
+
+
+def _paper_verdict(metrics: dict[str, Any], conf: int) -> str:
+    """The paper's comparison: GRPO's tax against SFT's, and whether GRPO learned."""
+    m = metrics["methods"]
     if (
         TREATMENT not in m
         or BASELINE not in m

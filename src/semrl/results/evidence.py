@@ -166,6 +166,27 @@ def tax_difference(
     return out
 
 
+def method_tax(
+    evals: dict[str, dict[str, Any]], method: str, base: str, measure: str, boot: dict[str, Any]
+) -> dict[str, float] | None:
+    """One method's own tax against the base model on the named measure, with an interval:
+    continuous and accuracy are `tax_difference` against the base (per item, base - method, mean
+    over benchmarks); drift is the mean NLL increase on general text and task_kl the forward KL,
+    both already measured against the base per text or prompt. None when not measured."""
+    if method not in evals:
+        return None
+    if measure in ("continuous", "accuracy"):
+        d = tax_difference(evals, method, base, measure, boot)
+        return None if d is None else {k: d[k] for k in ("estimate", "low", "high")}
+    if measure == "drift":
+        rises = (evals[method].get("drift") or {}).get("nll_increase")
+        return _iv(bootstrap_ci(rises, **boot)) if rises else None
+    if measure == "task_kl":
+        kl = task_kl_summary(evals[method], boot)
+        return None if kl is None else {k: kl[k] for k in ("estimate", "low", "high")}
+    raise ValueError(f"unknown tax measure {measure!r}; measures are {', '.join(PRIMARY_TAX_MEASURES)}")
+
+
 def task_kl_summary(record: dict[str, Any], boot: dict[str, Any]) -> dict[str, Any] | None:
     """The forward KL from the base model on the task distribution, with an interval."""
     kl = record.get("task_kl")

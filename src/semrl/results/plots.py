@@ -1,4 +1,5 @@
-"""The report's plots: task gain against tax, reward components, NLL drift, the tax meter.
+"""The report's plots: task gain against tax, reward components, NLL drift, the tax meter, and
+the control arms' gain against tax with intervals.
 
 Each `plot_*` function draws its figure to `path` and returns None, or, when the run holds nothing
 for it to show, writes no file and returns the reason in one line for the report (an empty set of
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from semrl.core.layout import RunLayout
+from semrl.results.arms import MEASURE_SHORT, ROLE_LABELS, headline_measure
 from semrl.train.callbacks import read_log
 from semrl.train.stages import BASE_METHOD, TREATMENT
 
@@ -54,6 +56,46 @@ def plot_gain_vs_tax(metrics: dict[str, Any], path: Path) -> str | None:
     ax.set_xlabel("alignment tax: mean benchmark score lost vs base (lower is better)")
     ax.set_ylabel("task gain: semantic similarity vs base")
     ax.set_title("Task gain against alignment tax")
+    _save_figure(fig, path)
+    return None
+
+
+def plot_arms(metrics: dict[str, Any], path: Path) -> str | None:
+    """Each trained method's chrF gain over the arms' starting point (y) against its tax on the
+    run's headline measure (x), both with their intervals (metrics.json's `arms`)."""
+    import matplotlib.pyplot as plt
+
+    arms = metrics.get("arms") or {}
+    rows = {name: r for name, r in (arms.get("methods") or {}).items() if r["role"] != "reference"}
+    measure = headline_measure(arms.get("primary", ""), [m for r in rows.values() for m in r["tax"]])
+    points = {
+        name: (r["tax"][measure], r["gain"]["chrf"])
+        for name, r in rows.items()
+        if measure in r["tax"] and "chrf" in r["gain"]
+    }
+    if len(points) < 2:
+        return (
+            f"fewer than two trained methods have both a chrF gain over {arms.get('reference', 'the cold start')} "
+            "and a tax against the base model (a benchmark, drift or task KL measured for the base model)"
+        )
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    conf = int(metrics["intervals"]["confidence"] * 100)
+    for i, (name, (tax, gain)) in enumerate(points.items()):
+        ax.errorbar(
+            tax["estimate"],
+            gain["estimate"],
+            xerr=[[tax["estimate"] - tax["low"]], [tax["high"] - tax["estimate"]]],
+            yerr=[[gain["estimate"] - gain["low"]], [gain["high"] - gain["estimate"]]],
+            fmt="os^vD"[i % 5],
+            capsize=3,
+            label=f"{name} ({ROLE_LABELS[rows[name]['role']]})" if rows[name]["role"] in ROLE_LABELS else name,
+        )
+    ax.legend()
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel(f"{MEASURE_SHORT[measure]} against base (lower is better)")
+    ax.set_ylabel(f"chrF gain over {arms['reference']}")
+    ax.set_title(f"Task gain against tax ({conf}% intervals)")
     _save_figure(fig, path)
     return None
 
@@ -167,3 +209,7 @@ PLOTS = {
     "tax_meter.png": "Tax meter over training steps",
     "tradeoff.png": "Task gain against tax along training",
 }
+# Plots only a run with control arms gets (drawn, or left out with a reason); other runs never
+# mention them.
+CONTROL_ARM_PLOTS = {"arms_gain_vs_tax.png": "Control arms: task gain against tax, with intervals"}
+REPORT_PLOTS = {**PLOTS, **CONTROL_ARM_PLOTS}

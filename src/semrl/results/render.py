@@ -10,9 +10,21 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
+from semrl.results.arms import (
+    GAIN_DIGITS,
+    GAIN_METRICS,
+    MEASURE_SHORT,
+    ROLE_LABELS,
+    TAX_DIGITS,
+    budget_sentence,
+    comparison_label,
+    has_control_arms,
+    headline_measure,
+    plain_reading,
+)
 from semrl.results.build import MONITOR_FLAGS, verdict
-from semrl.results.plots import PLOTS
-from semrl.train.stages import BASE_METHOD
+from semrl.results.evidence import PRIMARY_TAX_MEASURES
+from semrl.results.plots import REPORT_PLOTS
 
 
 class Md(str):
@@ -412,7 +424,7 @@ def render_markdown(
         out.append(md_table(["method"] + benches + [f"tax {b}" for b in benches] + ["tax mean"], rows))
     else:
         out.append("No general benchmark was evaluated (evaluation.benchmarks is empty), so there is no tax to show.")
-    out += ["", *_gain_per_tax_section(methods, metrics["intervals"]["tax"])]
+    out += ["", *_gain_per_tax_section(metrics.get("arms"), conf), *_control_arms_section(metrics.get("arms"), conf)]
     out += [*_tax_evidence_section(metrics, conf), "## Drift from the base model on general text", ""]
     drifted = {k: m["drift"] for k, m in methods.items() if m.get("drift")}
     if drifted:
@@ -447,52 +459,149 @@ def render_markdown(
     else:
         out.append("No stage was trained in this run.")
     out += ["", "## Plots", ""]
-    for name, title in PLOTS.items():
+    for name, title in REPORT_PLOTS.items():
         if name in plots:
             out += [f"### {title}", "", f"![{title}](plots/{name})", ""]
     if not_drawn:
         out += ["Not drawn, for lack of data in this run:", ""]
-        out += [f"- {PLOTS.get(name, name)}: {md_text(why)}." for name, why in not_drawn.items()]
+        out += [f"- {REPORT_PLOTS.get(name, name)}: {md_text(why)}." for name, why in not_drawn.items()]
         out += [""]
     versions = ", ".join(f"{name} {version}" for name, version in metrics["versions"].items())
     out += ["## Versions", "", md_text(versions) + ".", ""]
     return "\n".join(out)
 
 
-def gain_per_tax(gain: float, tax: float) -> float | None:
-    """chrF points gained per percentage point of general accuracy lost (`tax` is a fraction);
-    None when the method lost nothing (tax <= 0): its gain came without a tax."""
-    return gain / (tax * 100) if tax > 0 else None
-
-
-def _gain_per_tax_section(methods: dict[str, Any], tax_intervals: dict[str, Any]) -> list[str]:
-    """The trained methods side by side: task gain over the base model against the alignment tax
-    paid for it (point estimates), so control arms (RFT, a surface-reward GRPO) compare with GRPO
-    at a glance. Shown when at least two trained methods have both a chrF score and a tax."""
-    base = methods.get(BASE_METHOD) or {}
-    base_chrf = (base.get("task") or {}).get("chrf")
-    rows = []
-    for name, m in methods.items():
-        tax = (m.get("tax") or {}).get("mean")
-        chrf = (m.get("task") or {}).get("chrf")
-        if name == BASE_METHOD or tax is None or chrf is None or base_chrf is None:
-            continue
-        gain = chrf - base_chrf
-        ratio = gain_per_tax(gain, tax)
-        shown = fmt(ratio, 2) if ratio is not None else ("no tax" if gain > 0 else "–")
-        rows.append([name, fmt(chrf, 2), f"{gain:+.2f}", fmt_iv((tax_intervals.get(name) or {}).get("mean")), shown])
-    if len(rows) < 2:
+def _gain_per_tax_section(arms: dict[str, Any] | None, conf: int) -> list[str]:
+    """Each trained method's task gain over the arms' starting point and its tax against the base
+    model, with intervals, and the gain per unit of tax where the tax is distinguishable from zero
+    (metrics.json's `arms`). Empty without a trained method beyond that starting point."""
+    if not arms or not arms["methods"]:
         return []
+    rows_in = arms["methods"]
+    reference = arms["reference"]
+    measures = [m for m in PRIMARY_TAX_MEASURES if any(m in r["tax"] for r in rows_in.values())]
+    headline = headline_measure(arms["primary"], measures)
+    # The headline first; accuracy only as the headline (its table is under Alignment tax).
+    shown = [m for m in measures if m == headline] + [m for m in measures if m not in (headline, "accuracy")]
+    gains = [g for g in GAIN_METRICS if any(g in r["gain"] for r in rows_in.values())]
+    rows = []
+    for name, r in rows_in.items():
+        ratio = r["gain_per_tax"]
+        if r["role"] == "reference":
+            ratio_cell = "–"
+        elif ratio["value"] is not None and ratio["measure"] == headline:
+            ratio_cell = f"{ratio['value']:.1f}"
+        else:
+            ratio_cell = ratio["reading"] if ratio["measure"] == headline else "–"
+        rows.append(
+            [
+                name,
+                ROLE_LABELS.get(r["role"], r["role"] or "–"),
+                *(
+                    Md("reference") if r["role"] == "reference" else fmt_iv(r["gain"].get(g), GAIN_DIGITS[g])
+                    for g in gains
+                ),
+                *(fmt_iv(r["tax"].get(m), TAX_DIGITS) for m in shown),
+                ratio_cell,
+            ]
+        )
+    header = [
+        "method",
+        "role",
+        *(f"{g} gain over {reference}" for g in gains),
+        *(MEASURE_SHORT[m] for m in shown),
+        *([f"chrF gain per unit of {MEASURE_SHORT[headline]}"] if headline else ["chrF gain per tax"]),
+    ]
     return [
-        "### Gain per tax",
+        f"### Gain per tax: each method against {md_text(reference)} ({conf}% paired intervals)",
         "",
-        "Task gain (chrF over the base model) against the mean tax paid for it; the last column is chrF points "
-        'per percentage point of general accuracy lost (higher is better; "no tax": a gain with no loss). '
-        "Point estimates: read them with the intervals above.",
+        f"Task gain: the method minus {md_text(reference)} on the same test examples. Tax: the method against the "
+        "base model, on the same benchmark items (continuous, accuracy), general texts (NLL drift) or task prompts "
+        "(task KL); positive means general competence lost. The ratio is given only where the tax's interval lies "
+        "above zero: over a tax not distinguishable from zero it would be noise.",
         "",
-        md_table(["method", "chrF", "chrF gain", "tax mean", "chrF per tax point"], rows),
+        md_table(header, rows),
         "",
     ]
+
+
+def _control_arms_section(arms: dict[str, Any] | None, conf: int) -> list[str]:
+    """The control arms: each comparison that changes one factor (difference in chrF gain and in
+    every tax measure, paired), then the matched-budget rule with each arm's training budget and
+    task KL. Empty for a run without a control arm (RFT or a surface-reward GRPO)."""
+    if not has_control_arms(arms):
+        return []
+    out = [
+        f"### Control arms: which comparison carries the effect ({conf}% paired intervals, first arm minus second)",
+        "",
+    ]
+    comps = arms["comparisons"]
+    if comps:
+        measures = [m for m in PRIMARY_TAX_MEASURES if any(m in c["tax"] for c in comps.values())]
+        rows = []
+        for c in comps.values():
+            reading = "–"
+            if c["headline"] is not None:
+                reading = f"{MEASURE_SHORT[c['headline']]}: " + plain_reading(
+                    c["tax"][c["headline"]], c["a"], "tax", TAX_DIGITS
+                )
+            gain = c["gain"].get("chrf")
+            rows.append(
+                [
+                    comparison_label(c),
+                    c["isolates"],
+                    fmt_iv(gain, 2),
+                    *(fmt_iv(c["tax"].get(m), TAX_DIGITS) for m in measures),
+                    reading,
+                ]
+            )
+        out += [
+            md_table(
+                [
+                    "comparison",
+                    "isolates",
+                    "chrF difference",
+                    *(f"{MEASURE_SHORT[m]} difference" for m in measures),
+                    "reading",
+                ],
+                rows,
+            ),
+            "",
+            'A tax difference below zero: the first arm paid less. "No difference larger than X": the interval '
+            "includes zero and reaches X at most on either side.",
+            "",
+        ]
+    else:
+        present = ", ".join(f"{ROLE_LABELS[r]} ({s})" for r, s in arms["roles"].items())
+        out += [f"No comparison has both its arms in this run (arms present: {md_text(present)}).", ""]
+    budget_rows = [
+        [
+            name,
+            ROLE_LABELS.get(r["role"], r["role"] or "–"),
+            str(r["budget"]["prompts"]) if r["budget"] else "not recorded",
+            str(r["budget"]["trained_examples"]) if r["budget"] else "–",
+            r["budget"]["counted"] if r["budget"] else "–",
+            fmt_iv(r["tax"].get("task_kl"), TAX_DIGITS),
+        ]
+        for name, r in arms["methods"].items()
+    ]
+    out += [
+        "#### Matched-budget rule",
+        "",
+        "Tax grows with how far a model moves from the base, so two arms' taxes compare at equal budget when they "
+        f"trained on the same number of prompts (within {arms['budget_tolerance']:.0%}) and, where possible, at "
+        "the same forward KL from the base on the task distribution. Training prompts: GRPO, steps x prompts per "
+        "step; RFT, the prompts it sampled from; SFT, examples x epochs (steps x batch under max_steps). Trained "
+        "sequences: those with a gradient (GRPO's completions, RFT's kept samples).",
+        "",
+        md_table(
+            ["method", "role", "training prompts", "trained sequences", "counted", f"task KL from base [{conf}%]"],
+            budget_rows,
+        ),
+        "",
+    ]
+    out += [f"- {md_text(budget_sentence(arms, key))}" for key in comps]
+    return out + ([""] if comps else [])
 
 
 def _judge_section(judge: dict[str, Any]) -> list[str]:

@@ -9,8 +9,10 @@ from semrl.core.io import atomic_paths, json_text, remove_stale_temps
 from semrl.core.layout import RunLayout
 from semrl.core.lock import directory_lock
 from semrl.eval.records import load_evaluations
+from semrl.results.arms import has_control_arms
 from semrl.results.build import build_metrics
 from semrl.results.plots import (
+    plot_arms,
     plot_drift,
     plot_gain_vs_tax,
     plot_reward_components,
@@ -51,6 +53,8 @@ def _write_report(run_dir: Path, samples: int) -> Path:
             "tax_meter.png": plot_tax_meter(run_dir, plot_dir / "tax_meter.png"),
             "tradeoff.png": plot_tradeoff(run_dir, plot_dir / "tradeoff.png"),
         }
+        if has_control_arms(metrics.get("arms")):  # a run without control arms has no place for it
+            skipped["arms_gain_vs_tax.png"] = plot_arms(metrics, plot_dir / "arms_gain_vs_tax.png")
         not_drawn = {name: why for name, why in skipped.items() if why is not None}
         plots = {p.name: str(layout.plots / p.name) for p in plot_dir.glob("*.png")}
         md = render_markdown(metrics, evals, plots, not_drawn, samples)

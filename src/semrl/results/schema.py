@@ -8,10 +8,10 @@ run writes is documented here, and every key marked required is in the run.
 Paths are dotted. A segment in angle brackets stands for a family of keys: ``<method>`` (``base``
 and every evaluated stage), ``<stage>``, ``<benchmark>`` (``cmrc2018``, ``mmlu``, ``gsm8k`` or an
 lm-eval task name), ``<metric>`` (a task metric), ``<a>-<b>`` (a pair of methods), ``<split>``,
-``<measure>`` (a tax measure) and ``<monitor>``. The type ``interval`` is an object
-``{"estimate", "low", "high"}`` (a bootstrap percentile interval at `evaluation.confidence`), and
-``open`` marks an object whose inner keys are not listed (they follow the config, the installed
-packages or the trainer).
+``<measure>`` (a tax measure), ``<role>`` (a control-arm role) and ``<monitor>``. The type
+``interval`` is an object ``{"estimate", "low", "high"}`` (a bootstrap percentile interval at
+`evaluation.confidence`), and ``open`` marks an object whose inner keys are not listed (they
+follow the config, the installed packages or the trainer).
 """
 
 from __future__ import annotations
@@ -198,6 +198,118 @@ METRICS_KEYS: tuple[MetricsKey, ...] = (
     _key("comparison.measures.<measure>", "interval", "tax(grpo) - tax(sft), paired."),
     _key("comparison.measures.<measure>.measure", "string", "The measure's name."),
     _key("comparison.measures.<measure>.reading", "string", "`lower`, `higher` or `not separated`."),
+    # -- control arms (semrl.results.arms) ------------------------------------------------------
+    _key(
+        "arms",
+        "object",
+        "Every trained method's task gain over the stage the RL arms start from and its tax against base, with "
+        "intervals, and the control-arm comparisons (absent without a grpo or rft stage evaluated beside it).",
+        required=False,
+    ),
+    _key("arms.reference", "string", "The method gains are measured from (the grpo/rft arms' parent).", required=False),
+    _key("arms.primary", "string", "`evaluation.primary_tax`, the headline tax measure.", required=False),
+    _key(
+        "arms.budget_tolerance",
+        "number",
+        "Two arms are at equal budget when their training prompts differ by at most this share.",
+        required=False,
+    ),
+    _key(
+        "arms.roles.<role>",
+        "string",
+        "The stage playing each role found in the stage graph: semantic_grpo, surface_grpo, rft, sft.",
+        required=False,
+    ),
+    _key("arms.methods.<method>.kind", "string", "The stage kind: sft, grpo or rft.", required=False),
+    _key(
+        "arms.methods.<method>.role",
+        "string | null",
+        "Its role, `reference`, or null (a stage that is no arm, e.g. a recovery SFT).",
+        required=False,
+    ),
+    _key(
+        "arms.methods.<method>.gain.<metric>",
+        "interval",
+        "chrf, semantic: the method minus the reference, paired over test examples (empty for the reference).",
+        required=False,
+    ),
+    _key(
+        "arms.methods.<method>.tax.<measure>",
+        "interval",
+        "The method's tax against base: continuous, accuracy (paired over items, mean over benchmarks), drift "
+        "(NLL increase over general texts), task_kl (forward KL over task prompts).",
+        required=False,
+    ),
+    _key(
+        "arms.methods.<method>.gain_per_tax",
+        "object",
+        "chrF gain per unit of the headline tax: `measure`, `value` (null unless the tax's interval lies above "
+        "zero) and `reading` (ratio, tax not distinguishable from 0, tax below 0, ...).",
+        required=False,
+    ),
+    _key("arms.methods.<method>.gain_per_tax.measure", "string | null", "The tax measure divided by.", required=False),
+    _key("arms.methods.<method>.gain_per_tax.value", "number | null", "The ratio.", required=False),
+    _key("arms.methods.<method>.gain_per_tax.reading", "string", "Why there is no ratio, or `ratio`.", required=False),
+    _key(
+        "arms.methods.<method>.budget",
+        "object | null",
+        "Training budget from the manifest and the stage config (null when not recorded).",
+        required=False,
+    ),
+    _key("arms.methods.<method>.budget.steps", "int", "Optimizer steps.", required=False),
+    _key(
+        "arms.methods.<method>.budget.prompts",
+        "int",
+        "Training prompts: GRPO steps x prompts per step; RFT prompts sampled from; SFT examples x epochs.",
+        required=False,
+    ),
+    _key(
+        "arms.methods.<method>.budget.trained_examples",
+        "int",
+        "Sequences with a gradient: GRPO's completions, RFT's kept samples x epochs, SFT's examples x epochs.",
+        required=False,
+    ),
+    _key("arms.methods.<method>.budget.counted", "string", "How the counts were made.", required=False),
+    _key(
+        "arms.comparisons.<a>-<b>",
+        "object",
+        "One per comparison whose two arms were evaluated: semantic GRPO vs RFT, RFT vs SFT, semantic vs surface GRPO.",
+        required=False,
+    ),
+    _key("arms.comparisons.<a>-<b>.a", "string", "The first arm's method.", required=False),
+    _key("arms.comparisons.<a>-<b>.b", "string", "The second arm's method.", required=False),
+    _key("arms.comparisons.<a>-<b>.roles", "list", "Their roles.", required=False),
+    _key("arms.comparisons.<a>-<b>.isolates", "string", "The one factor the two arms differ in.", required=False),
+    _key(
+        "arms.comparisons.<a>-<b>.gain.<metric>",
+        "interval",
+        "chrf, semantic: a minus b, paired over test examples.",
+        required=False,
+    ),
+    _key(
+        "arms.comparisons.<a>-<b>.tax.<measure>",
+        "interval",
+        "tax(a) - tax(b), paired, with `reading` (lower, higher, not separated).",
+        required=False,
+    ),
+    _key(
+        "arms.comparisons.<a>-<b>.tax.<measure>.reading",
+        "string",
+        "`lower`, `higher` or `not separated`.",
+        required=False,
+    ),
+    _key(
+        "arms.comparisons.<a>-<b>.headline",
+        "string | null",
+        "The tax measure the verdict reads: the primary when measured, else the first that was.",
+        required=False,
+    ),
+    _key(
+        "arms.comparisons.<a>-<b>.budget_matched",
+        "bool | null",
+        "Whether the two arms' training prompts agree within `budget_tolerance` (null: a budget not recorded).",
+        required=False,
+    ),
     _key("signatures", "object", "sacrebleu signatures."),
     _key("signatures.bleu", "string", "BLEU's."),
     _key("signatures.chrf", "string", "chrF's."),
