@@ -68,6 +68,7 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from semrl.core.io import read_manifest
     from semrl.core.lock import directory_lock
+    from semrl.data.extra import extra_test_line
     from semrl.data.splits import cleaning_lines, split_summary
     from semrl.pipeline.run import check_splits_current, prepare_run_data
 
@@ -91,6 +92,10 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     manifest = read_manifest(layout.splits_manifest) or {}
     for line in cleaning_lines(manifest):
         console.print(line, markup=False)
+    for test in config.evaluation.extra_tests:  # made beside the splits by prepare_run_data
+        extra = read_manifest(layout.extra_test_manifest(test.name))
+        if extra is not None:
+            console.print(f"{extra_test_line(extra)} Rows in {layout.extra_test_file(test.name)}", markup=False)
     return 0
 
 

@@ -10,7 +10,8 @@ from pydantic import (
     model_validator,
 )
 
-from semrl.config.base import Section
+from semrl.config.base import Section, check_plain_name
+from semrl.config.data import SourceConfig
 from semrl.config.rewards import EncoderConfig
 
 
@@ -39,6 +40,42 @@ class BenchmarkConfig(Section):
 
 # A method is "base" (the untrained model) or a stage name (its output model).
 MethodName = str
+
+# The run's own test split: an extra test may not take its name (the report would show two "test" tables).
+RUN_TEST_NAME = "test"
+
+
+class ExtraTestConfig(Section):
+    """An extra test set every method is evaluated on after the run's own test split: an out-of-domain
+    view of the task (NTREX-128 news beside a canon-trained run). It is read as `data.sources` are
+    (same loaders, Tibetan normaliser and data directory), never split, and rows whose source or
+    reference is in the run's training splits are dropped (counted) so that none of it was trained on.
+    The rows evaluated are kept in RUN_DIR/splits/extra/<name>/."""
+
+    name: str = Field(description="The test set's name (its report table and folder), e.g. 'ntrex'.")
+    source: SourceConfig = Field(
+        description="Where its examples come from: a source section as in data.sources, e.g. {kind: ntrex}."
+    )
+    limit: int | None = Field(
+        100,
+        ge=1,
+        description="Examples evaluated: a fixed seeded subset (in file order) of what is left after cleaning "
+        "and the leakage rule. None: all.",
+    )
+    max_source_chars: int | None = Field(
+        None,
+        ge=1,
+        description="Length cap on its source and reference, in characters; longer rows are dropped (counted). "
+        "None: data.max_source_chars.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        check_plain_name(v, "an extra test's name")  # it names the folder splits/extra/<name>
+        if v == RUN_TEST_NAME:
+            raise ValueError(f"{v!r} is the run's own test split; name the extra test after its data, e.g. 'ntrex'")
+        return v
 
 
 class JudgeConfig(Section):
@@ -170,3 +207,20 @@ class EvaluationConfig(Section):
         description="Dev prompts sampled from the base model once per run for the task-distribution KL (0: off).",
     )
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-judge pairwise win rate (off by default).")
+    extra_tests: list[ExtraTestConfig] = Field(
+        default_factory=list,
+        description="Further test sets every method is evaluated on with the same decoding and encoders, each "
+        "its own task table in the report (e.g. [{name: ntrex, source: {kind: ntrex}}] beside a canon-trained "
+        "run: the out-of-domain view of the tax).",
+    )
+
+    _omit_when_default = ("extra_tests",)
+
+    @field_validator("extra_tests")
+    @classmethod
+    def _unique_names(cls, v: list[ExtraTestConfig]) -> list[ExtraTestConfig]:
+        names = [t.name for t in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"each extra test needs its own name; {twice} appear more than once")
+        return v

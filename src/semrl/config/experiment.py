@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from semrl.config.base import Section, check_plain_name
+from semrl.config.base import Section, check_plain_name, nested_key_error
 from semrl.config.data import DataConfig, LocalSource, TaskConfig
 from semrl.config.encoder import EncoderTrainingConfig
 from semrl.config.evaluation import EvaluationConfig
@@ -145,6 +145,17 @@ class ExperimentConfig(Section):
                 raise ValueError(f"{key}: unknown method(s) {unknown}; methods are {', '.join(known)}")
         return self
 
+    @model_validator(mode="after")
+    def _extra_tests_are_other_data(self) -> ExperimentConfig:
+        for i, test in enumerate(self.evaluation.extra_tests):
+            if test.source in self.data.sources:
+                raise nested_key_error(
+                    f"evaluation.extra_tests.{i}.source",
+                    f"extra test {test.name!r} reads one of data.sources, the run's own data, whose test split the "
+                    "main task table already shows; name another source",
+                )
+        return self
+
     def resolved_data_dir(self) -> Path | None:
         """The data directory: the config's, else $SEMRL_DATA_DIR, else None (download)."""
         value = self.data_dir or os.environ.get("SEMRL_DATA_DIR")
@@ -251,7 +262,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 def _resolve_relative_paths(config: ExperimentConfig, base: Path) -> None:
     """Local data files named by a relative path are looked up beside the config file first, so
     a config and its data can travel together; otherwise the path stays relative to the CWD."""
-    for source in config.data.sources:
+    for source in [*config.data.sources, *(t.source for t in config.evaluation.extra_tests)]:
         if isinstance(source, LocalSource) and not Path(source.path).is_absolute():
             beside = base / source.path
             if beside.exists() and not Path(source.path).exists():

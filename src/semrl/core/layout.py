@@ -6,6 +6,7 @@ Run directory::
     RUN_DIR/
       config.yaml                   the resolved config the run was started with
       splits/<split>.jsonl, splits/manifest.json
+      splits/extra/<name>/test.jsonl, manifest.json   an extra test's rows (`evaluation.extra_tests`)
       stages/<stage>/model/         the stage's output model: a LoRA adapter (PEFT's format, plus
                                     base_model.json naming what it applies to) or a full checkpoint
       stages/<stage>/merged/        model.save: both only: the full checkpoint beside the adapter
@@ -131,6 +132,18 @@ class RunLayout:
     def split_file(self, split: str) -> Path:
         """One split's examples, one JSON object per line."""
         return self.splits / f"{split}.jsonl"
+
+    def extra_test(self, name: str) -> Path:
+        """An extra test set's folder (`evaluation.extra_tests`): the rows evaluated and their manifest."""
+        return self.splits / "extra" / name
+
+    def extra_test_file(self, name: str) -> Path:
+        """The rows an extra test set evaluates, one JSON object per line."""
+        return self.extra_test(name) / "test.jsonl"
+
+    def extra_test_manifest(self, name: str) -> Path:
+        """Where an extra test's rows came from and what cleaning and the leakage rule dropped."""
+        return self.extra_test(name) / MANIFEST_FILE
 
     @property
     def stages(self) -> Path:

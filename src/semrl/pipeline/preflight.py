@@ -15,7 +15,8 @@ encoder itself:
   the first thing every command trains.
 
 The data sources are read when each command draws its splits, which is also before anything
-trains (the encoder's own `encoder.sources` when it starts training, before its first step).
+trains (the encoder's own `encoder.sources` when it starts training, before its first step); the
+extra test sets (`evaluation.extra_tests`) are read and written beside the splits.
 """
 
 from __future__ import annotations

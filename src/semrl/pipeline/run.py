@@ -31,6 +31,7 @@ from semrl.core.io import read_cache, read_manifest, write_json, write_text
 from semrl.core.layout import RunLayout, StageLayout
 from semrl.core.lock import directory_lock
 from semrl.core.provenance import package_versions, peak_rss_mb
+from semrl.data.extra import prepare_extra_tests
 from semrl.data.splits import load_splits, prepare_data
 from semrl.encoders import Encoder
 from semrl.pipeline.evaluate import evaluate_run
@@ -75,9 +76,13 @@ def check_splits_current(config: ExperimentConfig, layout: RunLayout) -> bool:
 
 
 def prepare_run_data(config: ExperimentConfig, layout: RunLayout) -> dict[str, list]:
-    """Write the document-level splits once per run (main process), then read them everywhere."""
-    if is_main_process() and not check_splits_current(config, layout):
-        prepare_data(config, layout.root)
+    """Write the document-level splits once per run (main process), then read them everywhere.
+    The extra test sets (`evaluation.extra_tests`) are made here too, beside the splits, so that
+    one that cannot be read stops the run before anything trains."""
+    if is_main_process():
+        if not check_splits_current(config, layout):
+            prepare_data(config, layout.root)
+        prepare_extra_tests(config, layout.root)
     wait_for_everyone()
     return load_splits(layout.root)
 

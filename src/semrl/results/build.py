@@ -36,6 +36,11 @@
           "differences": {"<a>-<b>": {"<metric>": {"estimate", "low", "high"}}},
           "tax": {"<method>": {"<benchmark>" | "mean": {"estimate", "low", "high"}}}},
       "signatures": {"bleu": "...", "chrf": "..."},
+      "extra_tasks": {"<test>": {                     # only with evaluation.extra_tests
+          "source": {...}, "scale": {"examples", "documents", "loaded", "available", "cleaning",
+                                     "leakage", "limit", "max_source_chars"},
+          "methods": {"<method>": {"task", "chance", "distinct_output_rate"}},   # as methods.<method>
+          "intervals": {"task": {...}, "differences": {...}}}},                  # as intervals
       "judge": {                                      # only when RUN_DIR/eval/judge.json exists
           "judge": {"kind": "local" | "endpoint", "model", "mode", "url"?},
           "confidence": 0.95,
@@ -216,6 +221,61 @@ def paired_differences(
     return d
 
 
+def task_evidence(record: dict[str, Any], target_lang: str, boot: dict[str, Any]) -> dict[str, Any]:
+    """What a method's task table shows beside its summary: the chance floors with their margins
+    (`evidence.chance_margins`) and the share of distinct outputs, for the test split's record or
+    an extra test's."""
+    return {
+        "chance": chance_margins(record, target_lang, boot),
+        "distinct_output_rate": distinct_output_rate([o["output"] for o in record["outputs"]]),
+    }
+
+
+def method_differences(records: dict[str, dict[str, Any]], target_lang: str, boot: dict[str, Any]) -> dict[str, Any]:
+    """Paired differences ("<a>-<b>") between the methods' task records (`comparisons`), each pair
+    only when both were evaluated on the same examples."""
+    out: dict[str, Any] = {}
+    for a, b in comparisons(records):
+        ids_a = [o["id"] for o in records[a]["outputs"]]
+        if ids_a == [o["id"] for o in records[b]["outputs"]]:
+            out[f"{a}-{b}"] = paired_differences(records[a], records[b], target_lang, boot)
+    return out
+
+
+# What metrics.json's extra_tasks.<test>.scale takes from the extra test's manifest (data.extra).
+EXTRA_SCALE_KEYS = ("examples", "documents", "loaded", "available", "cleaning", "leakage", "limit", "max_source_chars")
+
+
+def extra_task_metrics(
+    config: ExperimentConfig, layout: RunLayout, evals: dict[str, dict[str, Any]], boot: dict[str, Any]
+) -> dict[str, Any]:
+    """Per extra test set (`evaluation.extra_tests`) that some method was evaluated on: where its
+    rows came from (its manifest), each method's task summary with its chance floors and distinct
+    outputs, and the same intervals as the test split's (per method, and paired differences)."""
+    target = config.task.target_lang
+    out: dict[str, Any] = {}
+    for test in config.evaluation.extra_tests:
+        records = {
+            m: e["extra_tasks"][test.name] for m, e in evals.items() if test.name in (e.get("extra_tasks") or {})
+        }
+        if not records:
+            continue
+        manifest = read_manifest(layout.extra_test_manifest(test.name)) or {}
+        scale = {k: manifest[k] for k in EXTRA_SCALE_KEYS if k in manifest}
+        scale.setdefault("examples", next(iter(records.values()))["task"]["n"])
+        out[test.name] = {
+            # As the config writes it: its kind and the keys set away from their defaults.
+            "source": {"kind": test.source.kind, **test.source.model_dump(mode="json", exclude_defaults=True)},
+            "scale": scale,
+            "methods": {m: {"task": r["task"], **task_evidence(r, target, boot)} for m, r in records.items()},
+            "intervals": {
+                "task": {m: task_intervals(r["per_example"], boot) for m, r in records.items()},
+                "differences": method_differences(records, target, boot),
+            },
+        }
+    return out
+
+
 def bootstrap_args(config: ExperimentConfig) -> dict[str, Any]:
     """The bootstrap settings of a config's evaluation (resamples, confidence, seed)."""
     ev = config.evaluation
@@ -321,8 +381,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
                     for name, r in e["general"].items()
                     if name in base["general"]
                 }
-        entry["chance"] = chance_margins(e, target, boot)
-        entry["distinct_output_rate"] = distinct_output_rate([o["output"] for o in e["outputs"]])
+        entry.update(task_evidence(e, target, boot))
         kl = task_kl_summary(e, boot)
         if kl is not None:
             entry["task_kl"] = kl
@@ -336,9 +395,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
         },
     }
 
-    differences: dict[str, Any] = {}
-    for a, b in comparisons(evals):
-        differences[f"{a}-{b}"] = paired_differences(evals[a], evals[b], target, boot)
+    differences = method_differences(evals, target, boot)
 
     training: dict[str, Any] = {}
     for stage in stage_specs(config.stages):
@@ -386,6 +443,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
         **({"arms": arms} if arms is not None else {}),
         "signatures": {k: any_eval["task"].get(f"{k}_signature") for k in CORPUS_METRICS},
         **({"judge": judge_summary(judged, evals)} if judged is not None else {}),
+        **({"extra_tasks": extra} if (extra := extra_task_metrics(config, layout, evals, boot)) else {}),
         "scale": scale,
         "training": training,
         "monitors": summarize_monitors(read_log(layout.stage(TREATMENT).log)),

@@ -135,6 +135,70 @@ def _chance_section(methods: dict[str, Any], conf: int) -> list[str]:
     ]
 
 
+# The task table's columns, in order; a column shows when some method has the metric.
+TASK_COLUMNS = ("bleu", "chrf", "semantic", "semantic_2", "rouge_l", "lang_rate", "length_ratio", "source_copy_rate")
+
+
+def task_table(methods: dict[str, Any]) -> Md:
+    """One row per method: its task metrics (`TASK_COLUMNS`) and, when known, the share of distinct
+    outputs (metrics.json's `methods`, or an extra test's)."""
+    present = [c for c in TASK_COLUMNS if any(c in m["task"] for m in methods.values())]
+    distinct = any(m.get("distinct_output_rate") is not None for m in methods.values())
+    return md_table(
+        ["method", *present, *(["distinct outputs"] if distinct else [])],
+        [
+            [
+                k,
+                *(fmt(m["task"].get(c)) for c in present),
+                *([fmt(m.get("distinct_output_rate"))] if distinct else []),
+            ]
+            for k, m in methods.items()
+        ],
+    )
+
+
+def _differences_section(diffs: dict[str, Any], conf: int) -> list[str]:
+    """The paired differences between methods, one row per compared pair (none: no section)."""
+    if not diffs:
+        return []
+    cols = sorted({k for d in diffs.values() for k in d})
+    return [
+        f"### Differences between methods (paired bootstrap, {conf}% intervals)",
+        "",
+        md_table(["comparison"] + cols, [[k] + [fmt_iv(d.get(c)) for c in cols] for k, d in diffs.items()]),
+        "",
+    ]
+
+
+def _extra_task_section(
+    name: str, extra: dict[str, Any], records: dict[str, dict[str, Any]], conf: int, samples: int
+) -> list[str]:
+    """An extra test set's task table (`evaluation.extra_tests`): the test split's columns, its
+    sample outputs, differences and chance floors, under a line stating its scale."""
+    from semrl.data.extra import extra_test_line
+
+    scale = extra["scale"]
+    if {"loaded", "available"} <= scale.keys():
+        line = md_text(extra_test_line({"name": name, **scale}))
+    else:  # its manifest was gone when the report was written
+        line = md_text(f"Extra test {name}: {_count(scale['examples'], 'example')}.")
+    source = ", ".join(f"{k}: {v}" for k, v in extra["source"].items())
+    return [
+        f"## Out-of-domain task: {md_text(name)} ({_count(scale['examples'], 'example')})",
+        "",
+        Md(
+            f"{line} Source {md_code('{' + source + '}')}; the same decoding, encoders and seed as the test "
+            "split. A second view of the tax: a model that learned its training domain should not lose this one."
+        ),
+        "",
+        task_table(extra["methods"]),
+        "",
+        *_samples_section(records, samples),
+        *_differences_section(extra["intervals"]["differences"], conf),
+        *_chance_section(extra["methods"], conf),
+    ]
+
+
 def _tax_evidence_section(metrics: dict[str, Any], conf: int) -> list[str]:
     """The sensitive tax measures: GRPO - SFT on every measure, then per benchmark and method the
     accuracy and continuous tax, paired flips and empty predictions, and the task-distribution KL."""
@@ -368,23 +432,7 @@ def render_markdown(
         "## Task quality",
         "",
     ]
-    task_cols = ["bleu", "chrf", "semantic", "semantic_2", "rouge_l", "lang_rate", "length_ratio", "source_copy_rate"]
-    present = [c for c in task_cols if any(c in m["task"] for m in methods.values())]
-    distinct = any(m.get("distinct_output_rate") is not None for m in methods.values())
-    out.append(
-        md_table(
-            ["method", *present, *(["distinct outputs"] if distinct else [])],
-            [
-                [
-                    k,
-                    *(fmt(m["task"].get(c)) for c in present),
-                    *([fmt(m.get("distinct_output_rate"))] if distinct else []),
-                ]
-                for k, m in methods.items()
-            ],
-        )
-    )
-    out += [""]
+    out += [task_table(methods), ""]
     out += _samples_section(evals, samples)
     out += [
         f"BLEU signature: {md_code(metrics['signatures'].get('bleu'))}; chrF signature: "
@@ -398,15 +446,13 @@ def render_markdown(
         if note:
             out += [f"WARNING: `{key}` similarity is not meaningful in this run: {md_text(note)}.", ""]
     conf = int(metrics["intervals"]["confidence"] * 100)
-    diffs = metrics["intervals"]["differences"]
-    if diffs:
-        cols = sorted({k for d in diffs.values() for k in d})
-        out += [f"### Differences between methods (paired bootstrap, {conf}% intervals)", ""]
-        out.append(md_table(["comparison"] + cols, [[k] + [fmt_iv(d.get(c)) for c in cols] for k, d in diffs.items()]))
-        out.append("")
+    out += _differences_section(metrics["intervals"]["differences"], conf)
     out += _chance_section(methods, conf)
     if "judge" in metrics:
         out += _judge_section(metrics["judge"])
+    for name, extra in (metrics.get("extra_tasks") or {}).items():
+        shown = {m: e["extra_tasks"][name] for m, e in evals.items() if name in (e.get("extra_tasks") or {})}
+        out += _extra_task_section(name, extra, shown, conf, samples)
     out += [
         "## Alignment tax",
         "",

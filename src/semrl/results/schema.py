@@ -8,10 +8,10 @@ run writes is documented here, and every key marked required is in the run.
 Paths are dotted. A segment in angle brackets stands for a family of keys: ``<method>`` (``base``
 and every evaluated stage), ``<stage>``, ``<benchmark>`` (``cmrc2018``, ``mmlu``, ``gsm8k`` or an
 lm-eval task name), ``<metric>`` (a task metric), ``<a>-<b>`` (a pair of methods), ``<split>``,
-``<measure>`` (a tax measure), ``<role>`` (a control-arm role) and ``<monitor>``. The type
-``interval`` is an object ``{"estimate", "low", "high"}`` (a bootstrap percentile interval at
-`evaluation.confidence`), and ``open`` marks an object whose inner keys are not listed (they
-follow the config, the installed packages or the trainer).
+``<measure>`` (a tax measure), ``<role>`` (a control-arm role), ``<test>`` (an extra test set) and
+``<monitor>``. The type ``interval`` is an object ``{"estimate", "low", "high"}`` (a bootstrap
+percentile interval at `evaluation.confidence`), and ``open`` marks an object whose inner keys are
+not listed (they follow the config, the installed packages or the trainer).
 """
 
 from __future__ import annotations
@@ -313,6 +313,81 @@ METRICS_KEYS: tuple[MetricsKey, ...] = (
     _key("signatures", "object", "sacrebleu signatures."),
     _key("signatures.bleu", "string", "BLEU's."),
     _key("signatures.chrf", "string", "chrF's."),
+    # -- extra test sets ----------------------------------------------------------------------
+    _key(
+        "extra_tasks",
+        "object",
+        "Only with `evaluation.extra_tests`: one entry per extra test set (`<test>`, its name), the task "
+        "measured on it as on the test split.",
+        required=False,
+    ),
+    _key(
+        "extra_tasks.<test>.source",
+        "open",
+        "Its source section, as in `data.sources` (its kind and the keys set away from their defaults).",
+        required=False,
+    ),
+    _key("extra_tasks.<test>.scale", "object", "Where its rows came from (its manifest).", required=False),
+    _key("extra_tasks.<test>.scale.examples", "int", "Examples evaluated.", required=False),
+    _key("extra_tasks.<test>.scale.documents", "int", "Their documents.", required=False),
+    _key("extra_tasks.<test>.scale.loaded", "int", "Rows the source gave.", required=False),
+    _key(
+        "extra_tasks.<test>.scale.available",
+        "int",
+        "Rows left after cleaning and the leakage rule (`limit` of them are evaluated).",
+        required=False,
+    ),
+    _key(
+        "extra_tasks.<test>.scale.cleaning",
+        "open",
+        "What each cleaning rule changed or dropped (the keys of the splits manifest's `cleaning`).",
+        required=False,
+    ),
+    _key(
+        "extra_tasks.<test>.scale.leakage",
+        "object",
+        "Rows dropped because their source or reference is in the run's training splits.",
+        required=False,
+    ),
+    _key("extra_tasks.<test>.scale.leakage.rows_removed", "int", "Rows dropped.", required=False),
+    _key("extra_tasks.<test>.scale.leakage.same_source", "int", "Of them, with a training source.", required=False),
+    _key(
+        "extra_tasks.<test>.scale.leakage.same_reference", "int", "Of them, with a training reference.", required=False
+    ),
+    _key("extra_tasks.<test>.scale.limit", "int | null", "`evaluation.extra_tests[].limit`.", required=False),
+    _key(
+        "extra_tasks.<test>.scale.max_source_chars",
+        "int | null",
+        "The length cap applied (its own, else `data.max_source_chars`).",
+        required=False,
+    ),
+    _key("extra_tasks.<test>.methods", "object", "One entry per method evaluated on it.", required=False),
+    _key(
+        "extra_tasks.<test>.methods.<method>.task",
+        "open",
+        "The keys of `methods.<method>.task`, measured on this test set.",
+        required=False,
+    ),
+    _key(
+        "extra_tasks.<test>.methods.<method>.chance",
+        "open",
+        "The keys of `methods.<method>.chance`, on this test set.",
+        required=False,
+    ),
+    _key(
+        "extra_tasks.<test>.methods.<method>.distinct_output_rate",
+        "number",
+        "Share of distinct texts among its outputs.",
+        required=False,
+    ),
+    _key("extra_tasks.<test>.intervals", "object", "Its bootstrap intervals.", required=False),
+    _key("extra_tasks.<test>.intervals.task.<method>.<metric>", "interval", "Over its examples.", required=False),
+    _key(
+        "extra_tasks.<test>.intervals.differences.<a>-<b>.<metric>",
+        "interval",
+        "Method a minus method b, paired over its examples.",
+        required=False,
+    ),
     # -- the judge ----------------------------------------------------------------------------
     _key("judge", "object", "LLM-judge win rates (only when RUN_DIR/eval/judge.json exists).", required=False),
     _key("judge.judge", "object", "The judge: `kind` (local, endpoint), `model`, `mode`, `url`.", required=False),
