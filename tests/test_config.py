@@ -136,8 +136,8 @@ def test_ablation_configs_differ_only_in_their_reward_set() -> None:
         assert comparable == reference, name
 
 
-def test_the_emb_lang_ablation_and_the_study_are_the_demos_experiment() -> None:
-    # The ablations and the study say so in their headers; a demo retuned without them would break it.
+def test_the_emb_lang_ablation_and_the_ntrex_study_are_the_ntrex_demos_experiment() -> None:
+    # The ablations and the NTREX study say so in their headers; a retuned NTREX demo would break it.
     def experiment(name: str, drop: tuple[str, ...] = ()) -> dict:
         data = load_config(CONFIGS / name).to_dict()
         for key in ("name", "output_dir", *drop):
@@ -145,12 +145,31 @@ def test_the_emb_lang_ablation_and_the_study_are_the_demos_experiment() -> None:
         data["rewards"].pop("preset", None)
         return data
 
-    demo = experiment("demo.yaml")
+    demo = experiment("ntrex-demo.yaml")
     assert experiment("ablations/emb_lang.yaml") == demo
-    study, same = experiment("study.yaml"), dict(demo)
+    study, same = experiment("ntrex-study.yaml"), dict(demo)
     assert study["stages"]["grpo"]["max_steps"] > demo["stages"]["grpo"]["max_steps"]
     for key in ("stages", "evaluation"):
         study.pop(key), same.pop(key)
     assert study == same
-    study_stages, demo_stages = load_config(CONFIGS / "study.yaml").stages, load_config(CONFIGS / "demo.yaml").stages
+    study_stages = load_config(CONFIGS / "ntrex-study.yaml").stages
+    demo_stages = load_config(CONFIGS / "ntrex-demo.yaml").stages
     assert (study_stages.cold_start, study_stages.sft) == (demo_stages.cold_start, demo_stages.sft)  # reusable
+
+
+def test_the_study_is_the_demos_experiment_at_a_larger_scale() -> None:
+    # Both headers say so: same model, task, corpus and rewards, the same stage graph (strong SFT and
+    # GRPO from the cold start), every size at least the demo's.
+    demo, study = load_config(CONFIGS / "demo.yaml"), load_config(CONFIGS / "study.yaml")
+    for section in ("model", "task", "rewards"):
+        assert getattr(study, section) == getattr(demo, section), section
+    assert study.data.sources == demo.data.sources and study.data.max_source_chars == demo.data.max_source_chars
+    for stage in ("sft", "grpo"):
+        assert study.stages.section(stage).from_ == demo.stages.section(stage).from_ == "cold_start"
+    sizes = ("cold_start", "rl", "test")
+    assert all(getattr(study.data.splits, s) >= getattr(demo.data.splits, s) for s in sizes)
+    assert study.stages.sft.max_steps > demo.stages.sft.max_steps
+    assert study.stages.grpo.max_steps > demo.stages.grpo.max_steps
+    # The study's control arm draws GRPO's number of prompts: a matched budget.
+    grpo, rft = study.stages.grpo, study.stages.section("rft")
+    assert rft.max_prompts == grpo.max_steps * grpo.batch_size // grpo.num_generations

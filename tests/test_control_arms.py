@@ -130,6 +130,20 @@ def test_rft_keeping_nothing_exits_2_naming_the_threshold(
     assert not (run_dir / "stages" / "rft" / "manifest.json").exists()
 
 
+def test_rft_max_prompts_samples_that_many_prompts(control_run: Path, fixture_data_dir: Path, tmp_path: Path) -> None:
+    """`max_prompts` (a matched budget with GRPO's prompts) caps the prompts sampled from, a seeded draw."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(control_run, run_dir, symlinks=True)
+    shutil.rmtree(run_dir / "stages" / "rft")
+    capped = RFT.replace("threshold: -1", "threshold: -1, max_prompts: 2")
+    assert main([*_args(run_dir, fixture_data_dir, "--only", "rft"), "--set", f"stages.rft={capped}"]) == 0
+    summary = json.loads((run_dir / "stages" / "rft" / "manifest.json").read_text())["extra"]["rft"]
+    full = json.loads((control_run / "stages" / "rft" / "manifest.json").read_text())["extra"]["rft"]
+    assert summary["prompts"] == 2 < full["prompts"]
+    kept = json.loads((run_dir / "stages" / "rft" / "rft_samples.json").read_text(encoding="utf-8"))["kept"]
+    assert len(kept) == 2
+
+
 def test_default_threshold_is_the_semantic_floor() -> None:
     assert clears_threshold({"total": 1.0, "similarity": 0.6}, None, tau=0.5)
     assert not clears_threshold({"total": 1.0, "similarity": 0.5}, None, tau=0.5)  # language alone does not count
@@ -214,7 +228,7 @@ def test_study_controls_config_loads() -> None:
         grpo.max_completion_length,
     )
     # The study's stages are the same stages: a finished study run's stages are reused.
-    for stage in ("cold_start", "sft", "grpo"):
+    for stage in ("cold_start", "sft", "grpo", "rft"):
         assert stage_config_hash(config, stage) == stage_config_hash(study, stage)
 
 

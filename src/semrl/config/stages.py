@@ -299,7 +299,15 @@ class RFTStageConfig(SFTStageConfig):
         description="A prompt's best completion is kept when its weighted total reward exceeds this. null: when "
         "it clears the semantic floor tau (its semantic reward is > 0); without a semantic reward, total > 0.",
     )
+    max_prompts: int | None = Field(
+        None,
+        ge=1,
+        description="Sample from this many prompts of the splits, a seeded random draw (null: all of them). For a "
+        "matched budget, GRPO's prompts: max_steps x batch_size / num_generations.",
+    )
     rewards: RewardsConfig | None = Field(None, description=STAGE_REWARDS_DESCRIPTION)
+
+    _omit_when_default = ("trl", "max_prompts")
 
     @model_validator(mode="after")
     def _has_parent(self) -> RFTStageConfig:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,8 @@ def sample_rft_set(
         batch_size=config.evaluation.generation.batch_size,
     )
     group = cfg.num_generations
+    if cfg.max_prompts is not None and cfg.max_prompts < len(examples):
+        examples = random.Random(config.seed).sample(examples, cfg.max_prompts)
     prompts = [build_prompt(ex.source, config.task, tokenizer) for ex in examples]
     completions = generate_completions(model, tokenizer, [p for p in prompts for _ in range(group)], generation)
     rows = [
