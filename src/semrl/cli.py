@@ -99,6 +99,19 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_export(args: argparse.Namespace) -> int:
+    from semrl.pipeline.export import export_data
+
+    record = export_data(args.run_dir, args.out, fmt=args.format, overwrite=args.overwrite, config=args.config)
+    table = Table(title=escape(f"{args.format} files written to {args.out} (config: {record['config']})"))
+    for col in ("split", "examples", "file"):
+        table.add_column(col, justify="right" if col == "examples" else "left")
+    for name, info in record["splits"].items():
+        table.add_row(name, str(info["examples"]), escape(info["file"]))
+    console.print(table)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # score
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +452,8 @@ def _print_comparison(metrics: dict) -> None:
 # parser
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from semrl.data.export import EXPORT_FORMATS
+
     parser = argparse.ArgumentParser(
         prog="semrl",
         description="Teach an LLM a low-resource language with semantic-reward GRPO, and measure the alignment tax.",
@@ -464,11 +479,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing file at PATH")
     p.set_defaults(func=cmd_config_init)
 
-    data = sub.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="prepare or export datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("prepare", help="write document-level splits to OUT/splits/<split>.jsonl")
     with_config(p)
     p.add_argument("--out", type=Path, help="output directory (default: the config's output_dir)")
     p.set_defaults(func=cmd_data_prepare)
+    p = data.add_parser(
+        "export", help="write a run's splits for another engine: verl's parquet (train there on rl.parquet)"
+    )
+    p.add_argument("run_dir", type=Path, help="a run directory with splits (the --out of `semrl data prepare`)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="the engine's format: verl (RL parquet)")
+    p.add_argument("--config", type=Path, help="the config the splits were made from (default: RUN_DIR/config.yaml)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: new or empty (or see --overwrite)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --out folder as a whole, e.g. a previous export (never a run directory)",
+    )
+    p.set_defaults(func=cmd_data_export)
 
     p = sub.add_parser("score", help="score completions with every reward (inspect a reward before training)")
     p.add_argument("--completions", type=Path, required=True, help='JSONL of {"source", "reference", "completion"}')

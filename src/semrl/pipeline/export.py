@@ -1,4 +1,5 @@
-"""`semrl export`: one stage of a finished run as a standalone, merged model with a model card.
+"""`semrl export`: one stage of a finished run as a standalone, merged model with a model card;
+`semrl data export`: the run's splits in another engine's data format (verl's parquet).
 
 A stage with LoRA saves only its adapter (`model.save: adapter`, the default); exporting loads the
 base model, merges the adapter (and, for GRPO, the cold-start adapter under it) and writes a full
@@ -6,7 +7,8 @@ safetensors checkpoint that loads with plain `AutoModelForCausalLM.from_pretrain
 ``README.md`` model card: the run's config summary, its data, its scale and the stage's metrics
 when the run was evaluated. The output folder appears complete or not at all, and it replaces
 only what the user allowed: an empty or new folder, or with `overwrite` a non-empty one (a
-previous export), never a run directory, one holding a run, or one inside a run.
+previous export), never a run directory, one holding a run, or one inside a run. A data export
+follows the same rules.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from semrl.config.experiment import ExperimentConfig, load_config
-from semrl.core.errors import SemrlError
-from semrl.core.io import atomic_path, read_manifest
+from semrl.core.errors import ConfigError, SemrlError
+from semrl.core.io import atomic_path, json_text, read_manifest
 from semrl.core.layout import MODEL_CARD_FILE, RunLayout, run_dir_marker
+from semrl.data.export import EXPORT_FORMATS, export_splits
+from semrl.data.splits import load_splits
 from semrl.models import is_adapter_dir, load_policy
 from semrl.train.stages import stage_rewards, stage_specs
 
@@ -104,8 +108,8 @@ def model_card(
     return "\n".join(lines)
 
 
-def check_export_target(out_dir: str | Path, overwrite: bool = False) -> None:
-    """SemrlError unless an export may replace `out_dir` as a whole.
+def check_export_target(out_dir: str | Path, overwrite: bool = False, command: str = "export") -> None:
+    """SemrlError unless an export may replace `out_dir` as a whole (messages name `command`'s --out).
 
     Always refused (even with `overwrite`): `out_dir` is a semrl run directory, lies inside one,
     or holds one anywhere below it (`core.layout.run_dir_marker`). Refused without `overwrite`: a
@@ -118,18 +122,18 @@ def check_export_target(out_dir: str | Path, overwrite: bool = False) -> None:
         if marker is not None:
             where = "is" if folder == resolved else f"lies inside {folder}, which is"
             raise SemrlError(
-                f"export --out {out}: {where} a semrl run directory (it holds {marker.relative_to(folder)}), and "
+                f"{command} --out {out}: {where} a semrl run directory (it holds {marker.relative_to(folder)}), and "
                 f"an export replaces its --out folder as a whole. Choose an --out folder outside every run directory."
             )
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir():
-        raise SemrlError(f"export --out {out}: exists and is not a folder; choose a new folder")
+        raise SemrlError(f"{command} --out {out}: exists and is not a folder; choose a new folder")
     if not any(out.iterdir()):
         return
     if not overwrite:
         raise SemrlError(
-            f"export --out {out}: the folder is not empty, and an export replaces it as a whole (every file in it "
+            f"{command} --out {out}: the folder is not empty, and an export replaces it as a whole (every file in it "
             f"is deleted). Pass --overwrite to replace it (e.g. a previous export), or choose a new folder."
         )
     # Links are not followed: replacing the folder deletes a link, never what it points to.
@@ -137,7 +141,7 @@ def check_export_target(out_dir: str | Path, overwrite: bool = False) -> None:
         marker = run_dir_marker(folder)
         if marker is not None:
             raise SemrlError(
-                f"export --out {out}: holds a semrl run directory ({folder}, with {marker.relative_to(folder)}), "
+                f"{command} --out {out}: holds a semrl run directory ({folder}, with {marker.relative_to(folder)}), "
                 f"which replacing the folder would delete; refused even with --overwrite. Choose another --out folder."
             )
 
@@ -180,3 +184,85 @@ def export_stage(run_dir: str | Path, stage: str, out_dir: str | Path, overwrite
         (tmp / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
         check_export_target(out_dir, overwrite)  # again: a run may have started there while this one saved
     return out_dir
+
+
+# Beside the split files of a data export: the run's config (what `semrl.integrations.verl` builds
+# the rewards from) and a record of what was exported from where.
+EXPORT_CONFIG_FILE = "semrl.yaml"
+EXPORT_RECORD_FILE = "semrl_export.json"
+
+
+def export_data(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    fmt: str = "verl",
+    overwrite: bool = False,
+    config: str | Path | None = None,
+) -> dict[str, Any]:
+    """Write the splits of the run in `run_dir` to `out_dir` in format `fmt` (see `EXPORT_FORMATS`).
+
+    For verl: ``<split>.parquet`` for each split (`semrl.data.export`), the run's config as
+    ``semrl.yaml`` and ``semrl_export.json`` (the source run, each split's count and sha256). The
+    config is `config`, by default the run's own ``config.yaml`` (`semrl run` writes one; after
+    `semrl data prepare` alone, pass the config the splits were made from: splits made from another
+    data/task config are refused). The splits are read as `semrl run` reads them (`load_splits`: a
+    split changed since it was prepared is refused). `out_dir` follows `semrl export`'s rules
+    (`check_export_target`) and appears whole or not at all. Returns the record written to
+    ``semrl_export.json``.
+
+    Raises SemrlError (exit code 2 on the command line) when `run_dir` has no splits or no config,
+    `fmt` is unknown, or `out_dir` may not be replaced.
+    """
+    from semrl.pipeline.run import check_splits_current
+
+    command = "data export"
+    if fmt not in EXPORT_FORMATS:
+        raise SemrlError(f"{command} --format {fmt!r}: unknown format; formats are {', '.join(EXPORT_FORMATS)}")
+    layout = RunLayout(Path(run_dir))
+    if not layout.root.is_dir():
+        raise SemrlError(f"{layout.root}: no such run directory; pass the --out folder of `semrl data prepare`")
+    config_path = Path(config) if config is not None else layout.config
+    if config is None and not config_path.is_file():
+        raise SemrlError(
+            f"{layout.root}: no {layout.config.name} (a run directory of `semrl run` has one); pass --config CONFIG, "
+            f"the config its splits were made from"
+        )
+    experiment = load_config(config_path)
+    try:
+        current = check_splits_current(experiment, layout)
+    except ConfigError:  # the advice of `semrl run` (a new --out) does not fit an export
+        raise ConfigError(
+            f"{layout.splits}: made from a different data/task config than {config_path}; pass the config they "
+            f"were made from with --config"
+        ) from None
+    if not current:
+        raise SemrlError(
+            f"{layout.splits}: no splits here; run `semrl data prepare {config_path} --out {layout.root}` first"
+        )
+    splits = load_splits(layout.root)
+    check_export_target(out_dir, overwrite, command)
+    splits_manifest = read_manifest(layout.splits_manifest) or {}
+    record: dict[str, Any] = {
+        "format": fmt,
+        "run_dir": str(layout.root.resolve()),
+        "config": EXPORT_CONFIG_FILE,
+        "config_source": str(config_path.resolve()),
+        "splits": {
+            name: {
+                "file": None,
+                "examples": len(examples),
+                "sha256": ((splits_manifest.get("splits") or {}).get(name) or {}).get("sha256"),
+            }
+            for name, examples in splits.items()
+        },
+    }
+    config_bytes = config_path.read_bytes()
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for name, path in export_splits(splits, experiment.task, tmp, fmt).items():
+            record["splits"][name]["file"] = path.name
+        (tmp / EXPORT_CONFIG_FILE).write_bytes(config_bytes)
+        (tmp / EXPORT_RECORD_FILE).write_text(json_text(record), encoding="utf-8")
+        check_export_target(out_dir, overwrite, command)  # again: a run may have started there meanwhile
+    return record
