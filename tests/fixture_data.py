@@ -16,6 +16,22 @@ CMRC_ARTICLES = [
     ("长江是中国最长的河流。", [("中国最长的河流是什么？", ["长江"])]),
     ("熊猫生活在四川的山区。", [("熊猫生活在哪里？", ["四川的山区", "四川"])]),
 ]
+# Short modern-Chinese sentences for tests that fabricate evaluation records.
+CHINESE_SENTENCES = [
+    "我的母亲在田里工作。",
+    "我的父亲在城里。",
+    "我们家有五口人。",
+    "火车早上八点出发。",
+    "路很远。",
+    "我们要爬到山上去。",
+    "今天天气很好。",
+    "明天会下雨。",
+    "今年冬天很冷。",
+    "我们一起吃饭吧。",
+    "饭菜很好吃。",
+    "有茶喝吗？",
+]
+
 MMLU_SUBJECTS = ["astronomy", "anatomy", "virology"]
 GSM8K_ROWS = [
     ("Tom has 3 apples and buys 2 more. How many apples does he have?", "3 + 2 = 5\n#### 5"),

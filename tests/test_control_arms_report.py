@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixture_data import CHINESE_SENTENCES
 
 from semrl.config.experiment import load_config
 from semrl.core.layout import RunLayout
@@ -25,18 +26,7 @@ from semrl.results.plots import plot_arms
 from semrl.results.report import write_report
 
 TINY = Path(str(resources.files("semrl") / "configs" / "tiny.yaml"))
-REFERENCES = [
-    "我的母亲在田里工作。",
-    "我的父亲在城里。",
-    "我们家有五口人。",
-    "火车早上八点出发。",
-    "路很远。",
-    "我们要爬到山上去。",
-    "今天天气很好。",
-    "明天会下雨。",
-    "今年冬天很冷。",
-    "我们一起吃饭吧。",
-]
+REFERENCES = CHINESE_SENTENCES[:10]
 SOURCES = [f"ཚིག་གྲུབ་{i}།" for i in range(len(REFERENCES))]
 CHANCE = ["：：：：：："] * len(REFERENCES)
 LEARNED = [("的" if i % 3 == 0 else "") + r[:-1] for i, r in enumerate(REFERENCES)]

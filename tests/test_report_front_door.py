@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixture_data import CHINESE_SENTENCES
 
 from semrl.cli import main
 from semrl.config.experiment import load_config
@@ -26,20 +27,7 @@ from semrl.results.plots import PLOTS
 from semrl.results.report import write_report
 
 TINY = Path(str(resources.files("semrl") / "configs" / "tiny.yaml"))
-REFERENCES = [
-    "我的母亲在田里工作。",
-    "我的父亲在城里。",
-    "我们家有五口人。",
-    "火车早上八点出发。",
-    "路很远。",
-    "我们要爬到山上去。",
-    "今天天气很好。",
-    "明天会下雨。",
-    "今年冬天很冷。",
-    "我们一起吃饭吧。",
-    "饭菜很好吃。",
-    "有茶喝吗？",
-]
+REFERENCES = CHINESE_SENTENCES
 # Sources with markup in them: the sample table must show it as text.
 SOURCES = ["<script>alert(1)</script> ངའི་ཨ་མ།", *(f"ཚིག་གྲུབ་{i}།" for i in range(1, len(REFERENCES)))]
 # A cold start that learned something: each output is its reference less the final character, with a
