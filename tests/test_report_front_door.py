@@ -291,3 +291,25 @@ def test_semrl_report_takes_the_number_of_samples(
     with pytest.raises(SystemExit) as exit_:
         main(["report", str(cold_start_only.root), "--samples", "-1"])
     assert exit_.value.code == 2 and "expected a whole number of test examples" in capsys.readouterr().err
+
+
+def test_outputs_that_repeat_themselves_are_counted_and_named(tmp_path: Path) -> None:
+    """A gamed reward shows as greedy outputs that repeat a phrase (the canon demo's first GRPO run):
+    the task table counts them and the verdict says to read the samples."""
+    looping = ["菩薩摩訶薩摩訶薩摩訶薩摩訶薩摩訶薩摩訶薩" for _ in REFERENCES]
+    looping[0] = REFERENCES[0]  # one clean output: 11 of 12 repeat
+    layout = _fabricated_run(
+        tmp_path / "run",
+        ["stages.enabled=[cold_start]", "evaluation.methods=[base,cold_start]", "evaluation.benchmarks=[]"],
+        {"base": LEARNED, "cold_start": looping},
+    )
+    write_report(layout.root)
+    metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
+    n = len(REFERENCES)
+    assert metrics["methods"]["cold_start"]["repetitive_output_rate"] == pytest.approx((n - 1) / n)
+    assert metrics["methods"]["base"]["repetitive_output_rate"] == 0.0
+    table = _section(layout.report_md.read_text(encoding="utf-8"), "Task quality")
+    assert "| distinct outputs | repetitive outputs |" in table
+    text = verdict(metrics)
+    assert f"{n - 1} of cold_start's {n} test outputs repeat themselves" in text
+    assert text.count("repeat themselves") == 1  # the base model's clean outputs are not named

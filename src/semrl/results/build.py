@@ -19,6 +19,7 @@
               "empty_share": {"base", "method"}, "format_change": bool}},  # generative benchmarks
           "task_kl": {"n", "estimate", "low", "high"},                   # forward KL from base on the task
           "distinct_output_rate": share of distinct test outputs,
+          "repetitive_output_rate": share of test outputs over 15% repeated 4-grams,
           "drift": {"nll_mean", "nll_p90", "kl_mean", "kl_p90"} | null (base)}},
       "comparison": {"primary": "continuous" | "accuracy" | "drift" | "task_kl", "pair": [grpo, sft],
           "measures": {"<measure>": {"estimate", "low", "high", "reading"}}},  # tax(grpo) - tax(sft);
@@ -102,6 +103,7 @@ from semrl.results.evidence import (
     benchmark_evidence,
     chance_margins,
     distinct_output_rate,
+    repetitive_output_rate,
     task_kl_summary,
     tax_difference,
 )
@@ -129,6 +131,11 @@ COMPARISONS = (
     (COLD_START, BASE_METHOD),
 )
 PER_TO_SUMMARY = {"lang_pass": "lang_rate"}
+
+
+# From this share of repetitive test outputs on, a method's reading says so (a gamed reward shows as
+# repetition: 98 of the 120 outputs of the canon demo's first GRPO run, against 13 of its cold start's).
+REPETITIVE_NOTE_RATE = 0.2
 
 
 def comparisons(methods: Iterable[str]) -> list[tuple[str, str]]:
@@ -223,11 +230,13 @@ def paired_differences(
 
 def task_evidence(record: dict[str, Any], target_lang: str, boot: dict[str, Any]) -> dict[str, Any]:
     """What a method's task table shows beside its summary: the chance floors with their margins
-    (`evidence.chance_margins`) and the share of distinct outputs, for the test split's record or
-    an extra test's."""
+    (`evidence.chance_margins`), the share of distinct outputs and of outputs that repeat
+    themselves, for the test split's record or an extra test's."""
+    outputs = [o["output"] for o in record["outputs"]]
     return {
         "chance": chance_margins(record, target_lang, boot),
-        "distinct_output_rate": distinct_output_rate([o["output"] for o in record["outputs"]]),
+        "distinct_output_rate": distinct_output_rate(outputs),
+        "repetitive_output_rate": repetitive_output_rate(outputs, target_lang),
     }
 
 
@@ -610,6 +619,12 @@ def _method_reading(metrics: dict[str, Any], name: str, conf: int) -> str:
             out.append(f"Only {distinct} of {name}'s {n} test outputs are distinct: it answers most sources alike.")
         else:
             out.append(f"{distinct} of {name}'s {n} test outputs are distinct.")
+    repetitive = entry.get("repetitive_output_rate")
+    if repetitive is not None and n and repetitive >= REPETITIVE_NOTE_RATE:
+        out.append(
+            f"{round(repetitive * n)} of {name}'s {n} test outputs repeat themselves (over 15% of their 4-grams "
+            "repeated): read its samples before its scores."
+        )
     if name != BASE_METHOD:
         d = metrics["intervals"].get("differences", {}).get(f"{name}-{BASE_METHOD}", {}).get("chrf")
         if d is not None:

@@ -72,6 +72,16 @@ def distinct_output_rate(outputs: list[str]) -> float | None:
     return len(set(outputs)) / len(outputs) if outputs else None
 
 
+def repetitive_output_rate(outputs: list[str], lang: str) -> float | None:
+    """The share of a method's test outputs that repeat themselves: over 15% of their 4-grams
+    repeated, SG-SRL's repetition-guard rule (`rewards.guards.is_repetitive`). The training monitors
+    see sampled completions; this sees the greedy outputs, where a gamed reward shows most. None
+    for no outputs."""
+    from semrl.rewards.guards import is_repetitive
+
+    return sum(is_repetitive(o, lang) for o in outputs) / len(outputs) if outputs else None
+
+
 def _correct(result: dict[str, Any]) -> list[float]:
     """Per-item correctness of a benchmark result (CMRC: exact match; others: their own score)."""
     details = result.get("details") or {}

@@ -140,18 +140,21 @@ TASK_COLUMNS = ("bleu", "chrf", "semantic", "semantic_2", "rouge_l", "lang_rate"
 
 
 def task_table(methods: dict[str, Any]) -> Md:
-    """One row per method: its task metrics (`TASK_COLUMNS`) and, when known, the share of distinct
-    outputs (metrics.json's `methods`, or an extra test's)."""
+    """One row per method: its task metrics (`TASK_COLUMNS`) and, when known, the shares of
+    distinct and of repetitive outputs (metrics.json's `methods`, or an extra test's)."""
     present = [c for c in TASK_COLUMNS if any(c in m["task"] for m in methods.values())]
-    distinct = any(m.get("distinct_output_rate") is not None for m in methods.values())
+    shares = [
+        (key, label)
+        for key, label in (
+            ("distinct_output_rate", "distinct outputs"),
+            ("repetitive_output_rate", "repetitive outputs"),
+        )
+        if any(m.get(key) is not None for m in methods.values())
+    ]
     return md_table(
-        ["method", *present, *(["distinct outputs"] if distinct else [])],
+        ["method", *present, *(label for _, label in shares)],
         [
-            [
-                k,
-                *(fmt(m["task"].get(c)) for c in present),
-                *([fmt(m.get("distinct_output_rate"))] if distinct else []),
-            ]
+            [k, *(fmt(m["task"].get(c)) for c in present), *(fmt(m.get(key)) for key, _ in shares)]
             for k, m in methods.items()
         ],
     )

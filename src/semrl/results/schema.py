@@ -40,6 +40,12 @@ METRICS_KEYS: tuple[MetricsKey, ...] = (
     # -- per method ---------------------------------------------------------------------------
     _key("methods", "object", "One entry per evaluated method: `base` and every evaluated stage."),
     _key("methods.<method>.distinct_output_rate", "number", "Share of distinct texts among the test outputs."),
+    _key(
+        "methods.<method>.repetitive_output_rate",
+        "number",
+        "Share of test outputs that repeat themselves (over 15% of their 4-grams repeated, SG-SRL's rule).",
+        required=False,
+    ),
     _key("methods.<method>.task", "object", "Task quality on the test split."),
     _key("methods.<method>.task.bleu", "number", "Corpus BLEU (sacrebleu; `zh` tokenisation for Chinese)."),
     _key("methods.<method>.task.bleu_signature", "string", "sacrebleu's signature of that BLEU."),
@@ -378,6 +384,12 @@ METRICS_KEYS: tuple[MetricsKey, ...] = (
         "extra_tasks.<test>.methods.<method>.distinct_output_rate",
         "number",
         "Share of distinct texts among its outputs.",
+        required=False,
+    ),
+    _key(
+        "extra_tasks.<test>.methods.<method>.repetitive_output_rate",
+        "number",
+        "Share of its outputs that repeat themselves.",
         required=False,
     ),
     _key("extra_tasks.<test>.intervals", "object", "Its bootstrap intervals.", required=False),
