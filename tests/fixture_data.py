@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 CMRC_ARTICLES = [
     (
         "《战国无双3》是由光荣和ω-force开发的游戏。",
@@ -31,6 +33,18 @@ CHINESE_SENTENCES = [
     "饭菜很好吃。",
     "有茶喝吗？",
 ]
+
+
+class CharEncoder:
+    """A stand-in sentence encoder: L2-normalised character counts hashed into 64 dimensions."""
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), 64))
+        for row, text in enumerate(texts):
+            for ch in text:
+                out[row, ord(ch) % 64] += 1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
 
 MMLU_SUBJECTS = ["astronomy", "anatomy", "virology"]
 GSM8K_ROWS = [

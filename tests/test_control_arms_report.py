@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fixture_data import CHINESE_SENTENCES
+from fixture_data import CHINESE_SENTENCES, CharEncoder
 
 from semrl.config.experiment import load_config
 from semrl.core.layout import RunLayout
@@ -61,17 +61,6 @@ MANIFEST_EXTRA = {
         {"num_examples": 12, "rft": {"prompts": 18, "num_generations": 2, "prompts_kept": 12, "kept_mean_reward": 0.4}},
     ),
 }
-
-
-class CharEncoder:
-    """A stand-in sentence encoder: L2-normalised character counts hashed into 64 dimensions."""
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), 64))
-        for row, text in enumerate(texts):
-            for ch in text:
-                out[row, ord(ch) % 64] += 1.0
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
 def _noise(seed: int, n: int, scale: float) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fixture_data import CHINESE_SENTENCES
+from fixture_data import CHINESE_SENTENCES, CharEncoder
 
 from semrl.cli import main
 from semrl.config.experiment import load_config
@@ -35,17 +35,6 @@ SOURCES = ["<script>alert(1)</script> ངའི་ཨ་མ།", *(f"ཚིག�
 LEARNED = [("的" if i % 3 == 0 else "") + r[:-1] for i, r in enumerate(REFERENCES)]
 CHANCE = ["：：：：：：：："] * len(REFERENCES)  # an untrained model's one output for every source
 BENCH_ITEMS = 20
-
-
-class CharEncoder:
-    """A stand-in sentence encoder: L2-normalised character counts hashed into 64 dimensions."""
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), 64))
-        for row, text in enumerate(texts):
-            for ch in text:
-                out[row, ord(ch) % 64] += 1.0
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
 def _record(outputs: list[str], benchmark: list[float] | None, drift: float | None) -> dict[str, Any]:

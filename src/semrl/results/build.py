@@ -107,6 +107,7 @@ from semrl.results.evidence import (
     task_kl_summary,
     tax_difference,
 )
+from semrl.rewards.guards import GUARD_NGRAM, REPETITION_THRESHOLD
 from semrl.train.callbacks import read_log
 from semrl.train.stages import (
     BASE_METHOD,
@@ -622,8 +623,8 @@ def _method_reading(metrics: dict[str, Any], name: str, conf: int) -> str:
     repetitive = entry.get("repetitive_output_rate")
     if repetitive is not None and n and repetitive >= REPETITIVE_NOTE_RATE:
         out.append(
-            f"{round(repetitive * n)} of {name}'s {n} test outputs repeat themselves (over 15% of their 4-grams "
-            "repeated): read its samples before its scores."
+            f"{round(repetitive * n)} of {name}'s {n} test outputs repeat themselves (over "
+            f"{REPETITION_THRESHOLD:.0%} of their {GUARD_NGRAM}-grams repeated): read its samples before its scores."
         )
     if name != BASE_METHOD:
         d = metrics["intervals"].get("differences", {}).get(f"{name}-{BASE_METHOD}", {}).get("chrf")

@@ -31,6 +31,7 @@ from semrl.eval.stats import (
     paired_corpus_bootstrap,
     paired_flips,
 )
+from semrl.rewards.guards import is_repetitive
 
 # Benchmarks whose score comes from generated text (their predictions can be empty).
 GENERATIVE_BENCHMARKS = ("cmrc2018", "gsm8k")
@@ -77,8 +78,6 @@ def repetitive_output_rate(outputs: list[str], lang: str) -> float | None:
     repeated, SG-SRL's repetition-guard rule (`rewards.guards.is_repetitive`). The training monitors
     see sampled completions; this sees the greedy outputs, where a gamed reward shows most. None
     for no outputs."""
-    from semrl.rewards.guards import is_repetitive
-
     return sum(is_repetitive(o, lang) for o in outputs) / len(outputs) if outputs else None
 
 
