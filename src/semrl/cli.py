@@ -468,6 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--data-dir", type=Path, help="local dataset copies (default: $SEMRL_DATA_DIR)")
 
+    def with_export_out(p: argparse.ArgumentParser) -> None:
+        """--out and --overwrite of the exports, which replace their --out folder as a whole."""
+        p.add_argument("--out", type=Path, required=True, help="output folder: new or empty (or see --overwrite)")
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace a non-empty --out folder as a whole, e.g. a previous export (never a run directory)",
+        )
+
     cfg = sub.add_parser("config", help="show or create experiment configs").add_subparsers(
         dest="config_command", required=True
     )
@@ -490,12 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="a run directory with splits (the --out of `semrl data prepare`)")
     p.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="the engine's format: verl (RL parquet)")
     p.add_argument("--config", type=Path, help="the config the splits were made from (default: RUN_DIR/config.yaml)")
-    p.add_argument("--out", type=Path, required=True, help="output folder: new or empty (or see --overwrite)")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a non-empty --out folder as a whole, e.g. a previous export (never a run directory)",
-    )
+    with_export_out(p)
     p.set_defaults(func=cmd_data_export)
 
     p = sub.add_parser("score", help="score completions with every reward (inspect a reward before training)")
@@ -566,12 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a run's stage as a merged model with a model card (README.md)")
     p.add_argument("run_dir", type=Path, help="a run directory (the --out of `semrl run`)")
     p.add_argument("--stage", required=True, help="the stage to export, e.g. grpo")
-    p.add_argument("--out", type=Path, required=True, help="output folder: new or empty (or see --overwrite)")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a non-empty --out folder as a whole, e.g. a previous export (never a run directory)",
-    )
+    with_export_out(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="write report.md, report.html and metrics.json for a run directory")
