@@ -129,6 +129,31 @@ def test_shuffled_pairs_exclude_self_and_duplicates() -> None:
         calibrate_tau_shuffled(FixedCosineEncoder(), ["ref", "ref", " "])
 
 
+def test_shuffled_pairs_encode_a_bounded_sample_of_references_with_the_same_floor() -> None:
+    """A 12,000-row RL split is not encoded whole: the pairs come from at most `max_references`
+    sampled references, and the floor they give matches the one over all references."""
+
+    class RandomVectors:  # a seeded vector per text: cosines spread like an encoder's
+        name = "random"
+
+        def __init__(self) -> None:
+            self.encoded = 0
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            self.encoded += len(texts)
+            rows = [np.random.default_rng(int(t)).normal(size=8) + 1.0 for t in texts]
+            v = np.array(rows)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    references = [str(i) for i in range(5000)]
+    sampled, full = RandomVectors(), RandomVectors()
+    tau_sampled = calibrate_tau_shuffled(sampled, references, quantile=0.5, max_references=512)
+    tau_full = calibrate_tau_shuffled(full, references, quantile=0.5, max_references=None)
+    assert sampled.encoded == 512 and full.encoded == 5000
+    assert abs(tau_sampled - tau_full) < 0.02
+    assert calibrate_tau_shuffled(RandomVectors(), references, quantile=0.5, max_references=512) == tau_sampled
+
+
 def test_tau_calibration_refuses_an_encoder_that_sees_no_difference() -> None:
     class Constant:
         name = "constant"

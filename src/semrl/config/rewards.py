@@ -194,7 +194,11 @@ class RewardsConfig(Section):
         "data (value not published).",
     )
     tau_quantile: float = Field(
-        0.95, gt=0, lt=1, description="'auto' on shuffled reference pairs: this quantile of their cosine."
+        0.95,
+        gt=0,
+        lt=1,
+        description="'auto' on shuffled reference pairs (4,096 pairs among at most 1,024 sampled references, "
+        "the only ones encoded): this quantile of their cosine.",
     )
     tau_source: Literal["shuffled", "cold_start_dev"] = Field(
         "cold_start_dev",

@@ -36,12 +36,21 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def shuffled_pair_similarities(
-    encoder: Encoder, references: Sequence[str], seed: int = 0, max_pairs: int = 4096
+    encoder: Encoder,
+    references: Sequence[str],
+    seed: int = 0,
+    max_pairs: int = 4096,
+    max_references: int | None = 1024,
 ) -> np.ndarray:
     """Cosines of unrelated reference pairs. Each round pairs every distinct reference with another
     through a random derangement (no reference meets itself); rounds with fresh derangements add
     pairs until `max_pairs` distinct pairs are collected or a bounded number of rounds has run.
-    Pairs of identical text are excluded: duplicates are not 'unrelated'."""
+    Pairs of identical text are excluded: duplicates are not 'unrelated'.
+
+    The pairs are drawn among a seeded random sample of at most `max_references` distinct
+    references (None: all), and only those are encoded: 1,024 references give 4,096 pairs with
+    each reference in about 8 of them, while encoding a 12,000-row RL split took 213 s of a GRPO
+    stage's set-up on 2 CPU cores."""
     distinct = list(dict.fromkeys(t.strip() for t in map(str, references) if t.strip()))
     if len(distinct) < 2:
         raise DataError(
@@ -49,6 +58,12 @@ def shuffled_pair_similarities(
             f"{len(distinct)}; set rewards.tau to a number instead"
         )
     rng = np.random.default_rng(seed)
+    if max_references is not None:
+        if max_references < 2:
+            raise ValueError(f"max_references must be >= 2 or None, got {max_references}")
+        if len(distinct) > max_references:
+            keep = np.sort(rng.choice(len(distinct), size=max_references, replace=False))
+            distinct = [distinct[i] for i in keep.tolist()]
     n = len(distinct)
     target = min(max_pairs, n * (n - 1) // 2)
     pairs: set[tuple[int, int]] = set()
@@ -68,11 +83,18 @@ def shuffled_pair_similarities(
 
 
 def _shuffled_tau(
-    encoder: Encoder, references: Sequence[str], quantile: float, seed: int, max_pairs: int
+    encoder: Encoder,
+    references: Sequence[str],
+    quantile: float,
+    seed: int,
+    max_pairs: int,
+    max_references: int | None,
 ) -> tuple[float, np.ndarray]:
     if not 0.0 < quantile < 1.0:
         raise ConfigError(f"rewards.tau_quantile must lie in (0, 1), got {quantile}")
-    sims = shuffled_pair_similarities(encoder, references, seed=seed, max_pairs=max_pairs)
+    sims = shuffled_pair_similarities(
+        encoder, references, seed=seed, max_pairs=max_pairs, max_references=max_references
+    )
     sims = sims[np.isfinite(sims)]
     if sims.size == 0:
         raise ModelError(f"encoder {encoder.name!r} gave no finite similarity for any reference pair")
@@ -92,11 +114,12 @@ def calibrate_tau_shuffled(
     quantile: float = 0.95,
     seed: int = 0,
     max_pairs: int = 4096,
+    max_references: int | None = 1024,
 ) -> float:
     """tau as the `quantile` of cosine over shuffled, unrelated reference pairs
     (`shuffled_pair_similarities`): a completion must be closer to its reference than almost any
     unrelated sentence is before it earns R_sim. The caller logs the value and its origin."""
-    return _shuffled_tau(encoder, references, quantile, seed, max_pairs)[0]
+    return _shuffled_tau(encoder, references, quantile, seed, max_pairs, max_references)[0]
 
 
 def resolve_tau(
@@ -106,6 +129,7 @@ def resolve_tau(
     dev_similarity: float | None = None,
     seed: int = 0,
     max_pairs: int = 4096,
+    max_references: int | None = 1024,
 ) -> TauCalibration:
     """Decide tau from the rewards config.
 
@@ -132,11 +156,12 @@ def resolve_tau(
             "tau_source 'cold_start_dev' was requested but no cold-start dev similarity was available; "
             "fell back to shuffled reference pairs"
         )
-    value, sims = _shuffled_tau(encoder, references, cfg.tau_quantile, seed, max_pairs)
+    value, sims = _shuffled_tau(encoder, references, cfg.tau_quantile, seed, max_pairs, max_references)
     details.update(
         quantile=cfg.tau_quantile,
         n_pairs=int(sims.size),
         n_references=len(references),
+        n_references_sampled=min(len({str(t).strip() for t in references} - {""}), max_references or len(references)),
         mean_unrelated_similarity=float(sims.mean()),
         seed=seed,
         encoder=encoder.name,
