@@ -43,3 +43,40 @@ def test_generation_stops_at_the_first_newline_and_keeps_the_first_line() -> Non
     assert clean_completion("Answer one\nQuestion") == clean_completion(script) == "Answer one"
     assert clean_completion("  \n\nAnswer two\nmore") == "Answer two"
     assert clean_completion("Answer\nmore", one_line=False) == "Answer\nmore"
+
+
+def test_batched_generation_drops_finished_rows_and_keeps_every_output() -> None:
+    """Length-sorted batches that release finished rows (the fast path) give each prompt the output
+    it gets alone, with nothing padded or pruned (the slow path)."""
+    tokenizer = _tiny_tokenizer()
+    model = _tiny_model(len(tokenizer))
+    newline = tokenizer("\n", add_special_tokens=False).input_ids[-1]
+    real_forward = model.forward
+    lengths: list[int] = []
+
+    def forward(*args, **kwargs):
+        # Favour the newline and the end of sequence, so rows end at different steps (a random model
+        # otherwise writes to the token limit); what a row writes still depends on its own text only.
+        out = real_forward(*args, **kwargs)
+        out.logits[..., newline] += 0.1
+        out.logits[..., tokenizer.eos_token_id] += 0.08
+        lengths.append(out.logits.shape[0])
+        return out
+
+    model.forward = forward
+    prompts = [
+        "Question: " + " ".join(["more"] * k) + f" {word}"
+        for k, word in [(1, "A."), (9, "B."), (3, "C."), (0, "D."), (6, "Answer:"), (2, "one"), (12, "two")]
+    ]
+    generation = GenerationConfig(max_new_tokens=24, batch_size=4)
+    alone = [
+        generate_completions(
+            model, tokenizer, [p], generation.model_copy(update={"batch_size": 1}), compact_batches=False
+        )[0]
+        for p in prompts
+    ]
+    lengths.clear()
+    fast = generate_completions(model, tokenizer, prompts, generation)
+    assert fast == alone
+    assert len({len(o) for o in alone}) > 2  # rows really ended at different points
+    assert min(lengths) < 4  # and finished rows left their batch
