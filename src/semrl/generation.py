@@ -114,14 +114,14 @@ def _generate_rows(
         return [cut(row) for row in out[:, input_ids.shape[1] :].tolist()]
     tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     active = list(range(input_ids.shape[0]))  # rows (of this batch) still generating
-    cache = None
+    cache: dict[str, Any] = {}  # the KV cache to continue from, under the name this transformers gives it
     while budget > 0 and active:
         step = min(PHASE_TOKENS, budget)
         with torch.no_grad():
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                past_key_values=cache,
+                **cache,
                 **stop,
                 **sampling,
                 max_new_tokens=step,
@@ -134,16 +134,18 @@ def _generate_rows(
             tokens[row].extend(fresh[position].tolist())
             if not finished(tokens[row]):
                 keep.append(position)
+        # transformers 5.25 renamed `past_key_values` to `cache` (the old name warns); earlier 5.x have only the old.
+        name = "cache" if "cache" in getattr(out, "__dataclass_fields__", {}) else "past_key_values"
+        cache = {name: getattr(out, name)}
         if len(keep) < len(active):
             index = torch.tensor(keep, dtype=torch.long, device=input_ids.device)
-            out.past_key_values.batch_select_indices(index)
+            cache[name].batch_select_indices(index)
             active = [active[k] for k in keep]
         else:
             index = None
         input_ids = out.sequences if index is None else out.sequences[index]
         mask = attention_mask if index is None else attention_mask[index]
         attention_mask = torch.cat([mask, torch.ones_like(input_ids[:, mask.shape[1] :])], dim=1)
-        cache = out.past_key_values
     return [cut(row) for row in tokens]
 
 
