@@ -42,13 +42,24 @@ EFFECTS = {
     "grpo": (0.0, 0.05, 0.10),
     "rft": (0.0, 0.05, 0.12),
     "grpo_chrf": (0.0, 0.06, 0.11),
+    "sft_matched": (0.02, 0.05, 0.12),
 }
-OUTPUTS = {"base": CHANCE, "cold_start": LEARNED, "sft": BETTER, "grpo": BETTER, "rft": LEARNED, "grpo_chrf": BETTER}
+OUTPUTS = {
+    "base": CHANCE,
+    "cold_start": LEARNED,
+    "sft": BETTER,
+    "grpo": BETTER,
+    "rft": LEARNED,
+    "grpo_chrf": BETTER,
+    "sft_matched": LEARNED,
+}
 SMALL_SFT = "epochs: 1, max_steps: -1, batch_size: 4, per_device_batch_size: 4"
 ARMS = [
     "stages.rft={kind: rft, from: cold_start, splits: [rl], num_generations: 2, epochs: 1}",
     "stages.grpo_chrf={kind: grpo, from: cold_start, splits: [rl], max_steps: 9, batch_size: 4, "
     "per_device_batch_size: 4, num_generations: 2, rewards: {preset: bleu_lang}}",
+    "stages.sft_matched={kind: sft, from: cold_start, splits: [rl], max_steps: 9, batch_size: 2, "
+    "per_device_batch_size: 2}",
 ]
 # GRPO: 9 steps x 2 prompts = 18 prompts, like RFT's 18 sampled; SFT: 27 examples x 1 epoch.
 MANIFEST_EXTRA = {
@@ -56,6 +67,7 @@ MANIFEST_EXTRA = {
     "sft": ({"global_step": 7}, {"num_examples": 27}),
     "grpo": ({"global_step": 9}, {"num_examples": 18}),
     "grpo_chrf": ({"global_step": 9}, {"num_examples": 18}),
+    "sft_matched": ({"global_step": 9}, {"num_examples": 18}),  # 9 steps x 2: RFT's 18 prompts
     "rft": (
         {"global_step": 3},
         {"num_examples": 12, "rft": {"prompts": 18, "num_generations": 2, "prompts_kept": 12, "kept_mean_reward": 0.4}},
@@ -267,6 +279,19 @@ def test_the_matched_budget_rule_is_stated(arms_run: RunLayout) -> None:
     )
     kl = arms["methods"]["sft"]["tax"]["task_kl"]
     assert f"| sft | SFT | 27 | 27 | examples: 27 x 1 epoch | {kl['estimate']:+.4f} [" in md
+
+
+def test_an_sft_arm_at_rfts_budget_is_the_one_rft_is_compared_with(tmp_path: Path) -> None:
+    """Strong SFT and an SFT arm sized to RFT's prompts: "RFT vs SFT" takes the matched one, and
+    the headline GRPO-vs-SFT comparison keeps strong SFT."""
+    layout = _fabricated_run(tmp_path / "run", ["cold_start", "sft", "grpo", "rft", "sft_matched"])
+    metrics = _metrics(layout)
+    arms = metrics["arms"]
+    assert arms["roles"]["sft"] == "sft" and arms["methods"]["sft_matched"]["role"] == "sft"
+    assert list(arms["comparisons"]) == ["grpo-rft", "rft-sft_matched"]
+    assert arms["comparisons"]["rft-sft_matched"]["budget_matched"] is True
+    md = layout.report_md.read_text(encoding="utf-8")
+    assert "- RFT (rft) vs SFT (sft_matched): 18 vs 18 training prompts, matched within 10%" in md
 
 
 def test_the_arms_plot_is_drawn_and_embedded(arms_run: RunLayout, tmp_path: Path) -> None:

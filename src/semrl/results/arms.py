@@ -20,7 +20,9 @@ Every number has a paired bootstrap interval (`eval.stats`, `results.evidence`):
 over the reference over test examples, its tax against the base model over benchmark items
 (continuous, accuracy), general texts (drift) or task prompts (task KL), and each comparison's
 difference of the two. The training budget each arm consumed is counted from its manifest and
-its config section, so a reader knows whether a comparison is at equal budget.
+its config section, so a reader knows whether a comparison is at equal budget; where two stages
+fill one role (strong SFT, and an SFT arm sized to RFT's prompts), a comparison takes the one at
+its other arm's budget.
 """
 
 from __future__ import annotations
@@ -76,6 +78,19 @@ def arm_roles(config: ExperimentConfig, methods: list[str]) -> tuple[str | None,
     """The reference the arms start from and {role: stage} among the evaluated `methods` (see the
     module docstring). (None, {}) when no grpo or rft stage was evaluated, or its starting point
     was not."""
+    reference, candidates = role_candidates(config, methods)
+    preferred = {"semantic_grpo": TREATMENT, "sft": BASELINE}
+    roles = {
+        role: next((name for name in group if name == preferred.get(role)), group[0])
+        for role, group in candidates.items()
+        if group
+    }
+    return reference, roles
+
+
+def role_candidates(config: ExperimentConfig, methods: list[str]) -> tuple[str | None, dict[str, list[str]]]:
+    """The reference the arms start from and, per role, every evaluated stage that can fill it (in
+    stage order): a run may hold, say, strong SFT and an SFT arm sized to RFT's budget."""
     specs = [s for s in stage_order(config.stages) if s.name in methods]
     if not any(s.kind in ("grpo", "rft") for s in specs):
         return None, {}
@@ -106,12 +121,7 @@ def arm_roles(config: ExperimentConfig, methods: list[str]) -> tuple[str | None,
     candidates["sft"] = [
         s for s in specs if s.kind == "sft" and s.name != reference and not upstream_rl(s) and rl_splits & set(s.splits)
     ]
-    preferred = {"semantic_grpo": TREATMENT, "sft": BASELINE}
-    roles = {}
-    for role, group in candidates.items():
-        if group:
-            roles[role] = next((s.name for s in group if s.name == preferred.get(role)), group[0].name)
-    return reference, roles
+    return reference, {role: [s.name for s in group] for role, group in candidates.items()}
 
 
 def _count(n: int, noun: str) -> str:
@@ -203,11 +213,12 @@ def arms_summary(
     None when no trained method beyond the reference was evaluated."""
     methods = list(evals)
     reference, roles = arm_roles(config, methods)
+    candidates = role_candidates(config, methods)[1]
     trained = [m for m in methods if m not in (BASE_METHOD, reference)]
     if reference is None or not trained:
         return None
     primary = config.evaluation.primary_tax
-    role_of = {stage: role for role, stage in roles.items()}
+    role_of = {stage: role for role, group in candidates.items() for stage in group}
     rows: dict[str, Any] = {}
     for m in [reference, *trained] if reference != BASE_METHOD else trained:
         tax = {}
@@ -233,6 +244,9 @@ def arms_summary(
         if ra not in roles or rb not in roles:
             continue
         a, b = roles[ra], roles[rb]
+        # The matched-budget rule: where another stage fills b's role at a's budget, compare with it.
+        if not budgets_matched(rows[a]["budget"], rows[b]["budget"]):
+            b = next((s for s in candidates[rb] if budgets_matched(rows[a]["budget"], rows[s]["budget"])), b)
         tax_diffs = {k: d for k in PRIMARY_TAX_MEASURES if (d := tax_difference(evals, a, b, k, boot)) is not None}
         for d in tax_diffs.values():
             d.pop("measure", None)
