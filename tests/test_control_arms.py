@@ -215,7 +215,7 @@ def test_bad_control_arm_configs_exit_2(tmp_path: Path, capsys, rft: str, messag
 def test_study_controls_config_loads() -> None:
     config = load_config(CONFIGS / "study-controls.yaml")
     study = load_config(CONFIGS / "study.yaml")
-    assert evaluated_methods(config) == ["base", "cold_start", "sft", "grpo", "rft", "grpo_chrf"]
+    assert evaluated_methods(config) == ["base", "cold_start", "sft", "grpo", "rft", "grpo_chrf", "sft_matched"]
     specs = stage_specs(config.stages)
     assert (specs["rft"].kind, specs["rft"].parent, specs["rft"].splits) == ("rft", "cold_start", ("rl",))
     assert (specs["grpo_chrf"].kind, specs["grpo_chrf"].parent) == ("grpo", "cold_start")
@@ -230,6 +230,15 @@ def test_study_controls_config_loads() -> None:
         grpo.top_p,
         grpo.max_completion_length,
     )
+    # The SFT arm at RFT's budget: the same split, recipe and prompt count (steps x batch).
+    matched = config.stages.section("sft_matched")
+    assert (specs["sft_matched"].kind, specs["sft_matched"].parent, specs["sft_matched"].splits) == (
+        "sft",
+        "cold_start",
+        ("rl",),
+    )
+    assert matched.max_steps * matched.batch_size == rft.max_prompts
+    assert matched.learning_rate == rft.learning_rate
     # The study's stages are the same stages: a finished study run's stages are reused.
     for stage in ("cold_start", "sft", "grpo", "rft"):
         assert stage_config_hash(config, stage) == stage_config_hash(study, stage)
