@@ -56,6 +56,14 @@ def test_higher_tax_and_drift_are_not_called_lower() -> None:
     assert "not lower for GRPO." in text
 
 
+def test_drift_is_read_from_its_paired_interval_when_there_is_one() -> None:
+    metrics = _metrics(0.05, 0.06, 0.05, drift=(2.225, 2.285))
+    metrics["comparison"] = {"measures": {"drift": {"estimate": -0.060, "low": -0.122, "high": 0.002}}}
+    assert "not separated (paired difference -0.060 [-0.122, +0.002])." in verdict(metrics)
+    metrics["comparison"]["measures"]["drift"] = {"estimate": 0.52, "low": 0.42, "high": 0.60}
+    assert "higher for GRPO (paired difference +0.520 [+0.420, +0.600])." in verdict(metrics)
+
+
 def test_learning_is_claimed_only_when_the_interval_clears_zero() -> None:
     assert "GRPO learned beyond its cold-start model" in verdict(_metrics(0.0, 0.0, 0.01, learned=(0.02, 0.01)))
     assert "does not show that GRPO learned" in verdict(_metrics(0.0, 0.0, 0.01, learned=(0.01, 0.02)))

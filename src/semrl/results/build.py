@@ -551,13 +551,13 @@ def _paper_verdict(metrics: dict[str, Any], conf: int) -> str:
         drift_part = (
             f" NLL drift on general text: GRPO mean {dg['nll_mean']:+.3f} (P90 {dg['nll_p90']:+.3f}) vs SFT "
             f"{ds['nll_mean']:+.3f} (P90 {ds['nll_p90']:+.3f}): "
-            + ("lower for GRPO." if dg["nll_mean"] < ds["nll_mean"] else "not lower for GRPO.")
         )
         d = ((metrics.get("comparison") or {}).get("measures") or {}).get("drift")
-        if d is not None:
-            drift_part = (
-                drift_part[:-1] + f" (paired difference {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}])."
-            )
+        if d is not None:  # the paired interval decides; the means alone would call noise a difference
+            reading = "lower for GRPO" if d["high"] < 0 else "higher for GRPO" if d["low"] > 0 else "not separated"
+            drift_part += f"{reading} (paired difference {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}])."
+        else:
+            drift_part += "lower for GRPO." if dg["nll_mean"] < ds["nll_mean"] else "not lower for GRPO."
     return _primary_part(metrics, conf) + "At this scale, " + tax_part + drift_part + _learning_part(metrics, conf)
 
 
