@@ -13,7 +13,7 @@ Pages (under docs/):
 - reliability/fault-campaign.md  from benchmarks/results/fault_campaign.json;
 - assets/demo_gain_vs_tax.png   the report's own gain-against-tax plot
                         (`semrl.results.plots.plot_gain_vs_tax`) drawn from the canon demo's
-                        first run, its metrics.json kept as benchmarks/results/demo_pilot.json (not
+                        run, its metrics.json kept as benchmarks/results/demo.json (not
                         checked by --check: PNG bytes depend on the matplotlib version).
 
 tests/test_docs.py fails when a committed page differs from what this script writes. The script
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 COMMAND = "python scripts/gen_docs.py"
 FIGURE = DOCS / "assets" / "demo_gain_vs_tax.png"
-DEMO_RESULTS = ROOT / "benchmarks" / "results" / "demo_pilot.json"
+DEMO_RESULTS = ROOT / "benchmarks" / "results" / "demo.json"
 
 
 def header(source: str) -> str:
@@ -518,8 +518,8 @@ def fault_campaign_page() -> str:
 # The demo figure
 # ------------------------------------------------------------------------------------------------
 def demo_figure(path: Path = FIGURE) -> None:
-    """The report's gain-against-tax plot of the canon demo's first run, from its metrics.json
-    (benchmarks/results/demo_pilot.json), with the tax intervals the report draws."""
+    """The report's gain-against-tax plot of the canon demo's run, from its metrics.json
+    (benchmarks/results/demo.json), with the tax intervals the report draws."""
     import matplotlib
 
     matplotlib.use("Agg")
