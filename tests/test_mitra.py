@@ -162,7 +162,7 @@ def test_mitra_reads_the_data_directory(mitra_dir: Path) -> None:
 
 
 def test_mitra_errors_name_file_line_and_fix(mitra_dir: Path) -> None:
-    with pytest.raises(DataError, match=r"match none of the collection's 94 Tibetan texts.*collection: upstream"):
+    with pytest.raises(DataError, match=r"match none of the collection's 2 Tibetan texts.*collection: upstream"):
         data.load_mitra(MitraSource(texts="K99*"), TaskConfig(), mitra_dir)
     with pytest.raises(ConfigError, match="Tibetan-Chinese translation"):
         data.load_mitra(MitraSource(texts=TEXTS), TaskConfig(source_lang="bo", target_lang="en"), mitra_dir)
@@ -200,50 +200,51 @@ def fake_mitra_github(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[s
         {"path": data.MITRA_TSV_PATH, "type": "tree", "sha": "1" * 40},
     ]
     served[data.MITRA_TREE_URL] = json.dumps({"sha": data.MITRA_COMMIT, "tree": tree, "truncated": False}).encode()
-    listing = {n: download.git_blob_sha1(blobs[n]) for n in (FILE_A, FILE_B)}
-    monkeypatch.setattr(mitra_source, "subset_listing", lambda text_ids, data_dir: dict(listing))
-    return serve_downloads(monkeypatch, served, tmp_path / "cache")
+    github = serve_downloads(monkeypatch, served, tmp_path / "cache")
+    github["listing"] = "".join(
+        f"{download.git_blob_sha1(blobs[n])}\t{data.MITRA_TSV_PATH}/{n}\n" for n in (FILE_A, FILE_B)
+    )
+    return github
+
+
+def _listing_only_data_dir(root: Path, listing: str) -> Path:
+    """A data directory whose mitra_bo_zh/ has FILES.txt and no TSV: every listed file is downloaded."""
+    (root / data.MITRA_DIRNAME).mkdir(parents=True)
+    (root / data.MITRA_DIRNAME / mitra_source.MITRA_LISTING_FILE).write_text(listing, encoding="utf-8")
+    return root
 
 
 def test_mitra_download_checks_git_blob_sha1_and_caches(fake_mitra_github: dict[str, Any], tmp_path: Path) -> None:
-    examples = data.load_mitra(MitraSource(), TaskConfig(), data_dir=None)
+    data_dir = _listing_only_data_dir(tmp_path / "listed", fake_mitra_github["listing"])
+    examples = data.load_mitra(MitraSource(), TaskConfig(), data_dir)
     assert len(examples) == len(ROWS_A) + len(ROWS_B) and len(fake_mitra_github["fetched"]) == 2
     assert (fake_mitra_github["cache"] / "data" / "mitra" / data.MITRA_COMMIT / "tsv" / FILE_A).is_file()
-    assert data.load_mitra(MitraSource(), TaskConfig(), data_dir=None) == examples
+    assert data.load_mitra(MitraSource(), TaskConfig(), data_dir) == examples
     assert len(fake_mitra_github["fetched"]) == 2  # from the verified cache
     url = next(u for u in fake_mitra_github["served"] if u.endswith(FILE_B))
     fake_mitra_github["served"][url] = b"tampered\n"
     (fake_mitra_github["cache"] / "data" / "mitra" / data.MITRA_COMMIT / "tsv" / FILE_B).unlink()
     with pytest.raises(DataError, match=r"git blob SHA-1 .* expected .*mitra_bo_zh/tsv/.*SEMRL_DATA_DIR"):
-        data.load_mitra(MitraSource(), TaskConfig(), data_dir=tmp_path / "empty")
+        data.load_mitra(MitraSource(), TaskConfig(), data_dir)
 
 
-def test_mitra_subset_is_listed_from_the_data_directory_else_the_pinned_tree(
-    fake_mitra_github: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_mitra_subset_is_the_data_directorys_selection(
+    fake_mitra_github: dict[str, Any], mitra_dir: Path, tmp_path: Path
 ) -> None:
-    """No copy of the data directory's listing ships with semrl: the subset is its 94 text ids, and
-    each text's files come from the data directory's FILES.txt (or its tsv folder), else the tree."""
-    monkeypatch.undo()  # the real subset_listing; the fake GitHub again
-    github = serve_downloads(monkeypatch, fake_mitra_github["served"], tmp_path / "cache2")
-    tree_files = mitra_source.upstream_listing()
-    github["fetched"].clear()
-    listing = mitra_source.subset_listing(["K10D0193_H0194", "K10D0336_H0340"], None)
-    # from the tree: every file of both texts (the one with a Sanskrit target is listed, skipped when read)
-    assert listing == {n: tree_files[n] for n in (FILE_A, FILE_B, "K10D0193_H0194_T07n772.tsv")}
-    assert github["fetched"] == []  # the tree listing was cached
-    data_dir = tmp_path / "data"
-    folder = data_dir / data.MITRA_DIRNAME
-    (folder / "tsv").mkdir(parents=True)
-    (folder / "tsv" / FILE_A).write_text(_tsv(ROWS_A, FILE_A[:14]), encoding="utf-8")
-    # a tsv folder alone: its file for text A; text B (none there) from the tree
-    assert mitra_source.subset_listing(["K10D0193_H0194", "K10D0336_H0340"], data_dir) == {
-        FILE_A: None,
-        FILE_B: tree_files[FILE_B],
-    }
-    # FILES.txt names the data directory's files with their blob SHA-1, present or not
-    (folder / "FILES.txt").write_text(f"{'a' * 40}\t{data.MITRA_TSV_PATH}/{FILE_B}\n", encoding="utf-8")
-    assert mitra_source.subset_listing(["K10D0336_H0340"], data_dir) == {FILE_B: "a" * 40}
-    assert len(mitra_source.MITRA_SUBSET_TEXTS) == 94 and "K10D0193_H0194" in mitra_source.MITRA_SUBSET_TEXTS
+    """No copy of the subset ships with semrl: it is what the data directory's FILES.txt lists (with
+    blob SHA-1s, present or not), else its tsv folder's files; without either, a message, no download."""
+    assert not hasattr(mitra_source, "MITRA_SUBSET_TEXTS")
+    assert mitra_source.local_listing(mitra_dir) == {FILE_A: None, FILE_B: None}  # a tsv folder alone
+    (mitra_dir / data.MITRA_DIRNAME / mitra_source.MITRA_LISTING_FILE).write_text(
+        f"# comment\n{'a' * 40}\t{data.MITRA_TSV_PATH}/{FILE_B}\n", encoding="utf-8"
+    )
+    assert mitra_source.local_listing(mitra_dir) == {FILE_B: "a" * 40}  # FILES.txt decides, present or not
+    examples = data.load_mitra(MitraSource(), TaskConfig(), mitra_dir)
+    assert {e.metadata["file"] for e in examples} == {FILE_B[:-4]}  # its file is read from tsv/, not fetched
+    for empty in (None, tmp_path / "empty"):
+        with pytest.raises(DataError, match=r"'subset' collection is the files .*FILES\.txt.*collection: upstream"):
+            data.load_mitra(MitraSource(), TaskConfig(), empty)
+    assert fake_mitra_github["fetched"] == []
 
 
 def test_mitra_upstream_collection_from_the_pinned_tree(fake_mitra_github: dict[str, Any]) -> None:
@@ -444,9 +445,9 @@ def test_canon_configs_load_and_resolve(capsys: pytest.CaptureFixture[str]) -> N
 def test_shared_mitra_subset_is_the_pinned_files(shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(download, "fetch", lambda url: pytest.fail(f"unexpected download {url}"))
     folder = shared_data_dir / data.MITRA_DIRNAME / "tsv"
-    listing = mitra_source.subset_listing(mitra_source.MITRA_SUBSET_TEXTS, shared_data_dir)
+    listing = mitra_source.local_listing(shared_data_dir)
     assert len(listing) == 588 and sorted(p.name for p in folder.glob("*.tsv")) == sorted(listing)
-    assert {data.mitra_text_id(n) for n in listing} == set(mitra_source.MITRA_SUBSET_TEXTS)
+    assert len({data.mitra_text_id(n) for n in listing}) == 94
     for name in sorted(listing)[:20]:  # the blob SHA-1s are git's
         assert download.git_blob_sha1((folder / name).read_bytes()) == listing[name]
     examples = data.load_mitra(MitraSource(), TaskConfig(), shared_data_dir)

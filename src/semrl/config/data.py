@@ -110,8 +110,9 @@ class MitraSource(Section):
     kind: Literal["mitra"] = "mitra"
     collection: Literal["subset", "upstream"] = Field(
         "subset",
-        description="'subset': the 588 files of 94 Kangyur texts (about 120k rows) that the data directory's "
-        "mitra_bo_zh/ holds, else downloaded. 'upstream': every Tibetan->Chinese file of the pinned commit "
+        description="'subset': the files the data directory's mitra_bo_zh/FILES.txt lists (else its tsv/ folder's; "
+        "the shared copy: 588 files of 94 Kangyur texts, about 120k rows); a listed file missing from tsv/ is "
+        "downloaded. 'upstream': every Tibetan->Chinese file of the pinned commit "
         "(5,889 files, 852 Tibetan texts, about 826k rows), listed with GitHub's API (needs the network once).",
     )
     texts: str | list[str] | None = Field(

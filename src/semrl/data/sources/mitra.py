@@ -8,11 +8,10 @@ id>_<Taisho id>.tsv`, with the header `src_segmentnr, src_original, tgt_segmentn
 Derge part alone is not an id: `K10Dx` stands for several texts (`K10Dx_H0101`, `K10Dx_H0259`...).
 
 Two collections:
-- `subset` (default): every file of the 94 Kangyur texts in `MITRA_SUBSET_TEXTS` (588 files,
-  about 120k rows; the shared data directory's `mitra_bo_zh/`). Offline from the data directory,
-  whose `FILES.txt` lists each file with its blob SHA-1 (without it, the `tsv/` folder's files are
-  taken as they are); a selected text with no file there is listed from the pinned tree, like
-  `upstream`, and its files are downloaded and checked against their blob SHA-1.
+- `subset` (default): the files the data directory's `mitra_bo_zh/FILES.txt` lists with their blob
+  SHA-1 (the shared copy: 588 files of 94 Kangyur texts, about 120k rows); without FILES.txt, the
+  files of its `tsv/` folder as they are. semrl ships no copy of that selection: it is the data
+  directory's. A listed file missing from `tsv/` is downloaded at the pinned commit and checked.
 - `upstream`: every Tibetan -> Chinese file of the pinned commit. Its names come from GitHub's
   git-tree API at that commit (one call, cached with the files), so it needs the network once:
   files named `<[KT]..D.. text>_<T..n.. Taisho>.tsv`, less those whose Taisho id ends in `u`
@@ -55,105 +54,6 @@ MITRA_LISTING_FILE = "FILES.txt"  # in the data directory's mitra_bo_zh/: <blob 
 MITRA_FILE_NAME = re.compile(r"^(?P<text>[KT]\d{2}D.*?)_(?P<taisho>T\d{2}n[0-9A-Za-z_-]*)\.tsv$")
 # Taisho ids ending in u (u_001...) are Sanskrit texts under Taisho numbers: not Chinese.
 _SANSKRIT_TAISHO = re.compile(r"u(?:_\d+)?$")
-# The default collection: 94 Kangyur texts drawn at random (seed 2026) among the 448 Kangyur texts
-# until about 120k rows, as in the shared data directory's mitra_bo_zh/SOURCE.md. A selection, like
-# the Lotsawa ids: the file names and blob SHA-1s come from the data directory or the pinned tree.
-MITRA_SUBSET_TEXTS: tuple[str, ...] = (
-    "K01D0001_H0001",
-    "K01D0004_H0004",
-    "K01D0005_H0005",
-    "K01D0007B-2_H0008-2",
-    "K02D0008-12_H0009-12",
-    "K02D0008-2_H0009-2",
-    "K02D0008-4_H0009-4",
-    "K02D0008-9_H0009-9",
-    "K03D0009-3_H0010-3",
-    "K05D0010_H0012",
-    "K06D0011-2_H0013-2",
-    "K06D0014_H0014",
-    "K06D0042_H0043",
-    "K08D0044_H0094",
-    "K08D0055_H0055",
-    "K08D0056_H0056",
-    "K08D0057_H0058",
-    "K08D0074_H0074",
-    "K08D0077_H0077",
-    "K08D0082_H0082",
-    "K08D0086_H0086",
-    "K08D0088_H0088",
-    "K08D0089_H0089",
-    "K08D0090_H0090",
-    "K08D0091_H0091",
-    "K09D0094_H0095",
-    "K10D0098=D0721_H0099",
-    "K10D0101_H0104",
-    "K10D0110_H0113",
-    "K10D0116_H0119",
-    "K10D0120_H0122",
-    "K10D0123_H0125",
-    "K10D0134_H0136",
-    "K10D0141=D0526=D0916_H0143",
-    "K10D0154_H0155",
-    "K10D0165_H0166",
-    "K10D0175_H0176",
-    "K10D0179_H0180",
-    "K10D0182_H0183",
-    "K10D0184_H0185",
-    "K10D0190_H0191",
-    "K10D0193_H0194",
-    "K10D0202_H0203",
-    "K10D0209_H0210",
-    "K10D0216_H0217",
-    "K10D0246_H0247",
-    "K10D0273=D0511=D0853_H0275",
-    "K10D0287-4_H0289-4",
-    "K10D0296_H0299",
-    "K10D0301_H0304",
-    "K10D0310_H0313",
-    "K10D0319_H0323",
-    "K10D0331_H0335",
-    "K10D0336_H0340",
-    "K10D0338_H0343",
-    "K10D0339_H0345",
-    "K10D0346_H0354",
-    "K10D0354_H0362",
-    "K10D0355_H0363",
-    "K10Dx_H0101",
-    "K12D0370_H0386",
-    "K12D0381_H0396",
-    "K12D0382_H0397",
-    "K12D0417-18_H0378",
-    "K12D0444_H0418",
-    "K12D0468_H0434",
-    "K12D0474_H0440",
-    "K12D0480_H0448",
-    "K12D0481_H0449",
-    "K12D0482_H0450",
-    "K12D0486_H0451",
-    "K12D0487_D0470_H0453",
-    "K12D0490_H0459",
-    "K12D0494_H0462",
-    "K12D0510=D0982_H0556",
-    "K12D0513=D0856_H0488",
-    "K12D0541=D0931_H0709",
-    "K12D0552_H0504",
-    "K12D0559_H0517",
-    "K12D0569=D0859_H0591",
-    "K12D0592_H0543",
-    "K12D0599=D0983_H0545",
-    "K12D0604_H0581",
-    "K12D0609=D0925_H0587",
-    "K12D0642_H0621",
-    "K12D0657=D0235=D1063_H0625",
-    "K12D0671_H0638",
-    "K12D0707=D0919_H0670",
-    "K12D0724_H0711",
-    "K12D0727=D0745=D1000_H0677",
-    "K12D0740=D1005_H0685",
-    "K12D0746-2_H0691-2",
-    "K12D0772=D0907_H0714",
-    "K12Dx_H0662",
-)
 
 
 def mitra_text_id(file_name: str) -> str | None:
@@ -189,17 +89,6 @@ def local_listing(data_dir: Path | None) -> dict[str, str | None]:
     tsv = folder / "tsv"
     names = sorted(p.name for p in tsv.glob("*.tsv")) if tsv.is_dir() else []
     return {n: None for n in names if mitra_text_id(n) is not None}
-
-
-def subset_listing(text_ids: Collection[str], data_dir: Path | None) -> dict[str, str | None]:
-    """The files of the subset texts `text_ids`: the data directory's (`local_listing`), and for a
-    text it has no file of, the pinned tree's (`upstream_listing`, which needs the network once)."""
-    wanted = set(text_ids)
-    listing = {n: sha for n, sha in local_listing(data_dir).items() if mitra_text_id(n) in wanted}
-    absent = wanted - {mitra_text_id(n) for n in listing}
-    if absent:
-        listing |= {n: sha for n, sha in upstream_listing().items() if mitra_text_id(n) in absent}
-    return listing
 
 
 def upstream_listing() -> dict[str, str]:
@@ -255,15 +144,22 @@ def mitra_files(source: MitraSource, data_dir: Path | None) -> list[Path]:
     download cache (fetched at the pinned commit and checked against the listed blob SHA-1)."""
     local = data_dir / MITRA_DIRNAME / "tsv" if data_dir else None
     cache = data_cache_dir() / "mitra" / MITRA_COMMIT / "tsv"
-    subset = source.collection == "subset"
-    texts = select_texts(MITRA_SUBSET_TEXTS, source.texts) if subset else []
-    try:
-        listing = subset_listing(texts, data_dir) if subset else upstream_listing()
-    except DataError as err:
-        raise DataError(f"MITRA: {err}. {no_download_hint(MITRA_DIRNAME + '/tsv', local)}") from None
-    if not subset:
-        texts = select_texts({mitra_text_id(n) for n in listing}, source.texts)
-    wanted = set(texts)
+    if source.collection == "subset":
+        listing = local_listing(data_dir)
+        if not listing:
+            where = f"{data_dir / MITRA_DIRNAME} has neither" if data_dir else "no data directory is set"
+            raise DataError(
+                f"MITRA: the 'subset' collection is the files the data directory's {MITRA_DIRNAME}/{MITRA_LISTING_FILE} "
+                f"lists (else its tsv/ folder's), and {where}. Point data.data_dir or SEMRL_DATA_DIR at a directory "
+                f"holding {MITRA_DIRNAME}/, or set collection: upstream (every Tibetan->Chinese file at the pinned "
+                f"commit, downloaded; texts: selects Tibetan texts by pattern)"
+            )
+    else:
+        try:
+            listing = upstream_listing()
+        except DataError as err:
+            raise DataError(f"MITRA: {err}. {no_download_hint(MITRA_DIRNAME + '/tsv', local)}") from None
+    wanted = set(select_texts({mitra_text_id(n) for n in listing}, source.texts))
     chosen = {n: sha for n, sha in listing.items() if mitra_text_id(n) in wanted}
     paths = {n: local / n for n in chosen if local is not None and (local / n).is_file()}
     missing = sorted(set(chosen) - set(paths))
