@@ -79,13 +79,17 @@ def arm_roles(config: ExperimentConfig, methods: list[str]) -> tuple[str | None,
     module docstring). (None, {}) when no grpo or rft stage was evaluated, or its starting point
     was not."""
     reference, candidates = role_candidates(config, methods)
+    return reference, preferred_roles(candidates)
+
+
+def preferred_roles(candidates: dict[str, list[str]]) -> dict[str, str]:
+    """{role: stage}: the built-in `grpo` and `sft` where they fill their role, else the first."""
     preferred = {"semantic_grpo": TREATMENT, "sft": BASELINE}
-    roles = {
+    return {
         role: next((name for name in group if name == preferred.get(role)), group[0])
         for role, group in candidates.items()
         if group
     }
-    return reference, roles
 
 
 def role_candidates(config: ExperimentConfig, methods: list[str]) -> tuple[str | None, dict[str, list[str]]]:
@@ -212,8 +216,8 @@ def arms_summary(
     whose two arms were evaluated. `differences(a, b)` gives the paired task differences a - b.
     None when no trained method beyond the reference was evaluated."""
     methods = list(evals)
-    reference, roles = arm_roles(config, methods)
-    candidates = role_candidates(config, methods)[1]
+    reference, candidates = role_candidates(config, methods)
+    roles = preferred_roles(candidates)
     trained = [m for m in methods if m not in (BASE_METHOD, reference)]
     if reference is None or not trained:
         return None

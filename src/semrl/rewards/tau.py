@@ -35,6 +35,11 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
     return perm
 
 
+def distinct_references(references: Sequence[str]) -> list[str]:
+    """The distinct non-empty references, stripped, in first-seen order: what tau pairs are drawn from."""
+    return list(dict.fromkeys(t.strip() for t in map(str, references) if t.strip()))
+
+
 def shuffled_pair_similarities(
     encoder: Encoder,
     references: Sequence[str],
@@ -51,7 +56,7 @@ def shuffled_pair_similarities(
     references (None: all), and only those are encoded: 1,024 references give 4,096 pairs with
     each reference in about 8 of them, while encoding a 12,000-row RL split took 213 s of a GRPO
     stage's set-up on 2 CPU cores."""
-    distinct = list(dict.fromkeys(t.strip() for t in map(str, references) if t.strip()))
+    distinct = distinct_references(references)
     if len(distinct) < 2:
         raise DataError(
             f"tau calibration on shuffled pairs needs at least 2 distinct non-empty references, got "
@@ -161,7 +166,7 @@ def resolve_tau(
         quantile=cfg.tau_quantile,
         n_pairs=int(sims.size),
         n_references=len(references),
-        n_references_sampled=min(len({str(t).strip() for t in references} - {""}), max_references or len(references)),
+        n_references_sampled=min(len(distinct_references(references)), max_references or len(references)),
         mean_unrelated_similarity=float(sims.mean()),
         seed=seed,
         encoder=encoder.name,
