@@ -7,6 +7,7 @@ only the `shared_data_dir` tests read ../shared/data.
 
 from __future__ import annotations
 
+import functools
 import json
 import unicodedata
 from pathlib import Path
@@ -397,11 +398,13 @@ def test_cosine_filter_uses_the_configured_encoder(
     monkeypatch.setattr(semrl.encoders, "build_encoder", build)
     monkeypatch.setattr(semrl.encoders, "probe_language", lambda encoder, code: None)
     encoder = {"backend": "sentence-transformers", "name": "some/bo-zh-encoder"}
+    everything = {"test": 0, "dev": 0, "cold_start": -1, "rl": 0}  # every row is a training row
     config = _write_config(
-        tmp_path / "c.yaml", _mitra_config(mitra_dir, filter={"min_cosine": 0.5, "encoder": encoder})
+        tmp_path / "c.yaml",
+        _mitra_config(mitra_dir, filter={"min_cosine": 0.5, "encoder": encoder}, splits=everything),
     )
     assert main(["data", "prepare", str(config), "--out", str(tmp_path / "run")]) == 0
-    assert "2 example(s) dropped: under data.filter.min_cosine" in " ".join(capsys.readouterr().out.split())
+    assert "2 training example(s) dropped: under data.filter.min_cosine" in " ".join(capsys.readouterr().out.split())
     assert built[0].name == "some/bo-zh-encoder"
 
     class Failed:
@@ -464,3 +467,26 @@ def test_shared_canon_curve_splits(shared_data_dir: Path, tmp_path: Path, monkey
     assert manifest["cleaning"]["folio_markers_removed"] == 13_758 and manifest["leakage"]["rows_removed"] > 0
     held = {leak_key(t) for ex in splits["test"] + splits["dev"] for t in (ex.source, ex.reference)}
     assert not [ex for ex in splits["cold_start"] for t in (ex.source, ex.reference) if leak_key(t) in held]
+
+
+def test_the_filter_cleans_training_splits_and_leaves_test_and_dev_alone() -> None:
+    # Row 0 of every document is far too long for its translation: a misalignment the filter drops.
+    rows = [
+        Example(f"d{d}:{k}", "ཀ་" * (40 if k == 0 else 3) + f"{d}{k}།", f"文{d}{k}", f"doc{d}")
+        for d in range(12)
+        for k in range(5)
+    ]
+    sizes = SplitSizes(test=10, dev=5, cold_start=20, rl=-1)
+    config = parse_config(
+        {
+            "task": {"kind": "translation", "source_lang": "bo", "target_lang": "zh"},
+            "data": {"sources": [{"kind": "local", "path": "x.jsonl"}], "filter": {"max_length_ratio": 20.0}},
+        }
+    )
+    plain = assign_splits(rows, sizes, 0, "example").splits
+    outcome = assign_splits(rows, sizes, 0, "example", None, functools.partial(data.filter_alignment, config))
+    assert outcome.splits["test"] == plain["test"] and outcome.splits["dev"] == plain["dev"]
+    assert any(ex.id.endswith(":0") for ex in plain["test"])  # the test keeps its long rows
+    training = outcome.splits["cold_start"] + outcome.splits["rl"]
+    assert len(outcome.splits["cold_start"]) == 20 and not any(ex.id.endswith(":0") for ex in training)
+    assert outcome.filtered["length_ratio_above"] == 9  # one per training document (12 - 3 held out)

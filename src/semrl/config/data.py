@@ -182,8 +182,9 @@ DEFAULT_MAX_TEXT_CHARS = 16384
 
 
 class AlignmentFilter(Section):
-    """Drop pairs that look misaligned (automatic alignments, as MITRA's, are noisy). Every rule is
-    off by default; what each removes is counted in the splits manifest."""
+    """Drop training pairs that look misaligned (automatic alignments, as MITRA's, are noisy). It
+    cleans the training splits only, after test and dev are drawn, so test and dev do not change
+    with it. Every rule is off by default; what each removes is counted in the splits manifest."""
 
     min_length_ratio: float | None = Field(
         None,

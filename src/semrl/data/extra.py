@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from semrl.config.data import AlignmentFilter
 from semrl.config.evaluation import ExtraTestConfig
 from semrl.config.experiment import ExperimentConfig
 from semrl.config.stages import TRAINING_SPLITS
@@ -129,13 +128,9 @@ def _make(
     cap = test.max_source_chars or config.data.max_source_chars
     cap_key = f"{where}.max_source_chars" + ("" if test.max_source_chars else " (unset, so data.max_source_chars)")
     # The run's cleaning rules with this test's cap; a row over it is dropped (counted), never a
-    # failure, and the alignment filter is the training corpus's, not a test's.
+    # failure (the alignment filter is the training splits', so it does not apply here).
     cleaning_config = config.model_copy(
-        update={
-            "data": config.data.model_copy(
-                update={"max_source_chars": cap, "too_long": "drop", "filter": AlignmentFilter()}
-            )
-        }
+        update={"data": config.data.model_copy(update={"max_source_chars": cap, "too_long": "drop"})}
     )
     try:
         loaded = load_source(test.source, config.task, config.resolved_data_dir(), test.name, f"{where}.source")

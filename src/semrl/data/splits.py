@@ -13,9 +13,10 @@ Sources (see `semrl.config`):
 
 Cleaning, in this order, each rule counted in the splits manifest (`cleaning`): the Tibetan side
 of every source goes through `core.lang.normalize_tibetan` (folio markers, head marks, shad and
-tsheg spellings); pairs left with an empty side, pairs over `data.max_source_chars`, repeated
-(source, reference) pairs and, when `data.filter` asks, pairs outside the length-ratio bounds or
-under the encoder cosine are dropped.
+tsheg spellings); pairs left with an empty side, pairs over `data.max_source_chars` and repeated
+(source, reference) pairs are dropped. The alignment filter (`data.filter`: length-ratio bounds,
+encoder cosine) cleans the training splits only, after test and dev are drawn, so that a filter
+never changes what a model is tested on (`filter_alignment`).
 
 Splits are drawn by whole documents with a fixed seed (no document straddles two splits), test
 first, then dev, cold_start and rl, so test and dev stay the same when training sizes change.
@@ -37,12 +38,13 @@ never precedes a word in pretraining. Rewards read generated text through
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import random
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,15 +83,10 @@ SPLIT_NAMES: tuple[str, ...] = ("cold_start", "rl", "dev", "test")
 # Evaluation splits are drawn first so that they do not move when training sizes change.
 ASSIGNMENT_ORDER: tuple[str, ...] = ("test", "dev", "cold_start", "rl")
 EVALUATION_SPLITS: tuple[str, ...] = ("test", "dev")
-# The cleaning rules in the order they apply (the keys of the manifest's `cleaning` counts).
-CLEANING_RULES: tuple[str, ...] = (
-    "empty_after_normalisation",
-    "max_source_chars",
-    "duplicate_pairs",
-    "length_ratio_below",
-    "length_ratio_above",
-    "cosine_below",
-)
+# The cleaning rules in the order they apply to every example (keys of the manifest's `cleaning` counts).
+CLEANING_RULES: tuple[str, ...] = ("empty_after_normalisation", "max_source_chars", "duplicate_pairs")
+# The alignment filter's rules, applied to the training splits' candidates only (also in `cleaning`).
+FILTER_RULES: tuple[str, ...] = ("length_ratio_below", "length_ratio_above", "cosine_below")
 MANIFEST_VERSION = 1
 # What the run's splits depend on; the runner compares this hash before reusing splits.
 CONFIG_HASH_SECTIONS: tuple[str, ...] = ("seed", "task", "data")
@@ -187,9 +184,9 @@ def _cosines(config: ExperimentConfig, examples: Sequence[Example]) -> list[floa
 def clean_examples(
     config: ExperimentConfig, examples: list[Example], cap_key: str = "data.max_source_chars"
 ) -> tuple[list[Example], dict[str, int]]:
-    """Normalise, then apply the dropping rules of CLEANING_RULES in order (the length cap, too_long
-    and filter of `config.data`); counts per rule. `cap_key` is the config key messages name for
-    the length cap."""
+    """Normalise, then apply the dropping rules of CLEANING_RULES in order (the length cap and
+    too_long of `config.data`); counts per rule. `cap_key` is the config key messages name for the
+    length cap. The alignment filter is not applied here (see `filter_alignment`)."""
     examples, counts = normalise_examples(examples, config.task)
     dropped = dict.fromkeys(CLEANING_RULES, 0)
 
@@ -229,31 +226,35 @@ def clean_examples(
             unique.append(ex)
     examples = keep("duplicate_pairs", unique, len(examples))
 
-    rules = config.data.filter
-    if rules.min_length_ratio is not None:
-        ratio = rules.min_length_ratio
-        examples = keep(
-            "length_ratio_below",
-            [ex for ex in examples if _chars(ex.source) >= ratio * _chars(ex.reference)],
-            len(examples),
-        )
-    if rules.max_length_ratio is not None:
-        ratio = rules.max_length_ratio
-        examples = keep(
-            "length_ratio_above",
-            [ex for ex in examples if _chars(ex.source) <= ratio * _chars(ex.reference)],
-            len(examples),
-        )
-    if rules.min_cosine is not None and examples:
-        cosines = _cosines(config, examples)
-        examples = keep(
-            "cosine_below",
-            [ex for ex, c in zip(examples, cosines) if c >= rules.min_cosine],
-            len(examples),
-        )
-    if not examples:
-        raise DataError(f"data.filter drops every example ({dropped}); loosen its bounds")
     return examples, {**counts, **dropped}
+
+
+def filter_alignment(config: ExperimentConfig, examples: Sequence[Example]) -> tuple[list[bool], dict[str, int]]:
+    """Which of `examples` pass `config.data.filter` (length-ratio bounds, then the encoder cosine),
+    and how many each rule of FILTER_RULES dropped. The splits apply it to training candidates only."""
+    rules = config.data.filter
+    keep = [True] * len(examples)
+    dropped = dict.fromkeys(FILTER_RULES, 0)
+
+    def apply(rule: str, passes: Sequence[bool]) -> None:
+        for i, ok in enumerate(passes):
+            if keep[i] and not ok:
+                keep[i] = False
+                dropped[rule] += 1
+
+    if rules.min_length_ratio is not None:
+        low = rules.min_length_ratio
+        apply("length_ratio_below", [_chars(ex.source) >= low * _chars(ex.reference) for ex in examples])
+    if rules.max_length_ratio is not None:
+        high = rules.max_length_ratio
+        apply("length_ratio_above", [_chars(ex.source) <= high * _chars(ex.reference) for ex in examples])
+    if rules.min_cosine is not None:
+        alive = [i for i, ok in enumerate(keep) if ok]
+        passes = [True] * len(examples)
+        for i, cosine in zip(alive, _cosines(config, [examples[i] for i in alive]) if alive else []):
+            passes[i] = cosine >= rules.min_cosine
+        apply("cosine_below", passes)
+    return keep, dropped
 
 
 def load_source(src: SourceConfig, task: TaskConfig, data_dir: Path | None, name: str, where: str) -> list[Example]:
@@ -327,12 +328,17 @@ def leak_key(text: str) -> str:
     return "".join(c for c in text if unicodedata.category(c)[0] in "LMN").casefold()
 
 
+# Which of some training candidates to keep, and how many each rule dropped (`filter_alignment`).
+TrainingFilter = Callable[[Sequence[Example]], tuple[list[bool], dict[str, int]]]
+
+
 @dataclass
 class SplitOutcome:
-    """The splits, and what the leakage rule removed from the training splits."""
+    """The splits, and what the leakage rule and the training filter removed from the training splits."""
 
     splits: dict[str, list[Example]]
     leakage: dict[str, int]
+    filtered: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _leak_filter(
@@ -369,6 +375,7 @@ def assign_splits(
     seed: int,
     training_unit: str = "document",
     eval_document_max_examples: int | None = None,
+    training_filter: TrainingFilter | None = None,
 ) -> SplitOutcome:
     """Split by document, then keep the training splits free of test/dev sentences.
 
@@ -380,6 +387,8 @@ def assign_splits(
     is a test or dev sentence (`leak_key`) are dropped before the training splits are filled (after,
     when test or dev is the -1 split); `leakage` counts them. `eval_document_max_examples` passes
     larger documents over when filling test and dev (they stay in order for the training splits).
+    `training_filter` (e.g. `filter_alignment` bound to a config) drops training candidates at the
+    same point as the leakage rule, so test and dev do not depend on it; its counts are `filtered`.
     Within a split, examples keep their input order. DataError when the data cannot fill the
     requested sizes.
     """
@@ -401,6 +410,7 @@ def assign_splits(
             f"{rest[0]} cannot be -1; give it a size and set cold_start or rl to -1"
         )
     leakage = {"rows_removed": 0, "same_source": 0, "same_reference": 0}
+    filtered: dict[str, int] = {}
 
     pool = list(reversed(order))  # pop() from the end = take from the front of `order`
     taken: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
@@ -435,7 +445,14 @@ def assign_splits(
 
     def drop_leaks_from(doc_list: list[str]) -> None:
         held = [i for n in EVALUATION_SPLITS for d in taken[n] for i in docs[d]]
-        drop = _leak_filter(examples, held, [i for d in doc_list for i in docs[d]], leakage)
+        candidates = [i for d in doc_list for i in docs[d]]
+        drop = _leak_filter(examples, held, candidates, leakage)
+        if training_filter is not None:
+            alive = [i for i in candidates if i not in drop]
+            keep, counts = training_filter([examples[i] for i in alive])
+            drop |= {i for i, ok in zip(alive, keep) if not ok}
+            for rule, n in counts.items():
+                filtered[rule] = filtered.get(rule, 0) + n
         for d in doc_list:
             docs[d] = [i for i in docs[d] if i not in drop]
         doc_list[:] = [d for d in doc_list if docs[d]]
@@ -459,7 +476,8 @@ def assign_splits(
                 raise DataError(
                     f"data.splits.{name} asks for {target} examples, but only {len(free)} remain after test "
                     f"({size(taken['test'])}), dev ({size(taken['dev'])}){', ' + ', '.join(f'{n} ({len(rows[n])})' for n in rows) if rows else ''}"
-                    f" and {leakage['rows_removed']} training rows that repeat a test/dev sentence. Lower "
+                    f", {leakage['rows_removed']} training rows that repeat a test/dev sentence and "
+                    f"{sum(filtered.values())} dropped by data.filter. Lower "
                     f"data.splits.{name}, or add data."
                 )
             rows[name], free = free[:target], free[target:]
@@ -494,7 +512,7 @@ def assign_splits(
         logger.info(
             "%d training rows dropped: their source or reference is a test/dev sentence", leakage["rows_removed"]
         )
-    return SplitOutcome({name: [examples[i] for i in sorted(rows[name])] for name in SPLIT_NAMES}, leakage)
+    return SplitOutcome({name: [examples[i] for i in sorted(rows[name])] for name in SPLIT_NAMES}, leakage, filtered)
 
 
 def split_examples(
@@ -536,9 +554,9 @@ _CLEANING_TEXT: dict[str, str] = {
     "empty_after_normalisation": "example(s) dropped: a side was empty after normalisation",
     "max_source_chars": "example(s) dropped: over the length cap (data.max_source_chars)",
     "duplicate_pairs": "example(s) dropped: a repeated (source, reference) pair",
-    "length_ratio_below": "example(s) dropped: under data.filter.min_length_ratio",
-    "length_ratio_above": "example(s) dropped: over data.filter.max_length_ratio",
-    "cosine_below": "example(s) dropped: under data.filter.min_cosine",
+    "length_ratio_below": "training example(s) dropped: under data.filter.min_length_ratio",
+    "length_ratio_above": "training example(s) dropped: over data.filter.max_length_ratio",
+    "cosine_below": "training example(s) dropped: under data.filter.min_cosine",
 }
 
 
@@ -569,10 +587,19 @@ def prepare_data(config: ExperimentConfig, out_dir: Path) -> dict[str, list[Exam
     """
     prompt_template(config.task)  # a bad template fails here, not when training builds prompts
     examples, sources, cleaning = _load_all(config)
+    training_filter = functools.partial(filter_alignment, config) if config.data.filter.active else None
     outcome = assign_splits(
-        examples, config.data.splits, config.seed, config.data.training_unit, config.data.eval_document_max_examples
+        examples,
+        config.data.splits,
+        config.seed,
+        config.data.training_unit,
+        config.data.eval_document_max_examples,
+        training_filter,
     )
     splits = outcome.splits
+    if training_filter is not None and not (splits["cold_start"] or splits["rl"]):
+        raise DataError(f"data.filter drops every training example ({outcome.filtered}); loosen its bounds")
+    cleaning = {**cleaning, **dict.fromkeys(FILTER_RULES, 0), **outcome.filtered}
     split_info: dict[str, Any] = {}
     blobs = {name: _jsonl_bytes(splits[name]) for name in SPLIT_NAMES}
     for name in SPLIT_NAMES:
