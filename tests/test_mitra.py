@@ -490,3 +490,18 @@ def test_the_filter_cleans_training_splits_and_leaves_test_and_dev_alone() -> No
     training = outcome.splits["cold_start"] + outcome.splits["rl"]
     assert len(outcome.splits["cold_start"]) == 20 and not any(ex.id.endswith(":0") for ex in training)
     assert outcome.filtered["length_ratio_above"] == 9  # one per training document (12 - 3 held out)
+
+
+def test_a_filter_that_leaves_too_few_training_rows_is_named_in_the_error() -> None:
+    rows = [Example(f"d{d}:{k}", "ཀ་" * 40 + f"{d}{k}།", f"文{d}{k}", f"doc{d}") for d in range(6) for k in range(3)]
+    config = parse_config(
+        {
+            "task": {"kind": "translation", "source_lang": "bo", "target_lang": "zh"},
+            "data": {"sources": [{"kind": "local", "path": "x.jsonl"}], "filter": {"max_length_ratio": 20.0}},
+        }
+    )
+    keep = functools.partial(data.filter_alignment, config)
+    with pytest.raises(DataError, match=r"only 0 remain .*15 training rows dropped by data\.filter"):
+        assign_splits(rows, SplitSizes(test=3, dev=0, cold_start=3, rl=0), 0, "document", None, keep)
+    # no training asked for: the filter's drops are no error
+    assert assign_splits(rows, SplitSizes(test=3, dev=0, cold_start=0, rl=0), 0, "document", None, keep).filtered

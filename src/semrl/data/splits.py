@@ -428,12 +428,14 @@ def assign_splits(
                 continue
             if not pool:
                 pool.extend(reversed(passed_over))
-                remaining = total - leakage["rows_removed"] - sum(size(taken[n]) for n in done)
+                dropped = leakage["rows_removed"] + sum(filtered.values())
+                remaining = total - dropped - sum(size(taken[n]) for n in done)
                 raise DataError(
                     f"data.splits.{name} asks for {target} examples, but only {remaining} "
                     f"remain after {', '.join(f'{n} ({size(taken[n])})' for n in done) or 'nothing'} "
                     f"out of {total} examples in {len(docs)} documents (splits take whole documents"
                     f"{'' if not leakage['rows_removed'] else '; ' + str(leakage['rows_removed']) + ' training rows repeat a test/dev sentence'}"
+                    f"{'' if not filtered else '; ' + str(sum(filtered.values())) + ' training rows dropped by data.filter'}"
                     f"{'' if not passed_over else f'; {len(passed_over)} documents are over data.eval_document_max_examples={max_doc}'}). "
                     f"Lower data.splits.{name} or another split{', raise data.eval_document_max_examples' if passed_over else ''}, or add data."
                 )
@@ -597,8 +599,6 @@ def prepare_data(config: ExperimentConfig, out_dir: Path) -> dict[str, list[Exam
         training_filter,
     )
     splits = outcome.splits
-    if training_filter is not None and not (splits["cold_start"] or splits["rl"]):
-        raise DataError(f"data.filter drops every training example ({outcome.filtered}); loosen its bounds")
     cleaning = {**cleaning, **dict.fromkeys(FILTER_RULES, 0), **outcome.filtered}
     split_info: dict[str, Any] = {}
     blobs = {name: _jsonl_bytes(splits[name]) for name in SPLIT_NAMES}
