@@ -10,7 +10,7 @@ import torch
 
 from semrl import models
 from semrl.config.model import LoraConfig, ModelConfig
-from semrl.train.cpu import lora_in_weight_dtype
+from semrl.train.cpu import lora_in_weight_dtype, merged_lora_for_generation
 
 TEXTS = ["ཀ་ཁ་ག་ང་ཅ་ཆ", "我们明天早上坐火车去北京。"]
 
@@ -84,3 +84,41 @@ def test_lora_in_weight_dtype_leaves_float32_models_alone(cache: None) -> None:
     with lora_in_weight_dtype(model):
         inside, _ = _loss_and_grads(model, batch)
     assert inside == before
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_merged_lora_for_generation_samples_what_the_adapters_sample(cache: None, dtype: str) -> None:
+    model, batch = _lora_policy(dtype)
+    model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    adapter_calls: list[int] = []
+    first_a = next(m for n, m in model.named_modules() if n.endswith("lora_A.default"))
+    first_a.register_forward_hook(lambda *_: adapter_calls.append(1))
+
+    def greedy() -> torch.Tensor:
+        return model.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=0)
+
+    with torch.no_grad():
+        slow_logits, slow_tokens = model(**inputs).logits.float(), greedy()
+        calls_unmerged = len(adapter_calls)
+        with merged_lora_for_generation(model):
+            fast_logits, fast_tokens = model(**inputs).logits.float(), greedy()
+        assert len(adapter_calls) == calls_unmerged  # the adapter path did not run: the merged weights did
+        again_logits = model(**inputs).logits.float()
+
+    tolerance = {"float32": 1e-4, "bfloat16": 0.1}[dtype]  # bfloat16: W + BA rounded once, 8-bit mantissa
+    assert torch.allclose(fast_logits, slow_logits, atol=tolerance, rtol=tolerance)
+    assert torch.equal(fast_tokens, slow_tokens)
+    # On exit the model is the one it was, bit for bit: no merge/unmerge rounding left in the base.
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+    assert torch.equal(again_logits, slow_logits)
+
+
+def test_merged_lora_for_generation_leaves_models_without_lora_alone(cache: None) -> None:
+    model, _ = models.load_policy(ModelConfig(name="tiny", dtype="float32"))
+    storage = {n: p.data_ptr() for n, p in model.named_parameters()}
+    with merged_lora_for_generation(model):
+        assert {n: p.data_ptr() for n, p in model.named_parameters()} == storage

@@ -484,3 +484,30 @@ def test_bfloat16_training_keeps_adapters_float32_and_records_the_dtype(tiny_cac
     hardware = result.extra["hardware"]
     assert hardware["dtype"] == "bfloat16" and hardware["dtype_reason"] == "model.dtype: bfloat16"
     assert hardware["cpu"] and hardware["cores"] >= 1
+
+
+def test_grpo_samples_from_merged_adapters_with_the_same_numbers(
+    cold_start: StageResult, splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # merged_generation is a speed change only: the same seed gives the same completions, rewards
+    # and losses as PEFT's unmerged adapters (float32 tiny model), and the merged path really ran.
+    import semrl.train.grpo as grpo_module
+
+    entered: list[bool] = []
+    merged = grpo_module.merged_lora_for_generation
+
+    def spy(model: Any) -> Any:
+        entered.append(True)
+        return merged(model)
+
+    monkeypatch.setattr(grpo_module, "merged_lora_for_generation", spy)
+    logs = {}
+    for flag in (False, True):
+        before = len(entered)
+        train_stage(
+            "grpo", make_config(merged_generation=flag), splits, tmp_path / str(flag), init_model=cold_start.model_dir
+        )
+        assert (len(entered) > before) == flag
+        logs[flag] = loss_rows(tmp_path / str(flag) / "log.jsonl")
+    assert [r["reward"] for r in logs[True]] == [r["reward"] for r in logs[False]]
+    assert [r["loss"] for r in logs[True]] == pytest.approx([r["loss"] for r in logs[False]], abs=1e-5)

@@ -224,6 +224,12 @@ class GRPOStageConfig(StageCommon):
         "group", description="How TRL scales the advantages: by the group's reward std, the batch's, or not."
     )
     max_completion_length: int = Field(128, ge=1, description="Generated tokens (not published).")
+    merged_generation: bool = Field(
+        True,
+        description="Without vLLM: sample from the LoRA adapters merged into a copy of the weights, rebuilt "
+        "each step (about 2x faster decoding; no LoRA dropout while sampling, as with vLLM). False: PEFT's "
+        "unmerged adapter path.",
+    )
     use_vllm: bool = Field(
         False,
         description="Generate with vLLM (GPU only; install semrl[gpu]). With LoRA, TRL merges the adapter, "
@@ -248,6 +254,7 @@ class GRPOStageConfig(StageCommon):
         "from_",
         "splits",
         "trl",
+        "merged_generation",
         "vllm_gpu_memory_utilization",
         "vllm_enable_sleep_mode",
         "vllm_max_model_length",

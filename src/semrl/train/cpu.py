@@ -1,4 +1,5 @@
-"""CPU speed-ups for TRL training that leave losses and gradients unchanged."""
+"""Speed-ups for TRL training on CPU (and for transformers generation anywhere) that leave losses,
+gradients and sampled distributions unchanged within the weights' dtype."""
 
 from __future__ import annotations
 
@@ -115,3 +116,65 @@ def lora_in_weight_dtype(model: torch.nn.Module) -> Iterator[None]:
             del linear.forward
         for layer, enabled in uncast:
             layer.cast_input_dtype_enabled = enabled
+
+
+def _lora_layers_to_merge(model: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """The LoRA layers of `model` when all of them can be merged by weight arithmetic, else None."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return None
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        base = layer.get_base_layer()
+        plain = type(base) is torch.nn.Linear and base.weight.dtype.is_floating_point
+        variant = any(
+            getattr(layer, flag, {}).get(a) for flag in ("use_dora", "lora_bias") for a in layer.active_adapters
+        )
+        if not plain or variant or layer.merged or layer.disable_adapters:
+            return None  # DoRA, LoRA bias, quantised or already-merged layers: PEFT's own forward
+    return layers or None
+
+
+@contextlib.contextmanager
+def merged_lora_for_generation(model: torch.nn.Module) -> Iterator[None]:
+    """Within this block, a LoRA model generates from merged weights W + scale·BA, rebuilt on entry.
+
+    PEFT's unmerged forward runs two extra small matmuls per adapted layer and token, plus the casts
+    between the float32 adapters and a bfloat16 base; a decode step is bound by those per-layer calls,
+    so sampling from unmerged adapters costs about twice as long as from the merged weights (Gemma 3
+    270M, LoRA r64, bfloat16, 2 CPU cores: 107-111 s vs 55-61 s for 16 x 40 tokens). Here each adapted
+    layer's weight is swapped for a fresh merged tensor (summed in float32, rounded once to the
+    weight's dtype) and the adapter path is switched off; on exit the original weight tensors are put
+    back untouched, so unlike `merge_adapter()`/`unmerge_adapter()` no rounding accumulates in the
+    frozen base over training steps. Sampling sees no LoRA dropout, as with TRL's vLLM path (which
+    syncs merged weights). Only for no-grad forwards: a backward inside the block would not reach the
+    adapters. Models without LoRA, or with DoRA/quantised/already-merged layers, are left alone.
+    Memory: one merged copy of the adapted weights while the block lasts.
+    """
+    layers = _lora_layers_to_merge(model)
+    if layers is None:
+        yield
+        return
+    originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    # enable_adapters toggles requires_grad on the adapters; what it was is put back as it was.
+    trainable = [(p, p.requires_grad) for layer in layers for p in layer.parameters()]
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                weight = layer.get_base_layer().weight
+                merged = weight.data.to(torch.float32, copy=True)
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A:
+                        merged += layer.get_delta_weight(adapter).float()
+                originals.append((weight, weight.data))
+                weight.data = merged.to(weight.dtype)
+                layer.enable_adapters(False)
+        yield
+    finally:
+        for weight, data in originals:
+            weight.data = data
+        for layer in layers[: len(originals)]:
+            layer.enable_adapters(True)
+        for param, requires_grad in trainable:
+            param.requires_grad_(requires_grad)

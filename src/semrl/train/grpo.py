@@ -26,6 +26,7 @@ from semrl.models import peft_config
 from semrl.rewards.registry import build_reward_functions
 from semrl.train.callbacks import TimedReward, completion_monitors, frac_groups_equal
 from semrl.train.common import build_trl_config, common_args
+from semrl.train.cpu import merged_lora_for_generation
 from semrl.train.stages import stage_rewards
 
 if TYPE_CHECKING:
@@ -57,13 +58,14 @@ def _monitored_grpo_trainer_class() -> type:
         version lacks these methods.
         """
 
-        def __init__(self, *args: Any, target_lang: str, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, target_lang: str, merged_generation: bool = True, **kwargs: Any) -> None:
             self.target_lang = target_lang
+            self.merged_generation = merged_generation
             super().__init__(*args, **kwargs)
 
         @classmethod
         def _check_hooks(cls) -> None:
-            for name in ("_calculate_rewards", "_log_metric"):
+            for name in ("_calculate_rewards", "_log_metric", "_generate_single_turn"):
                 if not hasattr(GRPOTrainer, name):
                     import trl
 
@@ -71,6 +73,14 @@ def _monitored_grpo_trainer_class() -> type:
                         f"semrl's GRPO monitors need GRPOTrainer.{name}, which trl {trl.__version__} lacks; "
                         "install a trl version that semrl supports (see pyproject.toml)"
                     )
+
+        def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
+            # vLLM syncs its own merged copy; sharded (ZeRO-3/FSDP) weights are not whole tensors here.
+            sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled
+            if not self.merged_generation or self.use_vllm or sharded:
+                return super()._generate_single_turn(*args, **kwargs)
+            with merged_lora_for_generation(self.model):
+                return super()._generate_single_turn(*args, **kwargs)
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
             start = time.perf_counter()
@@ -268,4 +278,5 @@ def build_grpo_trainer(
         peft_config=peft_config(config.model.lora, model),
         callbacks=callbacks,
         target_lang=config.task.target_lang,
+        merged_generation=config.stages.section(stage).merged_generation,
     )
