@@ -7,7 +7,9 @@ in the machine's load hits both alike; the load average is recorded. Arms:
   path (A) and with `semrl.train.lora_in_weight_dtype` (B);
 - ``attention``: the same SFT step (with `lora_in_weight_dtype`) with SDPA (A) and eager attention (B);
 - ``generation``: GRPO-shaped sampling (prompts x G, at most max_completion_length new tokens) of
-  the LoRA-wrapped policy, with PEFT's float32 adapter path (A) and `lora_in_weight_dtype` (B).
+  the LoRA-wrapped policy, with PEFT's float32 adapter path (A) and `lora_in_weight_dtype` (B);
+- ``merged_generation``: the same sampling with PEFT's adapter path (A) and from merged weights,
+  rebuilt for each call as GRPO rebuilds them each step (`semrl.train.merged_lora_for_generation`, B).
 
     SEMRL_DATA_DIR=../shared/data python benchmarks/step_ab.py --compare lora_dtype [--repeats 3]
         [--out benchmarks/results/step_ab_lora_dtype.json]
@@ -34,7 +36,7 @@ from semrl.core.provenance import machine, package_versions
 from semrl.data.prompts import prompt_text
 from semrl.data.splits import load_examples, split_examples
 from semrl.models import load_policy
-from semrl.train.cpu import compact_lm_head_on_cpu, lora_in_weight_dtype
+from semrl.train.cpu import compact_lm_head_on_cpu, lora_in_weight_dtype, merged_lora_for_generation
 from semrl.train.sft import build_sft_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +89,7 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
                 attention(base, "eager"), lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))
             ),
         }, info
-    if compare == "generation":
+    if compare in ("generation", "merged_generation"):
         cfg = config.stages.grpo
         tokenizer = trainer.processing_class
         prompts = [prompt_text(e.source, config.task) for e in splits["rl"][: cfg.batch_size // cfg.num_generations]]
@@ -110,6 +112,12 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
             info["new_tokens"] = out.shape[1] - enc["input_ids"].shape[1]
             return time.perf_counter() - start
 
+        if compare == "merged_generation":
+            # B's time includes the merge: GRPO pays it once per step.
+            return {
+                "peft_adapters": generate,
+                "merged_adapters": lambda: _timed_in(merged_lora_for_generation, model, generate),
+            }, info
         return {
             "peft_float32_adapters": generate,
             "lora_in_weight_dtype": lambda: _in(lora_in_weight_dtype(model), generate),
@@ -122,10 +130,20 @@ def _in(context: Any, fn: Callable[[], float]) -> float:
         return fn()
 
 
+def _timed_in(context: Callable[[Any], Any], model: Any, fn: Callable[[], float]) -> float:
+    """The time of `fn` inside `context(model)`, entering and leaving it included."""
+    start = time.perf_counter()
+    with context(model):
+        fn()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
-    parser.add_argument("--compare", required=True, choices=["lora_dtype", "attention", "generation"])
+    parser.add_argument(
+        "--compare", required=True, choices=["lora_dtype", "attention", "generation", "merged_generation"]
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--data-dir", default=os.environ.get("SEMRL_DATA_DIR"))

@@ -22,7 +22,8 @@ Attention's own FLOPs (quadratic in length) are left out: at these lengths (< 25
 a few percent of the projections.
 
     SEMRL_DATA_DIR=../shared/data python benchmarks/step_time.py [--config configs/demo.yaml]
-        [--steps 4] [--dtypes float32,bfloat16] [--out benchmarks/results/step_time.json]
+        [--steps 4] [--dtypes float32,bfloat16] [--set stages.grpo.merged_generation=false]
+        [--out benchmarks/results/step_time.json]
 """
 
 from __future__ import annotations
@@ -122,9 +123,16 @@ def median_after_first(values: list[float]) -> float | None:
     return round(statistics.median(values[1:]), 3) if len(values) > 1 else None
 
 
-def measure(config_path: Path, dtype: str, steps: int, data_dir: str | None) -> tuple[dict[str, Any], Any, dict]:
-    """Step times in one dtype, with the config and splits they ran on."""
-    overrides = [f"model.dtype={dtype}", f"stages.cold_start.max_steps={steps}", f"stages.grpo.max_steps={steps}"]
+def measure(
+    config_path: Path, dtype: str, steps: int, data_dir: str | None, extra: list[str]
+) -> tuple[dict[str, Any], Any, dict]:
+    """Step times in one dtype, with the config and splits they ran on (`extra`: more overrides)."""
+    overrides = [
+        *extra,
+        f"model.dtype={dtype}",
+        f"stages.cold_start.max_steps={steps}",
+        f"stages.grpo.max_steps={steps}",
+    ]
     overrides += [f"stages.{s}.save_steps={steps + 1}" for s in ("cold_start", "grpo")]
     overrides += ["stages.cold_start.warmup_ratio=0.0", "stages.grpo.warmup_ratio=0.0"]
     config = load_config(config_path, overrides=overrides)
@@ -165,9 +173,10 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_time.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     args = parser.parse_args()
 
-    runs = [measure(args.config, dtype, args.steps, args.data_dir) for dtype in args.dtypes.split(",")]
+    runs = [measure(args.config, dtype, args.steps, args.data_dir, args.set) for dtype in args.dtypes.split(",")]
     results = [r for r, _, _ in runs]
     _, config, splits = runs[0]
     tokenizer = load_tokenizer(config.model)
@@ -233,6 +242,7 @@ def main() -> None:
             "machine": hw,
             "copy_bandwidth_gbs": round(bandwidth, 2),
             "setup": setup,
+            "overrides": args.set,
             "versions": package_versions(),
             "results": results,
         },
