@@ -576,6 +576,20 @@ def local_config(tmp_path: Path) -> ExperimentConfig:
     )
 
 
+def test_unused_counts_documents_no_split_touched_when_splits_share_documents(
+    tmp_path: Path, local_config: ExperimentConfig
+) -> None:
+    # Training rows drawn one by one: cold start and RL come from the same documents, and one
+    # document is left out of every split (an RL split of 3 rows).
+    local_config.data.training_unit = "example"
+    local_config.data.splits = SplitSizes(cold_start=6, rl=3, dev=3, test=3)
+    splits = data.prepare_data(local_config, tmp_path / "run")
+    manifest = json.loads((tmp_path / "run" / "splits" / "manifest.json").read_text(encoding="utf-8"))
+    touched = {ex.doc_id for rows in splits.values() for ex in rows}
+    assert manifest["unused"] == {"examples": 30 - 15, "documents": 10 - len(touched)}
+    assert manifest["unused"]["documents"] >= 1
+
+
 def test_prepare_and_load_splits_round_trip(tmp_path: Path, local_config: ExperimentConfig) -> None:
     out = tmp_path / "run"
     splits = data.prepare_data(local_config, out)

@@ -227,8 +227,8 @@ class GRPOStageConfig(StageCommon):
     merged_generation: bool = Field(
         True,
         description="Without vLLM: sample from the LoRA adapters merged into a copy of the weights, rebuilt "
-        "each step (about 2x faster decoding; no LoRA dropout while sampling, as with vLLM). False: PEFT's "
-        "unmerged adapter path.",
+        "each step (decoding 1.1x faster on 2 AMD EPYC cores; no LoRA dropout while sampling, as with vLLM). "
+        "False: PEFT's unmerged adapter path.",
     )
     use_vllm: bool = Field(
         False,

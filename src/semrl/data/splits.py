@@ -610,7 +610,8 @@ def prepare_data(config: ExperimentConfig, out_dir: Path) -> dict[str, list[Exam
             "sha256": sha256_bytes(blobs[name]),
         }
     used = sum(info["examples"] for info in split_info.values())
-    used_docs = sum(info["documents"] for info in split_info.values())
+    # With training_unit 'example' one document can feed several splits: count each once.
+    used_docs = len({ex.doc_id for name in SPLIT_NAMES for ex in splits[name]})
     all_docs = len({ex.doc_id for ex in examples})
     manifest = {
         "format": MANIFEST_VERSION,

@@ -141,9 +141,10 @@ def merged_lora_for_generation(model: torch.nn.Module) -> Iterator[None]:
     """Within this block, a LoRA model generates from merged weights W + scale·BA, rebuilt on entry.
 
     PEFT's unmerged forward runs two extra small matmuls per adapted layer and token, plus the casts
-    between the float32 adapters and a bfloat16 base; a decode step is bound by those per-layer calls,
-    so sampling from unmerged adapters costs about twice as long as from the merged weights (Gemma 3
-    270M, LoRA r64, bfloat16, 2 CPU cores: 107-111 s vs 55-61 s for 16 x 40 tokens). Here each adapted
+    between the float32 adapters and a bfloat16 base, and a CPU decode step is bound by such small
+    per-layer calls (Gemma 3 270M, LoRA r64, bfloat16, 16 x 40 sampled tokens, 2 cores: 9.4 s vs
+    8.6 s on an AMD EPYC, `benchmarks/results/step_ab_merged_generation.json`; 107-111 s vs 55-61 s
+    on a Xeon loaded by another job). Here each adapted
     layer's weight is swapped for a fresh merged tensor (summed in float32, rounded once to the
     weight's dtype) and the adapter path is switched off; on exit the original weight tensors are put
     back untouched, so unlike `merge_adapter()`/`unmerge_adapter()` no rounding accumulates in the
