@@ -285,6 +285,23 @@ def test_a_bad_prompt_template_fails_data_prepare(tmp_path: Path, capsys: pytest
     assert "task.prompt_template" in err and "{source:{source_lang.__class__}}" in err
 
 
+def test_a_first_run_refused_for_its_data_leaves_no_run_directory(
+    tmp_path: Path, fixture_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-file.jsonl"
+    prepare = _prepare(tmp_path, missing)
+    assert str(missing) in _refused(prepare, capsys)
+    assert not (tmp_path / "run").exists()
+    run = ["run", str(TINY), "--out", str(tmp_path / "run2"), "--data-dir", str(fixture_data_dir)]
+    run += prepare[prepare.index("--set") :]
+    assert str(missing) in _refused(run, capsys)
+    assert not (tmp_path / "run2").exists()
+    # a directory that was there before is left in place, empty or not
+    (tmp_path / "kept").mkdir()
+    _refused([*prepare[:4], str(tmp_path / "kept"), *prepare[5:]], capsys)
+    assert (tmp_path / "kept").is_dir()
+
+
 def test_a_plain_prompt_template_still_works() -> None:
     from semrl.config.data import TaskConfig
     from semrl.data.prompts import prompt_text

@@ -67,7 +67,7 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from semrl.core.io import read_manifest
-    from semrl.core.lock import directory_lock
+    from semrl.core.lock import locked_directory
     from semrl.data.extra import extra_test_line
     from semrl.data.splits import cleaning_lines, split_summary
     from semrl.pipeline.run import check_splits_current, prepare_run_data
@@ -75,10 +75,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     config = _load(args)
     out = Path(args.out or config.output_dir)
     layout = RunLayout(out)
-    layout.root.mkdir(parents=True, exist_ok=True)
     # As `semrl run` does: never under a running run, never over splits of another config (its
     # finished stages were trained on them); the same config's splits are reused as they are.
-    with directory_lock(layout.lock, f"run directory {layout.root}", log=_log):
+    with locked_directory(layout.root, layout.lock, f"run directory {layout.root}", log=_log):
         reused = check_splits_current(config, layout)
         splits = prepare_run_data(config, layout)
     verb = "already made from this data/task config, reused (nothing written):" if reused else "written to"
@@ -259,7 +258,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from semrl.core.dist import is_main_process, wait_for_everyone
     from semrl.core.io import read_manifest
     from semrl.core.layout import RunLayout
-    from semrl.core.lock import directory_lock
+    from semrl.core.lock import locked_directory
     from semrl.pipeline.run import check_finished_stage, prepare_run_data, remove_stage, run_stage_in_dir
     from semrl.train.stages import stage_specs
 
@@ -268,8 +267,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.stage not in specs:
         raise SemrlError(f"train {args.stage!r}: unknown stage; stages are {', '.join(specs)}")
     layout = RunLayout(Path(args.out or config.output_dir))
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with directory_lock(layout.lock, f"run directory {layout.root}", log=_log):
+    with locked_directory(layout.root, layout.lock, f"run directory {layout.root}", log=_log):
         # As `semrl run` does: a finished stage is kept when its config is the same, refused when
         # it changed (its model would be recorded under the new config), retrained with --force.
         finished = None if args.force else read_manifest(layout.stage(args.stage).manifest)

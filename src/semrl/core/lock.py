@@ -99,3 +99,26 @@ def directory_lock(lock_file: str | Path, what: str, log: Callable[[str], None] 
         _held.discard(path)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+@contextlib.contextmanager
+def locked_directory(
+    root: str | Path, lock_file: str | Path, what: str, log: Callable[[str], None] = print
+) -> Iterator[None]:
+    """Create `root` if it is missing and hold `lock_file` inside it for the duration of the block.
+
+    When the block fails and this call created `root`, an empty `root` is removed again, so that a
+    first run stopped by bad input (a missing data file, a bad key) leaves no empty folder behind;
+    a folder that holds anything (a stage's checkpoints, a prepared split) stays, to resume from.
+    """
+    root = Path(root)
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        with directory_lock(lock_file, what, log=log):
+            yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):  # not empty, or already gone: keep it as it is
+                root.rmdir()
+        raise

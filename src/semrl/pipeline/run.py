@@ -29,7 +29,7 @@ from semrl.core.dist import is_main_process, wait_for_everyone
 from semrl.core.errors import ConfigError
 from semrl.core.io import read_cache, read_manifest, write_json, write_text
 from semrl.core.layout import RunLayout, StageLayout
-from semrl.core.lock import directory_lock
+from semrl.core.lock import locked_directory
 from semrl.core.provenance import package_versions, peak_rss_mb
 from semrl.data.extra import prepare_extra_tests
 from semrl.data.splits import load_splits, prepare_data
@@ -230,8 +230,7 @@ def run_experiment(
         log: where progress lines go.
     """
     layout = RunLayout(Path(run_dir or config.output_dir))
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with directory_lock(layout.lock, f"run directory {layout.root}", log=log):
+    with locked_directory(layout.root, layout.lock, f"run directory {layout.root}", log=log):
         return _run_stages(config, layout, only, force, evaluate, log)
 
 
@@ -300,9 +299,9 @@ def _run_stages(
     needs_encoder = uses_trained_encoder(config)
     if not needs_encoder:
         encoder = preflight(config, pending)
-    if is_main_process():
-        write_text(layout.config, config.to_yaml())
     splits = prepare_run_data(config, layout)
+    if is_main_process():  # after the data: a run refused for its data leaves nothing behind
+        write_text(layout.config, config.to_yaml())
     summary = RunSummary(run_dir=layout.root)
     if needs_encoder:  # the reward's encoder is trained first, on this run's training documents
         result = train_run_encoder(config, layout, splits, log)
