@@ -54,8 +54,9 @@ def _monitored_grpo_trainer_class() -> type:
         It hooks `_calculate_rewards`, where TRL holds the completions, the dataset columns and the
         rewards gathered over all processes (whole groups), and logs through `_log_metric`, the
         same channel TRL's `log_metric` reward hook uses (averaged per logging step and across
-        processes). TRL is pinned below 1.17 in pyproject; `_check_hooks` fails loudly if a TRL
-        version lacks these methods.
+        processes). It also wraps `_generate_single_turn` in `merged_lora_for_generation` (unless
+        `merged_generation` is off, vLLM generates, or the weights are sharded). TRL is pinned below
+        1.17 in pyproject; `_check_hooks` fails loudly if a TRL version lacks these methods.
         """
 
         def __init__(self, *args: Any, target_lang: str, merged_generation: bool = True, **kwargs: Any) -> None:
