@@ -116,7 +116,7 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
             # B's time includes the merge: GRPO pays it once per step.
             return {
                 "peft_adapters": generate,
-                "merged_adapters": lambda: _timed_in(merged_lora_for_generation, model, generate),
+                "merged_adapters": lambda: _timed_in(merged_lora_for_generation(model), generate),
             }, info
         return {
             "peft_float32_adapters": generate,
@@ -130,10 +130,10 @@ def _in(context: Any, fn: Callable[[], float]) -> float:
         return fn()
 
 
-def _timed_in(context: Callable[[Any], Any], model: Any, fn: Callable[[], float]) -> float:
-    """The time of `fn` inside `context(model)`, entering and leaving it included."""
+def _timed_in(context: Any, fn: Callable[[], float]) -> float:
+    """As `_in`, but the time includes entering and leaving `context`."""
     start = time.perf_counter()
-    with context(model):
+    with context:
         fn()
     return time.perf_counter() - start
 

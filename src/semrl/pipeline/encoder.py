@@ -12,7 +12,7 @@ from pathlib import Path
 
 from semrl.config.experiment import ExperimentConfig
 from semrl.core.layout import RunLayout
-from semrl.core.lock import directory_lock
+from semrl.core.lock import locked_directory
 from semrl.pipeline.run import prepare_run_data
 from semrl.train.encoder import EncoderResult, require_encoder_section, train_encoder_stage
 
@@ -27,7 +27,6 @@ def train_encoder(
     Skips a finished encoder trained with the same config; `force` retrains it."""
     require_encoder_section(config)
     layout = RunLayout(Path(out_dir or config.output_dir))
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with directory_lock(layout.lock, f"run directory {layout.root}", log=log):
+    with locked_directory(layout.root, layout.lock, f"run directory {layout.root}", log=log):
         splits = prepare_run_data(config, layout)  # refuses splits made from another data config
         return train_encoder_stage(config, splits, layout.root, force=force, log=log)

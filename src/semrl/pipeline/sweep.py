@@ -52,7 +52,7 @@ from semrl.core.dist import is_main_process, wait_for_everyone
 from semrl.core.errors import ConfigError
 from semrl.core.io import json_text, write_text, write_texts
 from semrl.core.layout import ComparisonLayout, RunLayout
-from semrl.core.lock import directory_lock
+from semrl.core.lock import locked_directory
 from semrl.pipeline.evaluate import evaluate_run
 from semrl.pipeline.preflight import preflight, uses_trained_encoder
 from semrl.pipeline.run import RunSummary, check_run, prepare_run_data, run_experiment, train_run_encoder
@@ -182,8 +182,7 @@ def run_sweep(
     chosen = _checked_variants(config, variants)
     out = Path(out_dir or f"{config.output_dir}-sweep")
     layout = ComparisonLayout(out, "sweep")
-    out.mkdir(parents=True, exist_ok=True)
-    with directory_lock(layout.lock, f"sweep directory {out}", log=log):
+    with locked_directory(out, layout.lock, f"sweep directory {out}", log=log):
         return _sweep(config, chosen, layout, log)
 
 
@@ -202,8 +201,7 @@ def _sweep(
     pending = {preset: check_run(cfg, layout.variant(preset)) for preset, cfg in configs.items()}
     trained_dir = None
     if uses_trained_encoder(config):  # one encoder for every run, trained first, in shared/
-        shared.root.mkdir(parents=True, exist_ok=True)
-        with directory_lock(shared.lock, f"run directory {shared.root}", log=log):
+        with locked_directory(shared.root, shared.lock, f"run directory {shared.root}", log=log):
             train_run_encoder(shared_cfg, shared, prepare_run_data(shared_cfg, shared), log)
         trained_dir = shared.encoder.model
     encoder = None

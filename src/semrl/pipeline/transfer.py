@@ -40,7 +40,7 @@ from semrl.core.dist import is_main_process
 from semrl.core.errors import ConfigError, DataError
 from semrl.core.io import json_text, read_manifest, write_json, write_text, write_texts
 from semrl.core.layout import ComparisonLayout, RunLayout
-from semrl.core.lock import directory_lock
+from semrl.core.lock import locked_directory
 from semrl.core.provenance import digest
 from semrl.data.splits import load_splits
 from semrl.encoders import build_encoder, probe_language
@@ -143,8 +143,7 @@ def run_transfer(
     """
     source, sources = _source_manifests(config)
     paths = RunLayout(Path(out_dir or config.output_dir))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with directory_lock(paths.lock, f"transfer directory {paths.root}", log=log):
+    with locked_directory(paths.root, paths.lock, f"transfer directory {paths.root}", log=log):
         return _transfer(config, source, sources, paths, log)
 
 

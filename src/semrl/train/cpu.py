@@ -144,14 +144,14 @@ def merged_lora_for_generation(model: torch.nn.Module) -> Iterator[None]:
     between the float32 adapters and a bfloat16 base, and a CPU decode step is bound by such small
     per-layer calls (Gemma 3 270M, LoRA r64, bfloat16, 16 x 40 sampled tokens, 2 cores: 9.4 s vs
     8.6 s on an AMD EPYC, `benchmarks/results/step_ab_merged_generation.json`; 107-111 s vs 55-61 s
-    on a Xeon loaded by another job). Here each adapted
-    layer's weight is swapped for a fresh merged tensor (summed in float32, rounded once to the
-    weight's dtype) and the adapter path is switched off; on exit the original weight tensors are put
-    back untouched, so unlike `merge_adapter()`/`unmerge_adapter()` no rounding accumulates in the
-    frozen base over training steps. Sampling sees no LoRA dropout, as with TRL's vLLM path (which
-    syncs merged weights). Only for no-grad forwards: a backward inside the block would not reach the
-    adapters. Models without LoRA, or with DoRA/quantised/already-merged layers, are left alone.
-    Memory: one merged copy of the adapted weights while the block lasts.
+    on a Xeon loaded by another job). Here each adapted layer's weight is swapped for a fresh merged
+    tensor (summed in float32, rounded once to the weight's dtype) and the adapter path is switched
+    off; on exit the original weight tensors are put back untouched, so unlike
+    `merge_adapter()`/`unmerge_adapter()` no rounding accumulates in the frozen base over training
+    steps. Sampling sees no LoRA dropout, as with TRL's vLLM path (which syncs merged weights). Only
+    for no-grad forwards: a backward inside the block would not reach the adapters. Models without
+    LoRA, or with DoRA, LoRA bias, quantised or already-merged layers, are left alone. Memory: one
+    merged copy of the adapted weights while the block lasts.
     """
     layers = _lora_layers_to_merge(model)
     if layers is None:
