@@ -9,7 +9,9 @@ in the machine's load hits both alike; the load average is recorded. Arms:
 - ``generation``: GRPO-shaped sampling (prompts x G, at most max_completion_length new tokens) of
   the LoRA-wrapped policy, with PEFT's float32 adapter path (A) and `lora_in_weight_dtype` (B);
 - ``merged_generation``: the same sampling with PEFT's adapter path (A) and from merged weights,
-  rebuilt for each call as GRPO rebuilds them each step (`semrl.train.merged_lora_for_generation`, B).
+  rebuilt for each call as GRPO rebuilds them each step (`semrl.train.merged_lora_for_generation`, B);
+- ``sampling``: the merged sampling with `torch.multinomial` drawing each token (A) and with
+  `semrl.generation.inverse_cdf_sampling_in_generate` (B).
 
     SEMRL_DATA_DIR=../shared/data python benchmarks/step_ab.py --compare lora_dtype [--repeats 3]
         [--out benchmarks/results/step_ab_lora_dtype.json]
@@ -35,6 +37,7 @@ from semrl.core.io import write_json
 from semrl.core.provenance import machine, package_versions
 from semrl.data.prompts import prompt_text
 from semrl.data.splits import load_examples, split_examples
+from semrl.generation import inverse_cdf_sampling_in_generate
 from semrl.models import load_policy
 from semrl.train.cpu import compact_lm_head_on_cpu, lora_in_weight_dtype, merged_lora_for_generation
 from semrl.train.sft import build_sft_trainer
@@ -89,7 +92,7 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
                 attention(base, "eager"), lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))
             ),
         }, info
-    if compare in ("generation", "merged_generation"):
+    if compare in ("generation", "merged_generation", "sampling"):
         cfg = config.stages.grpo
         tokenizer = trainer.processing_class
         prompts = [prompt_text(e.source, config.task) for e in splits["rl"][: cfg.batch_size // cfg.num_generations]]
@@ -112,6 +115,13 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
             info["new_tokens"] = out.shape[1] - enc["input_ids"].shape[1]
             return time.perf_counter() - start
 
+        if compare == "sampling":
+            return {
+                "torch_multinomial": lambda: _in(merged_lora_for_generation(model), generate),
+                "inverse_cdf": lambda: _in(
+                    merged_lora_for_generation(model), lambda: _in(inverse_cdf_sampling_in_generate(), generate)
+                ),
+            }, info
         if compare == "merged_generation":
             # B's time includes the merge: GRPO pays it once per step.
             return {
@@ -142,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
     parser.add_argument(
-        "--compare", required=True, choices=["lora_dtype", "attention", "generation", "merged_generation"]
+        "--compare", required=True, choices=["lora_dtype", "attention", "generation", "merged_generation", "sampling"]
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")

@@ -33,3 +33,38 @@ def test_freed_tensor_memory_goes_back_to_the_os() -> None:
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True).stdout
     freed, released = (float(x) for x in out.split())
     assert freed - released > 300, (freed, released)  # of the 396 MiB freed, most leaves the process
+
+
+REUSE_CHILD = r"""
+import resource
+import torch
+from semrl.core.memory import freed_memory_kept_for_reuse
+
+def faults_per_allocation():
+    # Blocks above glibc's largest mmap threshold (32 MiB), as a 262k-vocabulary model's logits
+    # tiles and a batch's activations are: each is mapped on malloc and unmapped on free.
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        tensors = [torch.empty(48 * 2**20, dtype=torch.uint8).fill_(1) for _ in range(2)]
+        del tensors
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 40
+
+faults_per_allocation()
+default = faults_per_allocation()
+with freed_memory_kept_for_reuse() as kept:
+    faults_per_allocation()  # the first rounds grow the heap
+    inside = faults_per_allocation()
+print(kept, default, inside)
+"""
+
+
+@pytest.mark.skipif(not returns_memory_to_os(), reason="glibc on Linux only")
+def test_freed_memory_is_reused_inside_the_block_without_page_faults() -> None:
+    import resource
+
+    out = subprocess.run([sys.executable, "-c", REUSE_CHILD], capture_output=True, text=True, check=True).stdout
+    kept, default, inside = out.split()
+    pages = 48 * 2**20 / resource.getpagesize()
+    assert kept == "True"
+    assert float(default) > pages / 2  # glibc's default: every 48 MiB block is faulted in afresh
+    assert float(inside) < pages / 100  # inside the block the freed memory is handed out again

@@ -10,6 +10,7 @@ import torch
 
 from semrl import models
 from semrl.config.model import LoraConfig, ModelConfig
+from semrl.generation import inverse_cdf_multinomial, inverse_cdf_sampling_in_generate
 from semrl.train.cpu import lora_in_weight_dtype, merged_lora_for_generation
 
 TEXTS = ["ཀ་ཁ་ག་ང་ཅ་ཆ", "我们明天早上坐火车去北京。"]
@@ -122,3 +123,68 @@ def test_merged_lora_for_generation_leaves_models_without_lora_alone(cache: None
     storage = {n: p.data_ptr() for n, p in model.named_parameters()}
     with merged_lora_for_generation(model):
         assert {n: p.data_ptr() for n, p in model.named_parameters()} == storage
+
+
+def _chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """p-value of drawing `counts` from `probs` (entries expected fewer than 5 times pooled into one cell)."""
+    from scipy.stats import chisquare
+
+    expected = probs.double() / probs.double().sum() * counts.sum()
+    small = expected < 5
+    observed = torch.cat([counts[~small], counts[small].sum().view(1)]).double()
+    expected = torch.cat([expected[~small], expected[small].sum().view(1)])
+    keep = expected > 0
+    return float(chisquare(observed[keep].numpy(), expected[keep].numpy()).pvalue)
+
+
+def test_inverse_cdf_multinomial_draws_each_entry_with_its_probability() -> None:
+    # 1,300 entries (not a multiple of the 512-entry blocks), every 7th impossible, one rare entry
+    # (1e-4) and one block holding most of the mass: the shapes a sampler gets wrong by one.
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand(1300, generator=generator)
+    probs[::7] = 0.0
+    probs[5] = 1e-4 * probs.sum()
+    probs[600:700] *= 40
+    probs /= probs.sum()
+    draws = torch.cat([inverse_cdf_multinomial(probs.expand(5000, -1), generator) for _ in range(80)])
+    assert draws.shape == (5000 * 80, 1) and draws.dtype == torch.int64
+    counts = torch.bincount(draws.flatten(), minlength=1300)
+    assert counts.numel() == 1300  # no index past the vocabulary
+    assert counts[::7].sum() == 0  # impossible entries never drawn
+    assert _chi_square_p(counts, probs) > 1e-3
+
+
+def test_sampled_generation_draws_from_the_models_next_token_distribution(cache: None) -> None:
+    import transformers.generation.utils as generation_utils
+
+    model, tok = models.load_policy(ModelConfig(name="tiny", dtype="float32"))
+    model.eval()
+    prompt = tok([TEXTS[1]], return_tensors="pt")
+    rows = 4000
+    inputs = {k: v.expand(rows, -1) for k, v in prompt.items()}
+    with torch.no_grad():
+        probs = torch.softmax(model(**prompt).logits[0, -1].float() / 0.7, -1)
+        torch.manual_seed(0)
+        drawn_by = []
+        real = inverse_cdf_multinomial
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("semrl.generation.inverse_cdf_multinomial", lambda *a: drawn_by.append(1) or real(*a))
+            with inverse_cdf_sampling_in_generate():
+                out = model.generate(
+                    **inputs, max_new_tokens=1, do_sample=True, temperature=0.7, top_k=0, pad_token_id=0
+                )
+    assert generation_utils.torch is torch  # the block leaves transformers as it found it
+    assert drawn_by  # the inverse-CDF sampler drew the tokens
+    counts = torch.bincount(out[:, -1], minlength=probs.numel())
+    assert _chi_square_p(counts, probs) > 1e-3
+
+
+def test_sampling_in_generate_leaves_invalid_rows_to_torch_multinomial() -> None:
+    import transformers.generation.utils as generation_utils
+
+    with inverse_cdf_sampling_in_generate():
+        sampler = generation_utils.torch
+        for bad in ([[0.0, 0.0]], [[1.0, -1.0]], [[float("nan"), 1.0]]):
+            with pytest.raises(RuntimeError):
+                sampler.multinomial(torch.tensor(bad), num_samples=1)
+        assert sampler.multinomial(torch.tensor([[0.0, 1.0]]), num_samples=2, replacement=True).tolist() == [[1, 1]]

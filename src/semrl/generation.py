@@ -1,8 +1,11 @@
-"""Batched generation for evaluation and for GRPO's tau calibration: one completion per prompt, decoded without the prompt."""
+"""Batched generation for evaluation and for GRPO's tau calibration: one completion per prompt, decoded
+without the prompt; and a cheaper CPU sampler for transformers' `generate`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import types
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -66,7 +69,8 @@ def generate_completions(
             )
             enc = {k: v.to(model.device) for k, v in enc.items()}
             one_line = not any(chat[i] for i in rows)
-            new_tokens = _generate_rows(model, tokenizer, enc, generation, one_line, compact_batches)
+            with inverse_cdf_sampling_in_generate():  # sampled rows only: greedy decoding draws nothing
+                new_tokens = _generate_rows(model, tokenizer, enc, generation, one_line, compact_batches)
             for i, tokens in zip(rows, new_tokens):
                 text = tokenizer.decode(tokens, skip_special_tokens=True)
                 texts[i] = clean_completion(text, one_line=not chat[i])
@@ -162,3 +166,91 @@ def clean_completion(text: str, one_line: bool = True) -> str:
     if one_line:
         text = next((line.strip() for line in text.splitlines() if line.strip()), "")
     return text
+
+
+_SAMPLING_BLOCK = 512  # vocabulary positions per block of the two-level inverse CDF below
+
+
+def _below(bound: torch.Tensor) -> torch.Tensor:
+    """The largest float64 strictly below `bound` (u = rand * total can round up to total)."""
+    return torch.nextafter(bound, torch.zeros_like(bound))
+
+
+def inverse_cdf_multinomial(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of `probs` ([batch, vocab], non-negative, finite, each row summing above 0),
+    drawn with probability proportional to its entry: a [batch, 1] int64 tensor, as
+    `torch.multinomial(probs, 1)` returns.
+
+    `torch.multinomial` on CPU draws one exponential variate per vocabulary entry (Gemma 3: 262k per
+    row and decode step: 85 ms for 16 rows on 2 cores, 40% of GRPO's generation); inverse-CDF
+    sampling needs one uniform per row. The CDF is two-level so that a 262k-long float32 running
+    sum does not blur small probabilities: a float64 running sum of 512-entry block masses picks a
+    block, a float64 running sum inside it picks the entry (1 ms for the same 16 rows). Entries of probability 0 are
+    never drawn (a strict search over a CDF that does not rise at them). Same distribution, another
+    random stream: a seed samples other tokens than `torch.multinomial` would.
+    """
+    batch, vocab = probs.shape
+    pad = (-vocab) % _SAMPLING_BLOCK
+    blocks = (torch.nn.functional.pad(probs, (0, pad)) if pad else probs).view(batch, -1, _SAMPLING_BLOCK)
+    # A 512-entry float32 sum is exact to ~1e-7 of its block's mass (a float64 sum is 80x slower here).
+    block_cdf = blocks.sum(-1).to(torch.float64).cumsum(-1)
+    u = torch.rand(batch, 1, dtype=torch.float64, device=probs.device, generator=generator) * block_cdf[:, -1:]
+    u = torch.minimum(u, _below(block_cdf[:, -1:]))
+    block = torch.searchsorted(block_cdf, u, right=True)  # the first block whose CDF rises above u
+    mass_before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp_min(0)), 0.0)
+    inner_cdf = blocks[torch.arange(batch, device=probs.device), block.squeeze(1)].to(torch.float64).cumsum(-1)
+    # The block's own sum may differ from its running sum in the last bits: stay below its total.
+    rest = torch.minimum(u - mass_before, _below(inner_cdf[:, -1:]))
+    entry = torch.searchsorted(inner_cdf, rest, right=True)
+    return block * _SAMPLING_BLOCK + entry
+
+
+def _multinomial_for_generation(input: torch.Tensor, num_samples: int, *args: Any, **kwargs: Any) -> torch.Tensor:
+    replacement = kwargs.get("replacement", args[0] if args else False)
+    generator = kwargs.get("generator")
+    simple = not kwargs.keys() - {"replacement", "generator"} and len(args) <= 1
+    usable = (
+        simple
+        and num_samples == 1
+        and input.dim() == 2
+        and input.device.type == "cpu"
+        and input.dtype.is_floating_point
+        and input.shape[1] > 0
+    )
+    if usable:
+        lowest, highest = torch.aminmax(input)  # one pass (a NaN makes `highest` NaN)
+        # Negative, non-finite or all-zero rows go to torch.multinomial, which raises as it did.
+        if lowest >= 0 and torch.isfinite(highest) and bool((input.sum(-1) > 0).all()):
+            del replacement  # one draw per row: with or without replacement is the same
+            return inverse_cdf_multinomial(input, generator)
+    return torch.multinomial(input, num_samples, *args, **kwargs)
+
+
+class _TorchWithInverseCdfMultinomial(types.ModuleType):
+    """`torch` as transformers' generation module sees it inside `inverse_cdf_sampling_in_generate`."""
+
+    multinomial = staticmethod(_multinomial_for_generation)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+@contextlib.contextmanager
+def inverse_cdf_sampling_in_generate() -> Iterator[None]:
+    """Within this block, transformers' `generate(do_sample=True)` draws tokens on CPU with
+    `inverse_cdf_multinomial` instead of `torch.multinomial` (same distribution, 40x cheaper per
+    decode step with a 262k vocabulary; see there). GPUs, several samples per row and invalid
+    rows keep `torch.multinomial`. Only `transformers.generation.utils` sees the change, and only
+    while the block lasts; without that module nothing changes.
+    """
+    try:
+        import transformers.generation.utils as generation_utils
+    except ImportError:
+        yield
+        return
+    seen = generation_utils.torch
+    generation_utils.torch = _TorchWithInverseCdfMultinomial("torch")
+    try:
+        yield
+    finally:
+        generation_utils.torch = seen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -21,7 +22,7 @@ from semrl.core.io import read_cache, write_json
 from semrl.core.layout import StageLayout
 from semrl.data.prompts import build_prompt, to_grpo_dataset
 from semrl.encoders import build_encoder, require_representation
-from semrl.generation import generate_completions
+from semrl.generation import generate_completions, inverse_cdf_sampling_in_generate
 from semrl.models import peft_config
 from semrl.rewards.registry import build_reward_functions
 from semrl.train.callbacks import TimedReward, completion_monitors, frac_groups_equal
@@ -55,7 +56,8 @@ def _monitored_grpo_trainer_class() -> type:
         rewards gathered over all processes (whole groups), and logs through `_log_metric`, the
         same channel TRL's `log_metric` reward hook uses (averaged per logging step and across
         processes). It also wraps `_generate_single_turn` in `merged_lora_for_generation` (unless
-        `merged_generation` is off, vLLM generates, or the weights are sharded). TRL is pinned below
+        `merged_generation` is off, vLLM generates, or the weights are sharded) and in
+        `inverse_cdf_sampling_in_generate` (CPU sampling without 262k exponentials per token). TRL is pinned below
         1.17 in pyproject; `_check_hooks` fails loudly if a TRL version lacks these methods.
         """
 
@@ -79,8 +81,10 @@ def _monitored_grpo_trainer_class() -> type:
             # vLLM syncs its own merged copy; sharded (ZeRO-3/FSDP) weights are not whole tensors here.
             sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled
             if not self.merged_generation or self.use_vllm or sharded:
-                return super()._generate_single_turn(*args, **kwargs)
-            with merged_lora_for_generation(self.model):
+                merged = contextlib.nullcontext()
+            else:
+                merged = merged_lora_for_generation(self.model)
+            with merged, inverse_cdf_sampling_in_generate():
                 return super()._generate_single_turn(*args, **kwargs)
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):

@@ -54,7 +54,7 @@ from semrl.core.dist import is_main_process, wait_for_everyone
 from semrl.core.errors import ConfigError, DataError
 from semrl.core.io import write_jsonl
 from semrl.core.layout import ADAPTER_BASE_FILE, TRAINER_STATE_FILE, StageLayout
-from semrl.core.memory import release_freed_memory
+from semrl.core.memory import freed_memory_kept_for_reuse, release_freed_memory
 from semrl.core.provenance import machine
 from semrl.train.callbacks import (
     JsonlLogCallback,
@@ -350,8 +350,8 @@ def train_stage(
         trainer.state.global_step = int(_checkpoint_state(resume_from)["global_step"])
         metrics: dict[str, Any] = {}
     else:
-        # Both change how the work is done, not what is computed (tests/test_speed_equivalence.py).
-        with compact_lm_head_on_cpu(), lora_in_weight_dtype(trainer.model):
+        # They change how the work is done, not what is computed (tests/test_speed_equivalence.py).
+        with compact_lm_head_on_cpu(), lora_in_weight_dtype(trainer.model), freed_memory_kept_for_reuse():
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         metrics = {k: json_safe(v) for k, v in output.metrics.items()}
 
