@@ -59,12 +59,13 @@ def freed_memory_kept_for_reuse() -> Iterator[bool]:
     PyTorch on CPU allocates every activation, gradient and logits tile with malloc, and frees it
     within the step. glibc serves large blocks with a fresh mmap and unmaps them on free, and trims
     its heap's top beyond a threshold, so the next step faults the same pages in again, each one
-    zeroed by the kernel. On a 2-core AMD EPYC the demo's bfloat16 SFT step spent as much time in the
-    kernel as in PyTorch (11 M page faults in 8 steps) and took 16.4 s; with mmap off and the trim
-    threshold at 2 GiB it took 8.6 s, at the same peak RSS (`benchmarks/results/step_time_epyc_malloc*.json`).
-    `train_stage` and the evaluation run inside this block; between stages `release_freed_memory`
-    still returns everything freed. On leaving, glibc's documented defaults are set again. Set
-    SEMRL_MALLOC=default to leave glibc alone.
+    zeroed by the kernel. On a 2-core AMD EPYC the demo's bfloat16 SFT step took 14.1-16.4 s with
+    glibc's defaults (13 M page faults per benchmark run) and 8.4-10.9 s with mmap off and the trim
+    threshold at 2 GiB, at the same peak RSS (docs/results/benchmarks.md, `step_time_epyc*.json`).
+    `train_stage` trains inside this block. The evaluation does not: there it saved about 95 s of
+    the demo's 690 but raised the peak by 1 GiB. Between stages `release_freed_memory` still returns
+    everything freed; on leaving, glibc's documented defaults are set again. Set SEMRL_MALLOC=default
+    to leave glibc alone.
     """
     libc = _libc()
     if libc is None or os.environ.get(MALLOC_ENV) == "default":

@@ -32,7 +32,7 @@ from semrl.config.experiment import ExperimentConfig
 from semrl.core.dist import is_main_process
 from semrl.core.io import read_cache, read_manifest, write_json
 from semrl.core.layout import RunLayout
-from semrl.core.memory import freed_memory_kept_for_reuse, release_freed_memory
+from semrl.core.memory import release_freed_memory
 from semrl.core.provenance import digest
 from semrl.data.extra import ExtraTest, prepare_extra_tests
 from semrl.data.general import general_texts
@@ -90,17 +90,6 @@ def evaluate_run(
 
     `encoder` is the reward encoder when the caller built it already (the runner builds it once).
     """
-    with freed_memory_kept_for_reuse():  # the evaluation's forwards reuse freed pages (see there)
-        return _evaluate_methods(config, run_dir, log, force, encoder)
-
-
-def _evaluate_methods(
-    config: ExperimentConfig,
-    run_dir: str | Path,
-    log: Callable[[str], None],
-    force: bool,
-    encoder: Encoder | None,
-) -> dict[str, dict[str, Any]]:
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
     if not is_main_process():
