@@ -6,8 +6,10 @@ Tibetan -> classical Chinese pairs) through semrl's own runner (`run_experiment`
 stage only, `data.splits.cold_start = N`), then scores it on the config's held-out test texts
 (`eval.task.evaluate_task`). Per point it reports chrF and its chance floor (the same outputs
 against shuffled references, `task_metrics`) with 95% intervals, the margin over chance with its
-paired interval (`results.evidence.chance_margins`), the distinct-output rate, 5 sample outputs,
-wall times, the CPU model, the dtypes and the machine's load average. Each point lives in its own
+paired interval (`results.evidence.chance_margins`), the distinct-output rate, 5 sample outputs
+(each with its test row's id: the JSON holds no dataset text; `--show-samples` prints each sample
+beside its source and reference, read from the data directory), wall times, the CPU model, the
+dtypes and the machine's load average. Each point lives in its own
 run directory (`<out-dir>/n<N>`): a finished point is skipped, a killed one resumes from its last
 checkpoint. Prints a table and writes JSON.
 
@@ -18,11 +20,14 @@ its paired difference with an empty output, whose chrF is 0 on every resample.
     SEMRL_DATA_DIR=../shared/data python benchmarks/learning_curve.py [--n 1000 4000 16000] \\
         [--config configs/canon-curve.yaml] [--out-dir runs/learning-curve] [--set KEY=VALUE ...] \\
         [--json benchmarks/results/learning_curve.json]
+    SEMRL_DATA_DIR=../shared/data python benchmarks/learning_curve.py --show-samples \
+        benchmarks/results/learning_curve.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -127,7 +132,7 @@ def run_point(config: ExperimentConfig, run_dir: Path, log: Any = print) -> dict
         "chrf_margin": chance_margins(record, config.task.target_lang, bootstrap_args(config)).get("chrf"),
         "semantic": record["task"].get("semantic"),
         "distinct_output_rate": round(distinct_output_rate(hyps) or 0.0, 4),
-        "samples": [{k: outputs[i][k] for k in ("source", "reference", "output")} for i in picks],
+        "samples": [{k: outputs[i][k] for k in ("id", "output")} for i in picks],
         "train_steps": (stage.get("metrics") or {}).get("global_step"),
         "train_wall_s": stage.get("wall_time_s"),
         "eval_wall_s": record["wall_time_s"],
@@ -200,6 +205,37 @@ def table(curve: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def show_samples(curve: dict[str, Any], data_dir: Path | None) -> str:
+    """Each point's samples beside the source and reference of their test rows, read from the data
+    directory (the curve's JSON keeps the rows' ids only, not the dataset's text)."""
+    from semrl.data.splits import load_examples
+
+    base = Path(curve["config"])
+    config = point_config(
+        base if base.is_absolute() else ROOT / base, curve["points"][0]["n"], curve["overrides"], data_dir
+    )
+    wanted = {s["id"] for p in curve["points"] for s in p["samples"]}
+    rows = {e.id: e for e in load_examples(config) if e.id in wanted}
+    missing = sorted(wanted - rows.keys())
+    if missing:
+        raise SemrlError(
+            f"{len(missing)} sample row(s) are not in {config.resolved_data_dir() or 'the data directory'} "
+            f"(e.g. {missing[0]}): point --data-dir or SEMRL_DATA_DIR at the data the curve was run on"
+        )
+    lines = []
+    for p in curve["points"]:
+        lines.append(f"N = {p['n']}")
+        for s in p["samples"]:
+            row = rows[s["id"]]
+            lines += [
+                f"  {s['id']}",
+                f"    source:    {row.source}",
+                f"    reference: {row.reference}",
+                f"    output:    {s['output']}",
+            ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config (default: canon-curve)")
@@ -208,7 +244,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--data-dir", type=Path, default=None, help="local dataset copies (default: $SEMRL_DATA_DIR)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where the JSON goes")
+    parser.add_argument(
+        "--show-samples", type=Path, metavar="JSON", help="print a curve JSON's samples with their rows; train nothing"
+    )
     args = parser.parse_args(argv)
+    if args.show_samples is not None:
+        try:
+            print(show_samples(json.loads(args.show_samples.read_text(encoding="utf-8")), args.data_dir))
+        except (OSError, ValueError, KeyError) as err:
+            print(f"error: {args.show_samples}: not a learning-curve JSON ({err})", file=sys.stderr)
+            return 2
+        except SemrlError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if any(n < 1 for n in args.n):
         print("--n: every point needs at least 1 training pair", file=sys.stderr)
         return 2

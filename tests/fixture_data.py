@@ -1,6 +1,7 @@
 """A tiny data directory in the layout of ../shared/data, written by the tests themselves so that
-no test needs the shared datasets: an NTREX-shaped Tibetan/Chinese/English corpus (short sentences
-written for semrl's tests, 3 per document) and CMRC 2018, MMLU and GSM8K files."""
+no test needs the shared datasets: an NTREX-shaped Tibetan/Chinese/English corpus (3 sentences per
+document) and CMRC 2018-, MMLU- and GSM8K-shaped files. Every text is written for semrl's tests;
+none is taken from the datasets."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 
 CMRC_ARTICLES = [
     (
-        "《战国无双3》是由光荣和ω-force开发的游戏。",
-        [("开发者是谁？", ["光荣和ω-force", "光荣"]), ("这是什么？", ["游戏"])],
+        "《山河行》是由青石和α-studio开发的游戏。",
+        [("开发者是谁？", ["青石和α-studio", "青石"]), ("这是什么？", ["游戏"])],
     ),
     ("北京是中国的首都，人口众多。", [("中国的首都是哪里？", ["北京"]), ("北京人口多吗？", ["人口众多"])]),
     ("长江是中国最长的河流。", [("中国最长的河流是什么？", ["长江"])]),

@@ -122,7 +122,7 @@ def test_loaders_read_fixture_files(data_dir: Path) -> None:
         "id": "DEV_0_QUERY_0",
         "context": CMRC_ARTICLES[0][0],
         "question": "开发者是谁？",
-        "answers": ["光荣和ω-force", "光荣"],
+        "answers": ["青石和α-studio", "青石"],
     }
     mmlu = load_mmlu(data_dir)
     assert len(mmlu) == 9  # the header row (correct_answer 'answer') is dropped

@@ -78,7 +78,12 @@ def test_intervals_are_of_the_corpus_chrf_and_its_chance(curve: Any, base_config
 
 
 def test_curve_trains_n_pairs_reports_and_resumes(
-    curve: Any, base_config: Path, tmp_path: Path, tiny_cache: None, monkeypatch: pytest.MonkeyPatch
+    curve: Any,
+    base_config: Path,
+    tmp_path: Path,
+    tiny_cache: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out, js = tmp_path / "runs", tmp_path / "curve.json"
     assert curve.main(["--config", str(base_config), "--n", "8", "4", "--out-dir", str(out), "--json", str(js)]) == 0
@@ -88,12 +93,25 @@ def test_curve_trains_n_pairs_reports_and_resumes(
         assert p["train_examples"] == p["n"] and p["test_examples"] >= 6 and p["train_steps"] == p["n"] // 4
         assert set(p["chrf"]) == {"estimate", "low", "high"} and "margin" in p["chrf_margin"]
         assert 0 < p["distinct_output_rate"] <= 1 and len(p["samples"]) == 5
-        assert set(p["samples"][0]) == {"source", "reference", "output"}
+        assert set(p["samples"][0]) == {"id", "output"}  # the row's id, not the dataset's text
         assert p["cpu"] and p["dtype"]["eval"] == "float32" and len(p["load_average"]["before"]) == 3
     small, large = load_splits(out / "n4"), load_splits(out / "n8")
     assert {e.id for e in small["cold_start"]} < {e.id for e in large["cold_start"]}
     assert small["test"] == large["test"]
     assert not (out / "n4" / "stages" / "sft").exists()
+
+    # The samples' sources and references come back from the data, not from the JSON.
+    from fixture_data import NTREX_LIKE_PAIRS
+
+    assert curve.main(["--show-samples", str(js)]) == 0
+    shown = capsys.readouterr().out
+    first = result["points"][0]["samples"][0]
+    row = next((bo, zh) for _, bo, zh, _ in NTREX_LIKE_PAIRS if f"reference: {zh}\n" in shown and bo in shown)
+    assert f"  {first['id']}\n    source:    " in shown and row
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**result, "points": [{"n": 4, "samples": [{"id": "local:nope", "output": ""}]}]}))
+    assert curve.main(["--show-samples", str(broken)]) == 2
+    assert "local:nope" in capsys.readouterr().err
 
     monkeypatch.setattr(curve, "run_point", lambda *a, **k: pytest.fail("a finished point was rerun"))
     assert curve.main(["--config", str(base_config), "--n", "4", "8", "--out-dir", str(out), "--json", str(js)]) == 0
