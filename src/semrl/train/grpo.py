@@ -57,8 +57,9 @@ def _monitored_grpo_trainer_class() -> type:
         same channel TRL's `log_metric` reward hook uses (averaged per logging step and across
         processes). It also wraps `_generate_single_turn` in `merged_lora_for_generation` (unless
         `merged_generation` is off, vLLM generates, or the weights are sharded) and in
-        `inverse_cdf_sampling_in_generate` (CPU sampling without 262k exponentials per token). TRL is pinned below
-        1.17 in pyproject; `_check_hooks` fails loudly if a TRL version lacks these methods.
+        `inverse_cdf_sampling_in_generate` (CPU sampling without 262k exponentials per token). TRL
+        is pinned below 1.17 in pyproject; `_check_hooks` fails loudly if a TRL version lacks these
+        methods.
         """
 
         def __init__(self, *args: Any, target_lang: str, merged_generation: bool = True, **kwargs: Any) -> None:
