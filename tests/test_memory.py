@@ -68,3 +68,27 @@ def test_freed_memory_is_reused_inside_the_block_without_page_faults() -> None:
     assert kept == "True"
     assert float(default) > pages / 2  # glibc's default: every 48 MiB block is faulted in afresh
     assert float(inside) < pages / 100  # inside the block the freed memory is handed out again
+
+
+RELEASE_CHILD = r"""
+import torch
+from semrl.core.memory import freed_memory_kept_for_reuse
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+
+with freed_memory_kept_for_reuse(release_after=True):
+    tensors = [torch.ones(48 * 2**20 // 4) for _ in range(8)]  # 384 MiB
+    del tensors
+    kept = rss_mb()
+print(kept, rss_mb())
+"""
+
+
+@pytest.mark.skipif(not returns_memory_to_os(), reason="glibc on Linux only")
+def test_memory_kept_by_an_evaluation_phase_is_handed_back_after_it() -> None:
+    out = subprocess.run([sys.executable, "-c", RELEASE_CHILD], capture_output=True, text=True, check=True).stdout
+    kept, after = (float(x) for x in out.split())
+    assert kept - after > 300, (kept, after)  # the 384 MiB freed inside the block stay until it ends

@@ -188,3 +188,50 @@ def test_sampling_in_generate_leaves_invalid_rows_to_torch_multinomial() -> None
             with pytest.raises(RuntimeError):
                 sampler.multinomial(torch.tensor(bad), num_samples=1)
         assert sampler.multinomial(torch.tensor([[0.0, 1.0]]), num_samples=2, replacement=True).tolist() == [[1, 1]]
+
+
+def _tiny_gemma3(dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=8,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).to(dtype)
+    with torch.no_grad():  # trained norms are not the zero init: give every weight an offset from 1
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(torch.randn(param.shape) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rms_norms_give_gemma3s_logits_and_gradients(dtype: torch.dtype) -> None:
+    slow, fused = _tiny_gemma3(dtype), _tiny_gemma3(dtype)
+    assert models.fuse_rms_norms(fused) == 2 * 6 + 1  # per layer: 4 around attention and MLP, q and k; the last
+    ids = torch.randint(0, 128, (3, 20), generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for model in (slow, fused):
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if "norm" in n}
+        outputs.append((out.logits, out.loss, grads))
+    (logits, loss, grads), (fused_logits, fused_loss, fused_grads) = outputs
+    assert torch.equal(logits, fused_logits)  # forwards are bit-identical
+    assert torch.equal(loss, fused_loss)
+    tolerance = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    for name, grad in grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, **tolerance, msg=name)
+
+
+def test_fuse_rms_norms_leaves_other_models_alone(cache: None) -> None:
+    model, _ = models.load_policy(ModelConfig(name="tiny"))
+    assert models.fuse_rms_norms(model) == 0

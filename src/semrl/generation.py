@@ -54,6 +54,9 @@ def generate_completions(
         ids = tokenizer(rendered, truncation=True, max_length=max_prompt, add_special_tokens=not any(chat))
         order.sort(key=lambda i: len(ids["input_ids"][i]))  # stable: ties keep the caller's order
     texts: list[str] = [""] * len(rendered)
+    # Built once per call: transformers rebuilds its "\n" stop criterion from the 262k-token vocabulary
+    # in every `generate` call (about 0.6 s each, 6 s per method of the demo's evaluation).
+    newline_stop = _newline_stop(tokenizer) if not all(chat) else None
     was_training = model.training
     model.eval()
     try:
@@ -70,7 +73,8 @@ def generate_completions(
             enc = {k: v.to(model.device) for k, v in enc.items()}
             one_line = not any(chat[i] for i in rows)
             with inverse_cdf_sampling_in_generate():  # sampled rows only: greedy decoding draws nothing
-                new_tokens = _generate_rows(model, tokenizer, enc, generation, one_line, compact_batches)
+                stop = newline_stop if one_line else None
+                new_tokens = _generate_rows(model, tokenizer, enc, generation, stop, compact_batches)
             for i, tokens in zip(rows, new_tokens):
                 text = tokenizer.decode(tokens, skip_special_tokens=True)
                 texts[i] = clean_completion(text, one_line=not chat[i])
@@ -82,16 +86,25 @@ def generate_completions(
     return texts
 
 
+def _newline_stop(tokenizer: Any) -> Any:
+    """transformers' criterion that stops a row at its first "\n" (what `stop_strings=["\n"]` builds)."""
+    from transformers import StoppingCriteriaList, StopStringCriteria
+
+    return StoppingCriteriaList([StopStringCriteria(tokenizer=tokenizer, stop_strings=["\n"])])
+
+
 def _generate_rows(
     model: Any,
     tokenizer: Any,
     enc: dict[str, torch.Tensor],
     generation: GenerationConfig,
-    one_line: bool,
+    newline_stop: Any | None,
     compact_batches: bool,
 ) -> list[list[int]]:
-    """The new tokens of each row of one left-padded batch, up to its end of sequence."""
-    stop = {"stop_strings": ["\n"], "tokenizer": tokenizer} if one_line else {}
+    """The new tokens of each row of one left-padded batch, up to its end of sequence; with
+    `newline_stop` (completion-style prompts) also up to its first newline."""
+    one_line = newline_stop is not None
+    stop = {"stopping_criteria": newline_stop} if one_line else {}
     sampling = dict(
         do_sample=generation.do_sample,
         temperature=generation.temperature if generation.do_sample else None,

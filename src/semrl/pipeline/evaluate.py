@@ -23,6 +23,7 @@ or its rows made again), just those are evaluated, and the record keeps the rest
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,7 @@ from semrl.config.experiment import ExperimentConfig
 from semrl.core.dist import is_main_process
 from semrl.core.io import read_cache, read_manifest, write_json
 from semrl.core.layout import RunLayout
-from semrl.core.memory import release_freed_memory
+from semrl.core.memory import freed_memory_kept_for_reuse, release_freed_memory
 from semrl.core.provenance import digest
 from semrl.data.extra import ExtraTest, prepare_extra_tests
 from semrl.data.general import general_texts
@@ -42,7 +43,7 @@ from semrl.eval.task import evaluate_task, evaluation_examples, representation_n
 from semrl.eval.tax.benchmarks import evaluate_general
 from semrl.eval.tax.drift import measure_drift
 from semrl.eval.tax.task_kl import forward_kl, sample_completions, sequence_logprobs
-from semrl.models import load_policy, load_tokenizer, resolve_model
+from semrl.models import load_policy, resolve_model
 from semrl.train.stages import BASE_METHOD, evaluated_methods
 
 
@@ -115,7 +116,14 @@ def evaluate_run(
             base["model"], base["tokenizer"] = load_policy(model_cfg, resolve_model(config.model.name))
         return base["model"], base["tokenizer"]
 
-    task_kl_prompts = _task_kl_prompts(config, layout)
+    kl_prompts: list[list[Any]] = []  # the task KL's dev prompts, built at their first use
+
+    def task_kl_prompts() -> list[Any]:
+        if not kl_prompts:  # with the base's tokenizer: loading Gemma 3's again costs seconds
+            base_tokenizer = base_model()[1] if ev.task_kl_examples > 0 else None
+            kl_prompts.append(_task_kl_prompts(config, layout, base_tokenizer))
+        return kl_prompts[0]
+
     extra_tests = prepare_extra_tests(config, run_dir)
     tokenizer = None
     for method, model_dir in method_model_dirs(config, run_dir).items():
@@ -148,14 +156,16 @@ def evaluate_run(
             continue
         started = time.time()
         log(f"[eval:{method}] generating {len(test)} test outputs")
-        summary, per, outputs = evaluate_task(
-            model, tokenizer, test, config.task, config.evaluation.generation, encoder, second, seed=config.seed
-        )
+        with _evaluation_phase():
+            summary, per, outputs = evaluate_task(
+                model, tokenizer, test, config.task, config.evaluation.generation, encoder, second, seed=config.seed
+            )
         summary.update(representation)
         log(f"[eval:{method}] general benchmarks: {', '.join(b.name for b in ev.benchmarks)}")
-        general = evaluate_general(
-            model, tokenizer, ev.benchmarks, data_dir, config.seed, batch_size=ev.benchmark_batch_size
-        )
+        with _evaluation_phase():
+            general = evaluate_general(
+                model, tokenizer, ev.benchmarks, data_dir, config.seed, batch_size=ev.benchmark_batch_size
+            )
         record = {
             "method": method,
             "model_dir": str(model_dir),
@@ -166,13 +176,14 @@ def evaluate_run(
             "general": {name: benchmark_dict(r) for name, r in general.items()},
             "drift": None,
         }
-        if task_kl_prompts:
-            samples = _task_kl_base(config, layout, task_kl_prompts, base_model, log)
+        if task_kl_prompts():
+            samples = _task_kl_base(config, layout, task_kl_prompts(), base_model, log)
             if method != BASE_METHOD:
-                log(f"[eval:{method}] task-distribution KL on {len(task_kl_prompts)} base samples")
-                logps = sequence_logprobs(
-                    model, tokenizer, task_kl_prompts, samples["completions"], ev.benchmark_batch_size
-                )
+                log(f"[eval:{method}] task-distribution KL on {len(task_kl_prompts())} base samples")
+                with _evaluation_phase():
+                    logps = sequence_logprobs(
+                        model, tokenizer, task_kl_prompts(), samples["completions"], ev.benchmark_batch_size
+                    )
                 kl = forward_kl(samples["base_logprobs"], logps)
                 record["task_kl"] = {"per_example": kl, "mean": float(sum(kl) / len(kl))}
         if method != BASE_METHOD:
@@ -181,7 +192,8 @@ def evaluate_run(
             # evaluation to 10.8 GB; the base forwards this repeats cost seconds).
             log(f"[eval:{method}] drift from base on {len(drift_texts)} general texts")
             reference, _ = base_model()
-            record["drift"] = drift_dict(measure_drift(reference, model, tokenizer, drift_texts, batch_size=1))
+            with _evaluation_phase():
+                record["drift"] = drift_dict(measure_drift(reference, model, tokenizer, drift_texts, batch_size=1))
         record["wall_time_s"] = round(time.time() - started, 2)
         if pending:
             record["extra_tasks"] = {}
@@ -210,16 +222,17 @@ def _evaluate_extra(
     for test in tests:
         started = time.time()
         log(f"[eval:{record['method']}] extra test {test.name}: generating {len(test.examples)} outputs")
-        summary, per, outputs = evaluate_task(
-            model,
-            tokenizer,
-            test.examples,
-            config.task,
-            config.evaluation.generation,
-            encoder,
-            second,
-            seed=config.seed,
-        )
+        with _evaluation_phase():
+            summary, per, outputs = evaluate_task(
+                model,
+                tokenizer,
+                test.examples,
+                config.task,
+                config.evaluation.generation,
+                encoder,
+                second,
+                seed=config.seed,
+            )
         summary.update(representation)
         record["extra_tasks"][test.name] = {
             "key": extra_task_key(record["eval_key"], test),
@@ -232,8 +245,9 @@ def _evaluate_extra(
     record["extra_tasks"] = {n: record["extra_tasks"][n] for n in order if n in record["extra_tasks"]}
 
 
-def _task_kl_prompts(config: ExperimentConfig, layout: RunLayout) -> list[Any]:
-    """The dev prompts of the task-distribution KL (none when it is off or the dev split is empty)."""
+def _task_kl_prompts(config: ExperimentConfig, layout: RunLayout, tokenizer: Any) -> list[Any]:
+    """The dev prompts of the task-distribution KL, rendered with the base model's `tokenizer`
+    (none when the KL is off or the dev split is empty)."""
     n = config.evaluation.task_kl_examples
     if n <= 0:
         return []
@@ -241,7 +255,7 @@ def _task_kl_prompts(config: ExperimentConfig, layout: RunLayout) -> list[Any]:
     from semrl.data.splits import load_splits
 
     dev = load_splits(layout.root).get("dev") or []
-    tokenizer = None if config.task.use_chat_template == "never" else load_tokenizer(config.model)
+    tokenizer = None if config.task.use_chat_template == "never" else tokenizer
     return [build_prompt(ex.source, config.task, tokenizer) for ex in dev[:n]]
 
 
@@ -272,8 +286,15 @@ def _task_kl_base(config: ExperimentConfig, layout: RunLayout, prompts: list[Any
         return cached
     model, tokenizer = base_model()
     log(f"[eval] sampling {len(prompts)} base-model completions on dev prompts for the task-distribution KL")
-    completions = sample_completions(model, tokenizer, prompts, generation, config.seed)
-    logps = sequence_logprobs(model, tokenizer, prompts, completions, config.evaluation.benchmark_batch_size)
+    with _evaluation_phase():
+        completions = sample_completions(model, tokenizer, prompts, generation, config.seed)
+        logps = sequence_logprobs(model, tokenizer, prompts, completions, config.evaluation.benchmark_batch_size)
     record = {"key": key, "completions": completions, "base_logprobs": logps}
     write_json(layout.task_kl_base, record)
     return record
+
+
+def _evaluation_phase() -> contextlib.AbstractContextManager[bool]:
+    """One phase of a method's evaluation: freed memory reused within it (PyTorch's CPU tensors
+    otherwise fault their pages in afresh, about a fifth of the demo's evaluation), handed back after it."""
+    return freed_memory_kept_for_reuse(release_after=True)
