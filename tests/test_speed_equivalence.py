@@ -29,7 +29,9 @@ def _lora_policy(dtype: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     import peft
 
     model, tok = models.load_policy(ModelConfig(name="tiny", dtype=dtype))
-    wrapped = peft.get_peft_model(model, models.peft_config(LoraConfig(r=8, alpha=16, dropout=0.0), model))
+    with torch.random.fork_rng(devices=[]):  # PEFT draws the A matrices from the global RNG: whatever ran before
+        torch.manual_seed(0)
+        wrapped = peft.get_peft_model(model, models.peft_config(LoraConfig(r=8, alpha=16, dropout=0.0), model))
     generator = torch.Generator().manual_seed(0)
     for name, param in wrapped.named_parameters():
         if "lora_B" in name:
@@ -111,7 +113,18 @@ def test_merged_lora_for_generation_samples_what_the_adapters_sample(cache: None
 
     tolerance = {"float32": 1e-4, "bfloat16": 0.1}[dtype]  # bfloat16: W + BA rounded once, 8-bit mantissa
     assert torch.allclose(fast_logits, slow_logits, atol=tolerance, rtol=tolerance)
-    assert torch.equal(fast_tokens, slow_tokens)
+    # Greedy paths agree until a step whose two best tokens are tied within the rounding; then
+    # the merged path picked the other one of the tie.
+    for row, (fast, slow) in enumerate(zip(fast_tokens, slow_tokens)):
+        differ = (fast != slow).nonzero()
+        if len(differ):
+            step = int(differ[0])
+            prompt_mask = inputs["attention_mask"][row]
+            mask = torch.cat([prompt_mask, prompt_mask.new_ones(step - len(prompt_mask))])
+            with torch.no_grad():
+                logits = model(input_ids=slow[None, :step], attention_mask=mask[None]).logits[0, -1]
+            margin = float(logits[slow[step]] - logits[fast[step]])
+            assert dtype == "bfloat16" and 0 <= margin <= tolerance, (row, step, margin)
     # On exit the model is the one it was, bit for bit: no merge/unmerge rounding left in the base.
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
