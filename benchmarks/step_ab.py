@@ -11,12 +11,7 @@ in the machine's load hits both alike; the load average is recorded. Arms:
 - ``merged_generation``: the same sampling with PEFT's adapter path (A) and from merged weights,
   rebuilt for each call as GRPO rebuilds them each step (`semrl.train.merged_lora_for_generation`, B);
 - ``sampling``: the merged sampling with `torch.multinomial` drawing each token (A) and with
-  `semrl.generation.inverse_cdf_sampling_in_generate` (B);
-- ``rms_norm``: the SFT step with transformers' Gemma 3 RMSNorm (A) and with
-  `semrl.models.fuse_rms_norms`, which `load_policy` applies (B).
-
-Steps run inside `semrl.core.memory.freed_memory_kept_for_reuse`, as training does (results
-without a `freed_memory_kept` key ran on glibc's defaults).
+  `semrl.generation.inverse_cdf_sampling_in_generate` (B).
 
     SEMRL_DATA_DIR=../shared/data python benchmarks/step_ab.py --compare lora_dtype [--repeats 3]
         [--out benchmarks/results/step_ab_lora_dtype.json]
@@ -39,7 +34,6 @@ import torch
 
 from semrl.config.experiment import load_config
 from semrl.core.io import write_json
-from semrl.core.memory import freed_memory_kept_for_reuse
 from semrl.core.provenance import machine, package_versions
 from semrl.data.prompts import prompt_text
 from semrl.data.splits import load_examples, split_examples
@@ -70,19 +64,6 @@ def sft_trainer(config: Any, splits: Any, tmp: Path) -> tuple[Any, dict]:
     return trainer, batch
 
 
-@contextlib.contextmanager
-def transformers_rms_norms(model: Any) -> Iterator[None]:
-    """The model's own RMSNorm forwards while the block lasts (`fuse_rms_norms` sets per-module ones)."""
-    fused = {m: m.forward for m in model.modules() if type(m).__name__ == "Gemma3RMSNorm" and "forward" in vars(m)}
-    for module in fused:
-        del module.forward
-    try:
-        yield
-    finally:
-        for module, forward in fused.items():
-            module.forward = forward
-
-
 def sft_step(trainer: Any, batch: dict) -> float:
     start = time.perf_counter()
     trainer.training_step(trainer.model, dict(batch))
@@ -101,9 +82,6 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
             "peft_float32_adapters": lambda: sft_step(trainer, batch),
             "lora_in_weight_dtype": lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch)),
         }, info
-    if compare == "rms_norm":
-        step = lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))  # noqa: E731
-        return {"transformers_rms_norm": lambda: _in(transformers_rms_norms(model), step), "fused_rms_norm": step}, info
     if compare == "attention":
         base = model.get_base_model()  # both arms on top of the default lora_in_weight_dtype
         return {
@@ -174,9 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
     parser.add_argument(
-        "--compare",
-        required=True,
-        choices=["lora_dtype", "attention", "generation", "merged_generation", "sampling", "rms_norm"],
+        "--compare", required=True, choices=["lora_dtype", "attention", "generation", "merged_generation", "sampling"]
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")
@@ -188,7 +164,7 @@ def main() -> None:
         config.data_dir = args.data_dir
     splits = split_examples(load_examples(config), config.data.splits, config.seed)
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp, compact_lm_head_on_cpu(), freed_memory_kept_for_reuse():
+    with tempfile.TemporaryDirectory() as tmp, compact_lm_head_on_cpu():
         timed, info = arms(args.compare, config, splits, Path(tmp))
         for fn in timed.values():  # warm-up: oneDNN picks its kernels on the first call
             fn()
@@ -211,7 +187,6 @@ def main() -> None:
         "seconds": times,
         "median_s": {name: round(statistics.median(t), 3) for name, t in times.items()},
         "ratio_a_over_b": round(ratio, 2),
-        "freed_memory_kept": True,
         "versions": package_versions(),
     }
     print(f"{hw['cpu']}, {hw['cores']} cores, {args.dtype}, load {load_before[0]:.1f} -> {load_after[0]:.1f}; {info}")

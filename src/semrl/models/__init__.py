@@ -36,7 +36,6 @@ from semrl.models.hardware import (
 from semrl.models.loading import (
     check_weights_format,
     contiguous_lm_head_input,
-    fuse_rms_norms,
     load_policy,
     load_tokenizer,
     model_source_problem,
@@ -72,7 +71,6 @@ __all__ = [
     "cpu_bf16_feature",
     "device_of",
     "eval_mode",
-    "fuse_rms_norms",
     "is_adapter_dir",
     "left_padded",
     "linear_module_names",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -205,43 +204,6 @@ def contiguous_lm_head_input(model: PreTrainedModel) -> None:
         head.register_forward_pre_hook(_contiguous_input)
 
 
-def _fused_gemma3_rms_norm(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    # Gemma 3's formula (float32 norm, weight stored as an offset from 1, cast back last) in one kernel.
-    weight = 1.0 + self.weight.float()
-    return torch.nn.functional.rms_norm(x.float(), weight.shape, weight, self.eps).type_as(x)
-
-
-def fuse_rms_norms(model: torch.nn.Module) -> int:
-    """Compute Gemma 3's RMSNorms with torch's fused `rms_norm`; returns how many were swapped.
-
-    transformers' `Gemma3RMSNorm` runs about ten element-wise kernels per call (upcast, pow, mean,
-    rsqrt, two products, the weight's offset, the cast back), six norms per layer. At the demo's
-    shapes in bfloat16 on a 2-core AMD EPYC, forward plus backward of a hidden-size norm took 12.1 ms
-    that way and 6.4 ms fused, with bit-identical forwards. Each module is swapped only if, on a probe
-    input, the fused forward equals its own to the bit in float32 and bfloat16, so a transformers
-    release that changes the formula keeps its own code.
-    """
-    try:
-        from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
-    except ImportError:
-        return 0
-    swapped = 0
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if type(module) is not Gemma3RMSNorm:
-            continue
-        with torch.no_grad():
-            probe = torch.randn(2, 3, module.weight.shape[0], generator=generator, dtype=torch.float32)
-            same = all(
-                torch.equal(module(probe.to(dtype)), _fused_gemma3_rms_norm(module, probe.to(dtype)))
-                for dtype in (torch.float32, torch.bfloat16)
-            )
-        if same:
-            module.forward = types.MethodType(_fused_gemma3_rms_norm, module)
-            swapped += 1
-    return swapped
-
-
 def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the policy and its tokenizer.
 
@@ -271,7 +233,6 @@ def load_policy(cfg: ModelConfig, path: str | Path | None = None) -> tuple[PreTr
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     contiguous_lm_head_input(model)
-    fuse_rms_norms(model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
