@@ -292,3 +292,26 @@ def test_evaluation_holds_one_method_model_beside_the_base(own_run: Path, monkey
     assert most <= 2
     for method, drift in saved.items():
         assert results[method]["drift"]["nll_increase"] == pytest.approx(drift["nll_increase"], rel=1e-4, abs=1e-6)
+
+
+def test_eval_time_benchmark_reevaluates_a_copy_in_both_memory_modes_with_identical_scores(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    script = CONFIGS.resolve().parents[1] / "benchmarks" / "eval_time.py"
+    spec = importlib.util.spec_from_file_location("eval_time", script)
+    eval_time = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_time)
+    records = sorted(p.name for p in (tiny_run / "eval").glob("*.json"))
+    out = tmp_path / "eval_time.json"
+
+    assert eval_time.main([str(tiny_run), "--out", str(out)]) == 0
+
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["arm"] for r in result["runs"]] == ["freed_memory_reused_per_phase", "glibc_defaults"]
+    for run in result["runs"]:
+        assert run["scores_identical_to_first"] is True
+        assert sorted(f"{m}.json" for m in run["method_wall_s"]) == records
+        assert run["wall_s"] > 0 and run["minor_page_faults"] > 0 and run["peak_rss_gib"] > 0
+    assert sorted(p.name for p in (tiny_run / "eval").glob("*.json")) == records  # the run itself is untouched

@@ -65,8 +65,8 @@ def freed_memory_kept_for_reuse(release_after: bool = False) -> Iterator[bool]:
     threshold at 2 GiB, at the same peak RSS (docs/results/benchmarks.md, `step_time_epyc*.json`).
     `train_stage` trains inside this block. The evaluation runs each phase (test generation, the
     benchmarks, task KL, drift) in its own block with `release_after`: one block around the whole
-    evaluation raised the demo's peak by 1 GiB, blocks per phase by 0.5 GiB. On leaving, glibc's
-    documented defaults are set again. Set SEMRL_MALLOC=default to leave glibc alone.
+    demo evaluation peaked at 10.2 GiB, blocks per phase at 5.45 GiB (5.12 GiB without any). On
+    leaving, glibc's documented defaults are set again. Set SEMRL_MALLOC=default to leave glibc alone.
     """
     libc = _libc()
     if libc is None or os.environ.get(MALLOC_ENV) == "default":

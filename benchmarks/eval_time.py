@@ -1,0 +1,119 @@
+"""The evaluation of a finished run, timed again with glibc's freed memory reused per phase (semrl's
+default) and with glibc's defaults (`SEMRL_MALLOC=default`), alternating, and whether the scores
+are identical.
+
+Each arm evaluates a hard-linked copy of RUN_DIR (its trained stages are reused, its `eval/` records
+removed; the original is not touched) with `semrl run` in a child process, and records the child's
+wall time, user and system CPU time, minor page faults and peak RSS (`getrusage`), the per-method
+wall times from the records it writes, and whether every score equals the first arm's (records
+compared without their wall times and paths).
+
+    SEMRL_DATA_DIR=../shared/data python benchmarks/eval_time.py RUN_DIR [--config RUN_DIR/config.yaml]
+        [--repeats 1] [--out benchmarks/results/eval_time.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from semrl.core.io import write_json
+from semrl.core.layout import RunLayout
+from semrl.core.memory import MALLOC_ENV
+from semrl.core.provenance import machine, package_versions
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = {"freed_memory_reused_per_phase": {}, "glibc_defaults": {MALLOC_ENV: "default"}}
+VOLATILE = {"wall_time_s", "model_dir"}  # differ between two evaluations of the same models
+
+
+def _scores(record: Any) -> Any:
+    """A record without what changes from one evaluation to the next."""
+    if isinstance(record, dict):
+        return {k: _scores(v) for k, v in record.items() if k not in VOLATILE}
+    if isinstance(record, list):
+        return [_scores(v) for v in record]
+    return record
+
+
+def evaluate_copy(run_dir: Path, config: Path, env: dict[str, str], scratch: Path) -> dict[str, Any]:
+    """Evaluate a hard-linked copy of `run_dir` in a child `semrl run`; its resources and records."""
+    copy = scratch / "run"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(run_dir, copy, copy_function=os.link)
+    for record in (copy / "eval").glob("*.json"):
+        record.unlink()
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "semrl", "run", str(config), "--set", f"output_dir={copy}"]
+    child = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own resources, peak RSS included
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed (exit {child.returncode})")
+    records = {
+        p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(RunLayout(copy).eval_dir.glob("*.json"))
+    }
+    return {
+        "wall_s": round(wall, 1),
+        "user_s": round(usage.ru_utime, 1),
+        "system_s": round(usage.ru_stime, 1),
+        "minor_page_faults": usage.ru_minflt,
+        "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+        "method_wall_s": {m: r.get("wall_time_s") for m, r in records.items()},
+        "records": records,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--config", type=Path, default=None, help="default: the run's own config.yaml")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "eval_time.json")
+    args = parser.parse_args(argv)
+    config = args.config or args.run_dir / "config.yaml"
+    load_before = os.getloadavg()
+    runs: list[dict[str, Any]] = []
+    reference = None
+    with tempfile.TemporaryDirectory(dir=args.run_dir.parent) as scratch:  # same file system: hard links
+        for repeat in range(args.repeats):
+            for arm, env in ARMS.items():
+                result = evaluate_copy(args.run_dir, config, env, Path(scratch))
+                scores = _scores(result.pop("records"))
+                reference = scores if reference is None else reference
+                result.update(arm=arm, repeat=repeat, scores_identical_to_first=scores == reference)
+                runs.append(result)
+                print(
+                    f"  {arm:<32} {result['wall_s']:7.1f} s  user {result['user_s']:.0f} s  system "
+                    f"{result['system_s']:.0f} s  faults {result['minor_page_faults'] / 1e6:.1f} M  "
+                    f"scores identical: {result['scores_identical_to_first']}",
+                    flush=True,
+                )
+    hw = machine()
+    summary = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": hw,
+        "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "run_dir": str(args.run_dir),
+        "config": config.name,
+        "runs": runs,
+        "versions": package_versions(),
+    }
+    print(f"{hw['cpu']}, {hw['cores']} cores; load {summary['load_average']}")
+    write_json(args.out, summary)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
