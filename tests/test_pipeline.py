@@ -299,7 +299,7 @@ def test_eval_time_benchmark_reevaluates_a_copy_in_both_memory_modes_with_identi
 ) -> None:
     import importlib.util
 
-    script = CONFIGS.resolve().parents[1] / "benchmarks" / "eval_time.py"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_time.py"
     spec = importlib.util.spec_from_file_location("eval_time", script)
     eval_time = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(eval_time)
