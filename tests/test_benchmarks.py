@@ -32,7 +32,7 @@ from semrl.eval.tax.benchmarks import (
     prepare_task,
     process_cmrc2018,
 )
-from semrl.eval.tax.drift import base_nll_for, measure_drift, text_nll
+from semrl.eval.tax.drift import BaseLogits, base_nll_for, measure_drift, text_nll
 from semrl.eval.tax.meter import TaxMeterCallback
 
 
@@ -402,6 +402,39 @@ def test_measure_drift_zero_against_itself_positive_against_a_perturbed_copy(tin
     assert drift.summary["kl_p90"] == pytest.approx(float(np.percentile(drift.token_kl, 90)))
 
 
+def test_drift_reuses_the_base_logits_and_measures_the_same_kl(tiny) -> None:
+    """Against a `BaseLogits`, a second model's drift runs the base model no more and gives the
+    values a fresh pass gives; every position's KL is KL(model || base) of its next-token
+    distributions (texts longer than the KL's 16-position chunks)."""
+    model, tokenizer = tiny
+    perturbed = copy.deepcopy(model)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(1)
+        for p in perturbed.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=generator))
+    texts = [" ".join(TEXTS) * 2, TEXTS[0]]
+    base_forwards = []
+    hook = model.register_forward_hook(lambda *_: base_forwards.append(1))
+    try:
+        fresh = measure_drift(model, perturbed, tokenizer, texts, batch_size=1)
+        kept = BaseLogits(model)
+        first = measure_drift(kept, perturbed, tokenizer, texts, batch_size=1)
+        forwards_before = len(base_forwards)
+        second = measure_drift(kept, perturbed, tokenizer, texts, batch_size=1)
+    finally:
+        hook.remove()
+    assert forwards_before == 2 * len(texts) and len(base_forwards) == forwards_before
+    assert first == fresh and second == fresh
+
+    ids = tokenizer(texts[0], return_tensors="pt")["input_ids"]
+    assert ids.shape[1] > 40
+    with torch.no_grad():
+        p_model = torch.log_softmax(perturbed(ids).logits[0, :-1], -1)
+        p_base = torch.log_softmax(model(ids).logits[0, :-1], -1)
+    expected = (p_model.exp() * (p_model - p_base)).sum(-1)
+    assert fresh.token_kl[: ids.shape[1] - 1] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
 def test_measure_drift_rejects_too_short_text(tiny) -> None:
     model, tokenizer = tiny
     with pytest.raises(DataError, match="general text #1 has 0 token"):
@@ -533,3 +566,30 @@ def test_other_lm_eval_tasks_run_by_name(tiny, tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match="'my_hub_task': its dataset could not be loaded"):
         evaluate_harness_task(lm, BenchmarkConfig(name="my_hub_task", limit=4), 0, manager)
+
+
+def test_harness_model_answers_log_likelihood_requests_as_lm_eval_does(tiny) -> None:
+    """semrl's lm-eval model computes only the continuations' logits; its answers to lm-eval's
+    log-likelihood requests are HFLM's: the same log-probabilities and greedy flags, for questions
+    sharing a context with one-token choices, multi-token continuations, and rows of different
+    lengths batched together."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from semrl.eval.tax.harness import harness_model
+
+    model, tokenizer = tiny
+    question = "Question: Is 12 even?\nA. yes\nB. no\nC. maybe\nD. never\nAnswer:"
+    with torch.no_grad():
+        greedy = tokenizer.decode([int(model(**tokenizer(question, return_tensors="pt")).logits[0, -1].argmax())])
+    pairs = [(question, f" {letter}") for letter in "ABCD"]
+    pairs += [(question, greedy), ("Answer:", " A. B. C."), (CMRC_ARTICLES[0][0][:120], " Question: Answer: D.")]
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+    ours = harness_model(model, tokenizer, batch_size=3).loglikelihood(requests)
+    reference = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=3).loglikelihood(requests)
+
+    assert [g for _, g in ours] == [g for _, g in reference]
+    assert ours[4][1], "the greedy continuation is flagged greedy"
+    assert [ll for ll, _ in ours] == pytest.approx([ll for ll, _ in reference], abs=1e-4)
+    assert len({round(ll, 3) for ll, _ in ours[:4]}) == 4  # the four choices are scored apart

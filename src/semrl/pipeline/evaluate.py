@@ -41,7 +41,7 @@ from semrl.encoders import Encoder, build_encoder
 from semrl.eval.records import benchmark_dict, drift_dict, read_evaluation
 from semrl.eval.task import evaluate_task, evaluation_examples, representation_note
 from semrl.eval.tax.benchmarks import evaluate_general
-from semrl.eval.tax.drift import measure_drift
+from semrl.eval.tax.drift import BaseLogits, measure_drift
 from semrl.eval.tax.task_kl import forward_kl, sample_completions, sequence_logprobs
 from semrl.models import load_policy, resolve_model
 from semrl.train.stages import BASE_METHOD, evaluated_methods
@@ -114,6 +114,7 @@ def evaluate_run(
     def base_model() -> tuple[Any, Any]:
         if not base:
             base["model"], base["tokenizer"] = load_policy(model_cfg, resolve_model(config.model.name))
+            base["drift"] = BaseLogits(base["model"])  # its drift logits, computed once for every method
         return base["model"], base["tokenizer"]
 
     kl_prompts: list[list[Any]] = []  # the task KL's dev prompts, built at their first use
@@ -189,11 +190,11 @@ def evaluate_run(
         if method != BASE_METHOD:
             # Drift while this method's model is loaded, beside the base: one method's model at a
             # time (holding every method's float32 model for one shared base pass took the demo's
-            # evaluation to 10.8 GB; the base forwards this repeats cost seconds).
+            # evaluation to 10.8 GB); the base's logits are kept from the first method's pass.
             log(f"[eval:{method}] drift from base on {len(drift_texts)} general texts")
-            reference, _ = base_model()
+            base_model()
             with _evaluation_phase():
-                record["drift"] = drift_dict(measure_drift(reference, model, tokenizer, drift_texts, batch_size=1))
+                record["drift"] = drift_dict(measure_drift(base["drift"], model, tokenizer, drift_texts, batch_size=1))
         record["wall_time_s"] = round(time.time() - started, 2)
         if pending:
             record["extra_tasks"] = {}

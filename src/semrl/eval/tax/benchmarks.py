@@ -442,7 +442,7 @@ def evaluate_general(
     if not benchmarks:
         return {}
     try:
-        from lm_eval.models.huggingface import HFLM
+        from semrl.eval.tax.harness import harness_model
     except ImportError as err:
         raise ConfigError(
             "general benchmarks (evaluation.benchmarks) run on lm-evaluation-harness, which is not installed: "
@@ -454,7 +454,7 @@ def evaluate_general(
     harness_tasks = None
     with contextlib.ExitStack() as stack:
         stack.enter_context(_preserved_state(model))  # before HFLM, which switches to eval mode
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = harness_model(model, tokenizer, batch_size)
         root = (
             Path(work_dir)
             if work_dir is not None

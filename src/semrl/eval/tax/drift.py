@@ -93,6 +93,45 @@ def _p90(values: Sequence[float]) -> float:
     return float(np.percentile(values, 90)) if len(values) else 0.0
 
 
+class BaseLogits:
+    """The base model's logits on drift batches, kept for every model compared with it.
+
+    Kept in the dtype the model returns them in, so reusing them is exact; once `max_bytes` are
+    kept, further batches are recomputed on each call. (Evaluating the demo's three trained methods
+    repeated 16 base forwards of 256 positions x 262k logits, a third of its drift time.)
+    """
+
+    def __init__(self, model: Any, max_bytes: int = 2 * 2**30) -> None:
+        self.model = model
+        self.max_bytes = max_bytes
+        self._kept: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._bytes = 0
+
+    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        key = (tuple(input_ids.shape), input_ids.cpu().numpy().tobytes(), mask.cpu().numpy().tobytes())
+        if key in self._kept:
+            return self._kept[key]
+        logits = _logits(self.model, input_ids, mask)
+        size = logits.numel() * logits.element_size()
+        if self._bytes + size <= self.max_bytes:
+            self._kept[key] = logits
+            self._bytes += size
+        return logits
+
+
+def _token_kl(lp_base: torch.Tensor, lp_model: torch.Tensor, rows: int = 16) -> torch.Tensor:
+    """KL(model || base) per position, `rows` positions at a time: the same values as one call over
+    all positions, 4x faster on a 2-core CPU for 262k-entry rows (the temporaries stay small)."""
+    from torch.nn.functional import kl_div
+
+    # kl_div(input=log q, target=log p, log_target=True) sums p * (log p - log q): KL(p || q).
+    parts = [
+        kl_div(lp_base[i : i + rows], lp_model[i : i + rows], reduction="none", log_target=True).sum(-1)
+        for i in range(0, lp_base.shape[0], rows)
+    ]
+    return torch.cat(parts).clamp_min(0.0)  # clamp float round-off below 0
+
+
 def measure_drift(
     base_model: Any,
     model: Any,
@@ -102,7 +141,8 @@ def measure_drift(
     max_length: int = 256,
 ) -> DriftResult:
     """NLL increase per text and KL(model || base) per token on general texts (one model; see
-    `measure_drift_many` to score several against one pass of the base model)."""
+    `measure_drift_many` to score several against one pass of the base model). `base_model` may
+    be a `BaseLogits`, to reuse the base's logits across calls."""
     return measure_drift_many(base_model, {"model": model}, tokenizer, texts, batch_size, max_length)["model"]
 
 
@@ -115,23 +155,23 @@ def measure_drift_many(
     max_length: int = 256,
 ) -> dict[str, DriftResult]:
     """Drift of each of `models` from the base model on general texts, with one base forward per
-    batch shared by all of them (base + M forwards instead of 2M).
+    batch shared by all of them (base + M forwards instead of 2M); `base_model` may be a
+    `BaseLogits`, which keeps the base's logits for later calls too.
 
     Every model reads the same token ids (one tokenizer), one batch at a time under no_grad. Peak
     memory is about two batches of logits (2 x batch_size x max_length x vocab floats) plus the
     models themselves: lower batch_size for large vocabularies (Gemma 3: 262k)."""
-    from torch.nn.functional import kl_div
-
     if not texts:
         raise ValueError("measure_drift needs at least one text")
     if not models:
         return {}
+    base = base_model if isinstance(base_model, BaseLogits) else BaseLogits(base_model, max_bytes=0)
     nll_base: list[float] = []
     nll_model: dict[str, list[float]] = {name: [] for name in models}
     token_kl: dict[str, list[float]] = {name: [] for name in models}
-    with eval_mode(base_model, *models.values()):
+    with eval_mode(base.model, *models.values()):
         for input_ids, mask in _encoded_batches(tokenizer, texts, batch_size, max_length):
-            logits_base = _logits(base_model, input_ids, mask)
+            logits_base = base(input_ids, mask)
             rows = [int(mask[row].sum()) for row in range(input_ids.shape[0])]
             # The base model's log-probabilities, row by row (a whole batch's float32 log-softmax
             # would double peak memory), kept for every model of this batch.
@@ -149,9 +189,7 @@ def measure_drift_many(
                 for row, n in enumerate(rows):
                     lp_model = _row_logprobs(logits_model, row, n)
                     nll_model[name].append(float(-lp_model.gather(-1, input_ids[row, 1:n, None]).mean()))
-                    # kl_div(input=log q, target=log p, log_target=True) sums p * (log p - log q): KL(p || q).
-                    kl = kl_div(lp_base[row], lp_model, reduction="none", log_target=True).sum(-1)
-                    token_kl[name].extend(kl.clamp_min(0.0).tolist())  # clamp float round-off below 0
+                    token_kl[name].extend(_token_kl(lp_base[row], lp_model).tolist())
                 del logits_model
     out: dict[str, DriftResult] = {}
     for name in models:

@@ -52,45 +52,68 @@ def continuation_scores(
     batch_size: int = 4,
     max_length: int = 1024,
 ) -> list[ContinuationScore]:
-    """Teacher-forced log p(continuation | context) for each pair, in batches.
-
-    Sequences are left-padded so that every continuation ends the row; only the last positions'
-    logits are computed (`logits_to_keep`), which keeps memory at batch x continuation x vocabulary
-    even for Gemma 3's 262k-token vocabulary. A context longer than `max_length` loses its start.
-    """
+    """Teacher-forced log p(continuation | context) for each pair, in batches (see
+    `scored_continuations`). A context longer than `max_length` loses its start."""
     if len(contexts) != len(continuations):
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
     pairs = [_encode_pair(tokenizer, c, x) for c, x in zip(contexts, continuations)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    scores: list[ContinuationScore] = []
+    scored = scored_continuations(model, pairs, pad, batch_size=batch_size, max_length=max_length)
+    return [
+        ContinuationScore(logprob, len(cont[: max_length - 1]), len(text.strip()) if cont else 0)
+        for (logprob, _), (_, cont), text in zip(scored, pairs, continuations)
+    ]
+
+
+def scored_continuations(
+    model,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    pad_id: int,
+    batch_size: int = 4,
+    max_length: int = 1024,
+) -> list[tuple[float, bool]]:
+    """For each (context ids, continuation ids) pair: log p(continuation | context) summed over the
+    continuation's tokens, and whether greedy decoding would produce it (lm-eval's
+    `loglikelihood` answer).
+
+    Rows are left-padded so that every continuation ends its row, and only the last positions'
+    logits are computed (`logits_to_keep`): memory and LM-head work are batch x continuation x
+    vocabulary, not batch x sequence x vocabulary, which matters for Gemma 3's 262k-token
+    vocabulary. Pairs that differ only in their continuation's last token (multiple choice with
+    one-token answers) share one forward, as in lm-eval's HFLM. A continuation keeps at most
+    `max_length - 1` tokens and its row the last `max_length`.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    conts = [list(cont[: max_length - 1]) for _, cont in pairs]
+    rows = [(list(ctx) + cont)[-max_length:] for (ctx, _), cont in zip(pairs, conts)]
+    # One forward per distinct row less its last token (no scored position reads the last token),
+    # keeping as many positions as the longest continuation of the pairs that share it.
+    sharing: dict[tuple[int, ...], list[int]] = {}
+    for i, (row, cont) in enumerate(zip(rows, conts)):
+        if cont:
+            sharing.setdefault(tuple(row[:-1]), []).append(i)
+    scored: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)  # an empty continuation
     device = device_of(model)
+    keys = sorted(sharing, key=len, reverse=True)  # rows of similar length batched together: less padding
     with eval_mode(model), torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            conts = [cont[: max_length - 1] for _, cont in chunk]
-            rows = [(ctx + cont)[-max_length:] for (ctx, _), cont in zip(chunk, conts)]
-            keep = max(len(c) for c in conts) + 1
-            inputs = left_padded(rows, pad, device)
+        for start in range(0, len(keys), batch_size):
+            chunk = keys[start : start + batch_size]
+            keep = max(len(conts[i]) for key in chunk for i in sharing[key])
+            inputs = left_padded([list(key) for key in chunk], pad_id, device)
             try:
                 logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
             except TypeError:  # a model without logits_to_keep: all positions
                 logits = model(**inputs, use_cache=False).logits[:, -keep:]
             logp = torch.log_softmax(logits.float(), dim=-1)
-            for i, cont in enumerate(conts):
-                n = len(cont)
-                if n == 0:
-                    scores.append(ContinuationScore(0.0, 0, 0))
-                    continue
-                # Token t of the continuation (at row position width-n+t) is predicted at width-n+t-1,
-                # which is index keep-1-n+t of the kept window.
-                window = logp[i, keep - 1 - n : keep - 1]
-                target = torch.tensor(cont, device=window.device)
-                total = float(window.gather(-1, target[:, None]).sum())
-                chars = len(continuations[start + i].strip())
-                scores.append(ContinuationScore(total, n, chars))
-    return scores
+            for row_logp, key in zip(logp, chunk):
+                for i in sharing[key]:
+                    # Token t of the continuation is predicted at the t-th of the row's last len(cont) positions.
+                    window = row_logp[keep - len(conts[i]) :]
+                    target = torch.tensor(conts[i], device=window.device)
+                    total = float(window.gather(-1, target[:, None]).sum())
+                    scored[i] = (total, bool((window.argmax(-1) == target).all()))
+    return scored
 
 
 def per_char_logprobs(scores: Sequence[ContinuationScore]) -> list[float]:
