@@ -1,6 +1,8 @@
-"""The evaluation of a finished run, timed again with glibc's freed memory reused per phase (semrl's
-default) and with glibc's defaults (`SEMRL_MALLOC=default`), alternating, and whether the scores
-are identical.
+"""The evaluation of a finished run, timed again in several arms, alternating, and whether the scores
+are identical: by default with glibc's freed memory reused per phase (semrl's default) and with
+glibc's defaults (`SEMRL_MALLOC=default`); `--arms freed_memory_reused_per_phase,bfloat16` compares
+a float32 evaluation with one in the model's own dtype (`evaluation.dtype: model`), counting the
+outputs that changed.
 
 Each arm evaluates a hard-linked copy of RUN_DIR (its trained stages are reused, its `eval/` records
 removed; the original is not touched) with `semrl run` in a child process, and records the child's
@@ -9,7 +11,7 @@ wall times from the records it writes, and whether every score equals the first 
 compared without their wall times and paths).
 
     SEMRL_DATA_DIR=../shared/data python benchmarks/eval_time.py RUN_DIR [--config RUN_DIR/config.yaml]
-        [--repeats 1] [--out benchmarks/results/eval_time.json]
+        [--arms A,B] [--repeats 1] [--out benchmarks/results/eval_time.json]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,13 @@ from semrl.core.memory import MALLOC_ENV
 from semrl.core.provenance import machine, package_versions
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = {"freed_memory_reused_per_phase": {}, "glibc_defaults": {MALLOC_ENV: "default"}}
+# Each arm: the environment and the `--set` overrides of its `semrl run`.
+ARMS: dict[str, tuple[dict[str, str], list[str]]] = {
+    "freed_memory_reused_per_phase": ({}, []),
+    "glibc_defaults": ({MALLOC_ENV: "default"}, []),
+    "bfloat16": ({}, ["evaluation.dtype=model"]),  # the model's dtype: bfloat16 where model.dtype chose it
+}
+DEFAULT_ARMS = "freed_memory_reused_per_phase,glibc_defaults"
 VOLATILE = {"wall_time_s", "model_dir"}  # differ between two evaluations of the same models
 
 
@@ -45,7 +54,19 @@ def _scores(record: Any) -> Any:
     return record
 
 
-def evaluate_copy(run_dir: Path, config: Path, env: dict[str, str], scratch: Path) -> dict[str, Any]:
+def _outputs(records: dict[str, Any]) -> list[str]:
+    """Every generated output of the records (test split and extra tests), in a fixed order."""
+    outputs = []
+    for record in records.values():
+        outputs += [o["output"] for o in record.get("outputs", [])]
+        for extra in (record.get("extra_tasks") or {}).values():
+            outputs += [o["output"] for o in extra.get("outputs", [])]
+    return outputs
+
+
+def evaluate_copy(
+    run_dir: Path, config: Path, env: dict[str, str], scratch: Path, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
     """Evaluate a hard-linked copy of `run_dir` in a child `semrl run`; its resources and records."""
     copy = scratch / "run"
     shutil.rmtree(copy, ignore_errors=True)
@@ -54,6 +75,7 @@ def evaluate_copy(run_dir: Path, config: Path, env: dict[str, str], scratch: Pat
         record.unlink()
     start = time.perf_counter()
     command = [sys.executable, "-m", "semrl", "run", str(config), "--set", f"output_dir={copy}"]
+    command += [arg for override in overrides for arg in ("--set", override)]
     child = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(child.pid, 0)  # this child's own resources, peak RSS included
     wall = time.perf_counter() - start
@@ -78,25 +100,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--config", type=Path, default=None, help="default: the run's own config.yaml")
+    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "eval_time.json")
     args = parser.parse_args(argv)
     config = args.config or args.run_dir / "config.yaml"
+    arms = args.arms.split(",")
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        parser.error(f"--arms: unknown {unknown}; choose among {', '.join(ARMS)}")
     load_before = os.getloadavg()
     runs: list[dict[str, Any]] = []
-    reference = None
+    reference = reference_outputs = None
     with tempfile.TemporaryDirectory(dir=args.run_dir.parent) as scratch:  # same file system: hard links
         for repeat in range(args.repeats):
-            for arm, env in ARMS.items():
-                result = evaluate_copy(args.run_dir, config, env, Path(scratch))
-                scores = _scores(result.pop("records"))
-                reference = scores if reference is None else reference
-                result.update(arm=arm, repeat=repeat, scores_identical_to_first=scores == reference)
+            for arm in arms:
+                env, overrides = ARMS[arm]
+                result = evaluate_copy(args.run_dir, config, env, Path(scratch), overrides)
+                records = result.pop("records")
+                scores, outputs = _scores(records), _outputs(records)
+                if reference is None:
+                    reference, reference_outputs = scores, outputs
+                changed = sum(a != b for a, b in zip(outputs, reference_outputs))
+                result.update(
+                    arm=arm,
+                    repeat=repeat,
+                    scores_identical_to_first=scores == reference,
+                    outputs_changed_vs_first=f"{changed} of {len(outputs)}",
+                    chrf={m: (r.get("task") or {}).get("chrf") for m, r in records.items()},
+                )
                 runs.append(result)
                 print(
                     f"  {arm:<32} {result['wall_s']:7.1f} s  user {result['user_s']:.0f} s  system "
                     f"{result['system_s']:.0f} s  faults {result['minor_page_faults'] / 1e6:.1f} M  "
-                    f"scores identical: {result['scores_identical_to_first']}",
+                    f"scores identical: {result['scores_identical_to_first']}, outputs changed: "
+                    f"{result['outputs_changed_vs_first']}",
                     flush=True,
                 )
     hw = machine()

@@ -306,12 +306,35 @@ def test_eval_time_benchmark_reevaluates_a_copy_in_both_memory_modes_with_identi
     records = sorted(p.name for p in (tiny_run / "eval").glob("*.json"))
     out = tmp_path / "eval_time.json"
 
-    assert eval_time.main([str(tiny_run), "--out", str(out)]) == 0
+    arms = ["freed_memory_reused_per_phase", "glibc_defaults", "bfloat16"]
+    assert eval_time.main([str(tiny_run), "--arms", ",".join(arms), "--out", str(out)]) == 0
 
     result = json.loads(out.read_text(encoding="utf-8"))
-    assert [r["arm"] for r in result["runs"]] == ["freed_memory_reused_per_phase", "glibc_defaults"]
+    assert [r["arm"] for r in result["runs"]] == arms
+    n_outputs = int(result["runs"][0]["outputs_changed_vs_first"].split(" of ")[1])
+    assert n_outputs > 0 and result["runs"][0]["outputs_changed_vs_first"] == f"0 of {n_outputs}"
     for run in result["runs"]:
-        assert run["scores_identical_to_first"] is True
         assert sorted(f"{m}.json" for m in run["method_wall_s"]) == records
+        assert sorted(f"{m}.json" for m in run["chrf"]) == records
         assert run["wall_s"] > 0 and run["minor_page_faults"] > 0 and run["peak_rss_gib"] > 0
+    assert all(run["scores_identical_to_first"] for run in result["runs"][:2])  # memory modes: same numbers
     assert sorted(p.name for p in (tiny_run / "eval").glob("*.json")) == records  # the run itself is untouched
+
+
+def test_task_kl_base_log_probabilities_follow_the_evaluation_dtype(own_run: Path) -> None:
+    """The task KL's cached base log-probabilities belong to one evaluation dtype: a bfloat16 model
+    evaluated in float32 (the default), then in its own bfloat16, has its base samples scored again,
+    rather than bfloat16 log-probabilities subtracted from float32 ones."""
+    import semrl.pipeline.evaluate as evaluate
+    from semrl.config import load_config
+
+    bfloat16_model = ["model.dtype=bfloat16"]
+    evaluate.evaluate_run(load_config(own_run / "config.yaml", bfloat16_model), own_run, log=lambda _: None)
+    in_float32 = json.loads((own_run / "task_kl_base.json").read_text(encoding="utf-8"))
+
+    config = load_config(own_run / "config.yaml", [*bfloat16_model, "evaluation.dtype=model"])
+    evaluate.evaluate_run(config, own_run, log=lambda _: None)
+
+    in_bfloat16 = json.loads((own_run / "task_kl_base.json").read_text(encoding="utf-8"))
+    assert in_bfloat16["key"] != in_float32["key"]
+    assert in_bfloat16["base_logprobs"] != pytest.approx(in_float32["base_logprobs"], abs=1e-4)

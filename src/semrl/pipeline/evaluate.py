@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from semrl.config.experiment import ExperimentConfig
+from semrl.config.model import ModelConfig
 from semrl.core.dist import is_main_process
 from semrl.core.io import read_cache, read_manifest, write_json
 from semrl.core.layout import RunLayout
@@ -57,6 +58,12 @@ def method_model_dirs(config: ExperimentConfig, run_dir: Path) -> dict[str, str 
         elif layout.stage(method).manifest.is_file():
             dirs[method] = layout.stage(method).model
     return dirs
+
+
+def evaluated_model_config(config: ExperimentConfig) -> ModelConfig:
+    """The model section the evaluation loads models with: `model`, in `evaluation.dtype`."""
+    dtype = config.evaluation.dtype
+    return config.model if dtype == "model" else config.model.model_copy(update={"dtype": dtype})
 
 
 def eval_key(config: ExperimentConfig, run_dir: Path, method: str) -> str:
@@ -109,7 +116,7 @@ def evaluate_run(
 
     results: dict[str, dict[str, Any]] = {}
     base: dict[str, Any] = {}  # the base model and tokenizer, loaded at most once
-    model_cfg = config.model if ev.dtype == "model" else config.model.model_copy(update={"dtype": ev.dtype})
+    model_cfg = evaluated_model_config(config)
 
     def base_model() -> tuple[Any, Any]:
         if not base:
@@ -262,7 +269,8 @@ def _task_kl_prompts(config: ExperimentConfig, layout: RunLayout, tokenizer: Any
 
 def _task_kl_base(config: ExperimentConfig, layout: RunLayout, prompts: list[Any], base_model, log) -> dict[str, Any]:
     """The base model's samples on the KL prompts and their log-probabilities: drawn once per run
-    (at the first GRPO-kind stage's sampling settings) and cached in the run directory."""
+    and evaluation dtype (at the first GRPO-kind stage's sampling settings) and cached in the run
+    directory."""
     from semrl.config.evaluation import GenerationConfig
     from semrl.train.stages import stage_specs
 
@@ -279,7 +287,7 @@ def _task_kl_base(config: ExperimentConfig, layout: RunLayout, prompts: list[Any
             "prompts": prompts,
             "generation": generation.model_dump(mode="json"),
             "seed": config.seed,
-            "model": config.model.model_dump(mode="json"),
+            "model": evaluated_model_config(config).model_dump(mode="json"),  # in the evaluation's dtype
         }
     )
     cached = read_cache(layout.task_kl_base)
