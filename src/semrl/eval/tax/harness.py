@@ -21,6 +21,7 @@ class ContinuationOnlyHFLM(HFLM):
     """`HFLM` whose log-likelihood requests compute only the continuations' logits
     (`logits_to_keep`); generation and everything else is HFLM's."""
 
+    # lm-eval's extension point: TemplateLM declares it abstract for every model to implement.
     def _loglikelihood_tokens(
         self,
         requests: list[tuple[tuple[str, str], list[int], list[int]]],
