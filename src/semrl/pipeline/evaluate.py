@@ -121,8 +121,12 @@ def evaluate_run(
     def base_model() -> tuple[Any, Any]:
         if not base:
             base["model"], base["tokenizer"] = load_policy(model_cfg, resolve_model(config.model.name))
-            base["drift"] = BaseLogits(base["model"])  # its drift logits, computed once for every method
         return base["model"], base["tokenizer"]
+
+    def drift_reference() -> BaseLogits:  # the base's drift logits, computed once for every method
+        if "drift" not in base:
+            base["drift"] = BaseLogits(base_model()[0])
+        return base["drift"]
 
     kl_prompts: list[list[Any]] = []  # the task KL's dev prompts, built at their first use
 
@@ -199,9 +203,9 @@ def evaluate_run(
             # time (holding every method's float32 model for one shared base pass took the demo's
             # evaluation to 10.8 GB); the base's logits are kept from the first method's pass.
             log(f"[eval:{method}] drift from base on {len(drift_texts)} general texts")
-            base_model()
+            reference = drift_reference()
             with _evaluation_phase():
-                record["drift"] = drift_dict(measure_drift(base["drift"], model, tokenizer, drift_texts, batch_size=1))
+                record["drift"] = drift_dict(measure_drift(reference, model, tokenizer, drift_texts, batch_size=1))
         record["wall_time_s"] = round(time.time() - started, 2)
         if pending:
             record["extra_tasks"] = {}
