@@ -173,3 +173,25 @@ def test_the_study_is_the_demos_experiment_at_a_larger_scale() -> None:
     # The study's control arm draws GRPO's number of prompts: a matched budget.
     grpo, rft = study.stages.grpo, study.stages.section("rft")
     assert rft.max_prompts == grpo.max_steps * grpo.batch_size // grpo.num_generations
+
+
+def test_a_stage_seed_defaults_to_the_run_seed_and_leaves_existing_stages_current(tmp_path: Path) -> None:
+    from semrl.train.common import common_args
+    from semrl.train.stages import stage_config_hash
+
+    plain = load_config(_write(tmp_path, "seed: 5\n"))
+    assert plain.stage_seed("grpo") == 5
+    # not in the dump while unset: stages finished before the key existed keep their config hash
+    assert "seed" not in plain.to_dict()["stages"]["grpo"]
+    explicit_null = load_config(_write(tmp_path, "seed: 5\nstages:\n  grpo: {seed: null}\n"))
+    assert stage_config_hash(explicit_null, "grpo") == stage_config_hash(plain, "grpo")
+
+    own = load_config(_write(tmp_path, "seed: 5\nstages:\n  grpo: {seed: 9}\n"))
+    assert own.stage_seed("grpo") == 9 and own.stage_seed("cold_start") == 5
+    assert stage_config_hash(own, "grpo") != stage_config_hash(plain, "grpo")
+    assert stage_config_hash(own, "cold_start") == stage_config_hash(plain, "cold_start")
+    args = common_args("grpo", own.stages.grpo, own, tmp_path)
+    assert args["seed"] == args["data_seed"] == 9
+    for bad in ("1.5", "-1", "true"):
+        with pytest.raises(ConfigError, match="stages.grpo.seed"):
+            load_config(_write(tmp_path, f"stages:\n  grpo: {{seed: {bad}}}\n"))

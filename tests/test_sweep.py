@@ -1,5 +1,6 @@
-"""Reward sweeps and few-shot transfer on the tiny model, driven through the CLI as a user would:
-`semrl sweep` trains the cold-start stage once for every variant and writes one comparison;
+"""Sweeps and few-shot transfer on the tiny model, driven through the CLI as a user would:
+`semrl sweep` trains the cold-start stage once for every variant (reward presets, GRPO seeds) and
+writes one comparison;
 `semrl transfer` fine-tunes a finished run's checkpoints on another task and compares them."""
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ FAST = [
     "evaluation.drift_examples=2",
 ]
 VARIANTS = ("emb_lang", "bleu_lang")
+# tiny.yaml's own reward is emb_lang's and its seed 0: this variant differs from emb_lang only in GRPO's seed.
+SEED_VARIANT = "seed-7"
+ALL_VARIANTS = (*VARIANTS, SEED_VARIANT)
 
 
 def _json(path: Path) -> dict:
@@ -49,6 +53,8 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory, fixture_data_dir: Path) 
             str(CONFIGS / "tiny.yaml"),
             "--vary",
             "rewards=" + ",".join(VARIANTS),
+            "--vary",
+            "seed=7",
             "--out",
             str(out),
             "--data-dir",
@@ -64,7 +70,7 @@ def test_cold_start_is_trained_once_and_shared(sweep_dir: Path) -> None:
     shared = _json(sweep_dir / "shared" / "stages" / "cold_start" / "manifest.json")
     trained = [p for p in sweep_dir.glob("*/stages/cold_start") if not p.is_symlink()]
     assert trained == [sweep_dir / "shared" / "stages" / "cold_start"]
-    for variant in VARIANTS:
+    for variant in ALL_VARIANTS:
         link = sweep_dir / variant / "stages" / "cold_start"
         assert link.is_symlink() and link.resolve() == trained[0].resolve()
         grpo = _json(sweep_dir / variant / "stages" / "grpo" / "manifest.json")
@@ -82,11 +88,11 @@ def test_variants_train_with_their_own_rewards(sweep_dir: Path) -> None:
 
 def test_comparison_report_has_both_variants_with_intervals(sweep_dir: Path) -> None:
     sweep = _json(sweep_dir / "sweep.json")
-    assert list(sweep["variants"]) == list(VARIANTS) and sweep["reference"] == "emb_lang"
+    assert list(sweep["variants"]) == list(ALL_VARIANTS) and sweep["reference"] == "emb_lang"
     assert set(sweep["shared"]["methods"]) == {"base", "cold_start"}
     for name, row in sweep["variants"].items():
         assert [(c["name"], c["weight"]) for c in row["rewards"]] == [
-            (c["name"], c["weight"]) for c in REWARD_PRESETS[name]
+            (c["name"], c["weight"]) for c in REWARD_PRESETS[name if name in VARIANTS else "emb_lang"]
         ]
         assert {"bleu", "chrf", "semantic", "lang_rate"} <= set(row["task"])
         iv = row["tax_intervals"]["mean"]
@@ -102,19 +108,35 @@ def test_comparison_report_has_both_variants_with_intervals(sweep_dir: Path) -> 
     assert "grpo: emb_lang" in md and "grpo: bleu_lang" in md and "1.5 bleu + 1 language" in md
     assert "| split | examples |" in md and "{'" not in md  # the scale as a table, not a Python repr
     assert "<table>" in (sweep_dir / "sweep.html").read_text(encoding="utf-8")
-    for variant in VARIANTS:  # every variant is a complete run with its own report
+    for variant in ALL_VARIANTS:  # every variant is a complete run with its own report
         assert set(_json(sweep_dir / variant / "metrics.json")["methods"]) == {"base", "cold_start", "grpo"}
+
+
+def test_a_seed_variant_repeats_grpo_with_its_seed_and_the_same_reward(sweep_dir: Path) -> None:
+    manifests = {v: _json(sweep_dir / v / "stages" / "grpo" / "manifest.json") for v in ("emb_lang", SEED_VARIANT)}
+    assert manifests["emb_lang"]["seed"] == 0 and manifests[SEED_VARIANT]["seed"] == 7
+    assert manifests["emb_lang"]["parent_id"] == manifests[SEED_VARIANT]["parent_id"]
+    rows = _json(sweep_dir / "sweep.json")["variants"]
+    assert rows[SEED_VARIANT]["seed"] == 7 and rows["emb_lang"]["seed"] == 0
+    # the reward, tau included, is the run's: only the training's randomness differs ...
+    assert rows[SEED_VARIANT]["rewards"] == rows["emb_lang"]["rewards"]
+    assert rows[SEED_VARIANT]["tau"] == rows["emb_lang"]["tau"]
+    # ... and it does differ: another seed trains another model from the same cold start
+    adapters = [sweep_dir / v / "stages" / "grpo" / "model" / "adapter_model.safetensors" for v in manifests]
+    assert all(a.is_file() for a in adapters) and adapters[0].read_bytes() != adapters[1].read_bytes()
+    md = (sweep_dir / "sweep.md").read_text(encoding="utf-8")
+    assert "grpo: seed-7" in md and "| GRPO seed |" in md
 
 
 def test_rerun_trains_nothing_and_stale_shared_stage_is_refused(sweep_dir: Path, fixture_data_dir: Path) -> None:
     overrides = [v for v in FAST if v != "--set"]
     config = load_config(CONFIGS / "tiny.yaml", overrides=overrides)
     config.data_dir = str(fixture_data_dir)
-    before = {v: _json(sweep_dir / v / "stages" / "grpo" / "manifest.json")["id"] for v in VARIANTS}
+    before = {v: _json(sweep_dir / v / "stages" / "grpo" / "manifest.json")["id"] for v in ALL_VARIANTS}
     lines: list[str] = []
-    run_sweep(config, VARIANTS, sweep_dir, log=lines.append)
+    run_sweep(config, ALL_VARIANTS, sweep_dir, log=lines.append)
     assert not [line for line in lines if "starting" in line or "generating" in line]
-    assert {v: _json(sweep_dir / v / "stages" / "grpo" / "manifest.json")["id"] for v in VARIANTS} == before
+    assert {v: _json(sweep_dir / v / "stages" / "grpo" / "manifest.json")["id"] for v in ALL_VARIANTS} == before
     # the shared stage's manifest is checked through the link: another cold-start config is refused
     changed = load_config(CONFIGS / "tiny.yaml", overrides=[*overrides, "stages.cold_start.learning_rate=0.5"])
     changed.data_dir = str(fixture_data_dir)
@@ -214,5 +236,8 @@ def test_cli_errors_name_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_parse_vary() -> None:
     assert parse_vary(["rewards=emb_lang, bleu_lang", "rewards=emb"]) == ["emb_lang", "bleu_lang", "emb"]
-    with pytest.raises(ConfigError, match="rewards=PRESET"):
-        parse_vary(["seed=1,2"])
+    assert parse_vary(["seed=1, 2", "rewards=emb"]) == ["seed-1", "seed-2", "emb"]
+    with pytest.raises(ConfigError, match="rewards=PRESET.* or seed=N"):
+        parse_vary(["lr=1e-4"])
+    with pytest.raises(ConfigError, match="seeds are integers.*-1, x"):
+        parse_vary(["seed=1,-1,x"])

@@ -524,13 +524,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="train only; skip evaluation and the report")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("sweep", help="one experiment per reward preset, sharing the cold start; one comparison report")
+    p = sub.add_parser(
+        "sweep", help="one experiment per reward preset or GRPO seed, sharing the cold start; one comparison report"
+    )
     with_config(p)
     p.add_argument(
         "--vary",
         action="append",
-        metavar="rewards=P1,P2,...",
-        help="reward presets to compare, e.g. rewards=emb_lang,bleu_lang,bleu_emb_lang,emb (default: the config's sweep.rewards)",
+        metavar="rewards=P1,P2,... | seed=N1,N2,...",
+        help="reward presets to compare, e.g. rewards=emb_lang,bleu_lang,bleu_emb_lang,emb, or GRPO seeds to repeat "
+        "the stage with, e.g. seed=1,2 (repeatable; default: the config's sweep.rewards and sweep.seeds)",
     )
     p.add_argument("--out", type=Path, help="sweep directory (default: the config's output_dir + '-sweep')")
     p.set_defaults(func=cmd_sweep)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
 import yaml
 from pydantic import (
@@ -43,6 +43,20 @@ class SweepConfig(Section):
         description="Reward presets to compare (see rewards.preset), e.g. [emb_lang, bleu_lang, "
         "bleu_emb_lang, emb]; `semrl sweep --vary rewards=...` overrides it.",
     )
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32, strict=True)]] = Field(
+        default_factory=list,
+        description="GRPO seeds to repeat the run's GRPO stage with (stages.grpo.seed), each a variant seed-N: "
+        "the spread another seed gives the same stage; `semrl sweep --vary seed=...` overrides it.",
+    )
+
+    _omit_when_default = ("seeds",)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each seed may appear once; got {v}")
+        return v
 
     @field_validator("rewards")
     @classmethod
@@ -160,6 +174,11 @@ class ExperimentConfig(Section):
         """The data directory: the config's, else $SEMRL_DATA_DIR, else None (download)."""
         value = self.data_dir or os.environ.get("SEMRL_DATA_DIR")
         return Path(value).expanduser() if value else None
+
+    def stage_seed(self, stage: str) -> int:
+        """The seed a stage trains and samples with: its own `seed`, else the top-level one."""
+        own = self.stages.section(stage).seed
+        return self.seed if own is None else own
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

@@ -138,13 +138,22 @@ class StageCommon(Section):
     logging_steps: int = Field(1, ge=1, description="Log to stages/<stage>/log.jsonl every N steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume point if killed).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory).")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**32,
+        strict=True,
+        description="This stage's own seed (adapter initialisation, data order, sampled completions; the reward "
+        "and its tau stay the run's); null: the top-level seed. The same stage with other seeds on the same parent "
+        "shows its spread (`semrl sweep --vary seed=1,2,3`).",
+    )
     trl: dict[str, Any] = Field(
         default_factory=dict,
         description="Further fields of TRL's SFTConfig (sft stages) or GRPOConfig (grpo stages), passed through "
         "verbatim, e.g. {report_to: wandb} or {epsilon_high: 0.28}. Fields semrl sets from its own keys are refused.",
     )
 
-    _omit_when_default = ("trl",)
+    _omit_when_default = ("trl", "seed")
 
     @field_validator("max_steps")
     @classmethod
@@ -191,7 +200,7 @@ class SFTStageConfig(StageCommon):
 class ColdStartConfig(SFTStageConfig):
     """Cold-start SFT on a small slice: paper 5k examples, 2 epochs, lr 2e-5, batch 32, cosine."""
 
-    _omit_when_default = ("kind", "from_", "splits", "trl")
+    _omit_when_default = ("kind", "from_", "splits", "trl", "seed")
 
 
 class StrongSFTConfig(SFTStageConfig):
@@ -200,7 +209,7 @@ class StrongSFTConfig(SFTStageConfig):
 
     splits: list[str] = Field(default_factory=lambda: ["cold_start", "rl"], description="Splits to train on.")
 
-    _omit_when_default = ("kind", "from_", "splits", "trl")
+    _omit_when_default = ("kind", "from_", "splits", "trl", "seed")
 
 
 class GRPOStageConfig(StageCommon):
@@ -254,6 +263,7 @@ class GRPOStageConfig(StageCommon):
         "from_",
         "splits",
         "trl",
+        "seed",
         "merged_generation",
         "vllm_gpu_memory_utilization",
         "vllm_enable_sleep_mode",
@@ -314,7 +324,7 @@ class RFTStageConfig(SFTStageConfig):
     )
     rewards: RewardsConfig | None = Field(None, description=STAGE_REWARDS_DESCRIPTION)
 
-    _omit_when_default = ("trl", "max_prompts")
+    _omit_when_default = ("trl", "max_prompts", "seed")
 
     @model_validator(mode="after")
     def _has_parent(self) -> RFTStageConfig:

@@ -118,7 +118,7 @@ def run_stage_in_dir(
         "init_model": str(init_model) if init_model is not None else None,
         "parent_id": (parent_manifest or {}).get("id"),
         "model_dir": str(result.model_dir),
-        "seed": config.seed,
+        "seed": config.stage_seed(stage),
         "wall_time_s": round(time.time() - started, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -1,5 +1,6 @@
-"""Reward sweeps behind `semrl sweep`: one experiment per reward preset, sharing everything
-upstream of GRPO, and one report that compares them (the paper's reward ablations).
+"""Sweeps behind `semrl sweep`: one experiment per variant, sharing everything upstream of GRPO,
+and one report that compares them. A variant is a reward preset (the paper's reward ablations) or
+GRPO's seed, `seed-N` (how far another seed moves the same GRPO stage: its spread).
 
 Sweep directory::
 
@@ -7,7 +8,7 @@ Sweep directory::
       shared/                      a run directory with the data split, the cold-start (and
                                    strong-SFT) stage and the evaluations of base, cold_start, sft,
                                    and the run's own reward encoder (backend: trained)
-      <variant>/                   a complete run directory per reward preset:
+      <variant>/                   a complete run directory per variant (a preset, or seed-N):
         splits -> ../shared/splits               (link)
         encoder -> ../shared/encoder             (link, with backend: trained)
         stages/cold_start -> ../../shared/...    (link; likewise stages/sft)
@@ -69,8 +70,11 @@ from semrl.train.stages import (
 
 SHARED_DIR = ComparisonLayout.SHARED
 SWEEP_SCHEMA_VERSION = 1
-# What the sweep can vary, and the config key each value sets.
-VARIABLE = "rewards"
+# What the sweep can vary: `rewards` sets rewards.preset, `seed` sets stages.grpo.seed. A seed
+# variant is named SEED_PREFIX + the seed, which no reward preset is.
+VARIABLES = ("rewards", "seed")
+SEED_PREFIX = "seed-"
+VARY_USAGE = f"rewards=PRESET[,PRESET...] or seed=N[,N...] (presets: {', '.join(REWARD_PRESETS)})"
 
 
 @dataclass
@@ -84,47 +88,72 @@ class SweepSummary:
     wall_time_s: float = 0.0
 
 
+def seed_variant(seed: int) -> str:
+    """The name (and folder) of the variant that trains GRPO with `seed`."""
+    return f"{SEED_PREFIX}{seed}"
+
+
+def variant_seed(variant: str) -> int | None:
+    """The GRPO seed a variant name stands for (None: a reward-preset variant)."""
+    digits = variant.removeprefix(SEED_PREFIX)
+    return int(digits) if variant.startswith(SEED_PREFIX) and digits.isdigit() else None
+
+
 def parse_vary(items: Sequence[str]) -> list[str]:
-    """Parse `--vary rewards=a,b,c` (the only variable so far) into preset names."""
-    presets: list[str] = []
+    """Parse `--vary rewards=a,b` and `--vary seed=1,2` into variant names (`a`, `b`, `seed-1`, `seed-2`)."""
+    variants: list[str] = []
     for item in items:
         key, sep, values = item.partition("=")
-        if not sep or key.strip() != VARIABLE:
-            raise ConfigError(
-                f"--vary {item!r}: expected {VARIABLE}=PRESET[,PRESET...] (presets: {', '.join(REWARD_PRESETS)})"
-            )
-        presets += [v.strip() for v in values.split(",") if v.strip()]
-    return presets
+        key = key.strip()
+        if not sep or key not in VARIABLES:
+            raise ConfigError(f"--vary {item!r}: expected {VARY_USAGE}")
+        names = [v.strip() for v in values.split(",") if v.strip()]
+        if key == "seed":
+            bad = [v for v in names if not v.isdigit() or int(v) >= 2**32]
+            if bad:
+                raise ConfigError(f"--vary {item!r}: seeds are integers in [0, 2**32); got {', '.join(bad)}")
+            names = [seed_variant(int(v)) for v in names]
+        variants += names
+    return variants
 
 
 def _checked_variants(config: ExperimentConfig, variants: Sequence[str] | None) -> list[str]:
-    chosen = list(variants) if variants else list(config.sweep.rewards)
+    chosen = list(variants) if variants else [*config.sweep.rewards, *map(seed_variant, config.sweep.seeds)]
     if not chosen:
         raise ConfigError(
-            f"nothing to sweep: pass --vary rewards=PRESET,PRESET,... or set sweep.rewards in the config "
-            f"(presets: {', '.join(REWARD_PRESETS)})"
+            f"nothing to sweep: pass --vary {VARY_USAGE.replace(' or ', ' or --vary ', 1)}, "
+            "or set sweep.rewards or sweep.seeds in the config"
         )
+    presets = [v for v in chosen if variant_seed(v) is None]
+    seeds = [s for v in chosen if (s := variant_seed(v)) is not None]
     try:
-        SweepConfig(rewards=chosen)
+        SweepConfig(rewards=presets, seeds=seeds)
     except ValidationError as err:
-        raise ConfigError(f"--vary rewards: {err.errors()[0]['msg']}") from None
+        error = err.errors()[0]
+        raise ConfigError(f"--vary {error['loc'][0]}: {error['msg']}") from None
     if SHARED_DIR in chosen:
         raise ConfigError(f"a variant may not be called {SHARED_DIR!r}")
     missing = [s for s in (COLD_START, TREATMENT) if s not in config.stages.enabled]
     if missing:
-        raise ConfigError(f"a reward sweep varies GRPO from a shared cold start: stages.enabled must include {missing}")
+        raise ConfigError(f"a sweep varies GRPO from a shared cold start: stages.enabled must include {missing}")
     if TREATMENT not in evaluated_methods(config):
-        raise ConfigError("a reward sweep compares the GRPO models: evaluation.methods must include grpo")
+        raise ConfigError("a sweep compares the GRPO models: evaluation.methods must include grpo")
     return chosen
 
 
-def variant_config(config: ExperimentConfig, preset: str) -> ExperimentConfig:
-    """The config with `rewards.preset` set to `preset` (its components replace the config's)."""
+def variant_config(config: ExperimentConfig, variant: str) -> ExperimentConfig:
+    """The config of one variant: GRPO's seed set (`seed-N`), or `rewards.preset` set to the
+    preset (its components replace the config's)."""
     data = config.to_dict()
-    data["name"] = f"{config.name} [rewards: {preset}]"
-    data["rewards"]["preset"] = preset
-    data["rewards"]["components"] = None
-    return parse_config(data, f"sweep variant {preset!r}")
+    seed = variant_seed(variant)
+    if seed is not None:
+        data["name"] = f"{config.name} [GRPO seed: {seed}]"
+        data["stages"][TREATMENT]["seed"] = seed
+    else:
+        data["name"] = f"{config.name} [rewards: {variant}]"
+        data["rewards"]["preset"] = variant
+        data["rewards"]["components"] = None
+    return parse_config(data, f"sweep variant {variant!r}")
 
 
 def shared_config(config: ExperimentConfig) -> ExperimentConfig:
@@ -170,12 +199,14 @@ def run_sweep(
     out_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> SweepSummary:
-    """Run one experiment per reward preset, all sharing one data split, base evaluation and
+    """Run one experiment per variant, all sharing one data split, base evaluation and
     cold-start (and strong-SFT) stage, then write the comparison (sweep.json/md/html).
 
     Args:
-        config: the experiment config; its `rewards` section is replaced per variant.
-        variants: reward presets (default: `config.sweep.rewards`).
+        config: the experiment config; each variant replaces its `rewards` section (a preset) or
+            sets GRPO's seed (`seed-N`).
+        variants: reward presets and `seed-N` names (see `parse_vary`; default: `config.sweep.rewards`
+            then `config.sweep.seeds`).
         out_dir: the sweep directory (default: `<output_dir>-sweep`).
         log: where progress lines go.
     """
@@ -194,19 +225,19 @@ def _sweep(
     shared_cfg = shared_config(config)
     shared = layout.shared
     shared_stages = list(shared_cfg.stages.enabled)
-    configs = {preset: variant_config(config, preset) for preset in chosen}
+    configs = {variant: variant_config(config, variant) for variant in chosen}
     # Every run's preconditions before the shared run trains anything (the shared run is
     # evaluated too, by evaluate_run below).
     check_run(shared_cfg, shared)
-    pending = {preset: check_run(cfg, layout.variant(preset)) for preset, cfg in configs.items()}
+    pending = {variant: check_run(cfg, layout.variant(variant)) for variant, cfg in configs.items()}
     trained_dir = None
     if uses_trained_encoder(config):  # one encoder for every run, trained first, in shared/
         with locked_directory(shared.root, shared.lock, f"run directory {shared.root}", log=log):
             train_run_encoder(shared_cfg, shared, prepare_run_data(shared_cfg, shared), log)
         trained_dir = shared.encoder.model
     encoder = None
-    for preset, cfg in configs.items():  # each variant's GRPO reward can read the output language
-        encoder = preflight(cfg, pending[preset], encoder, trained_dir)
+    for variant, cfg in configs.items():  # each variant's GRPO reward can read the output language
+        encoder = preflight(cfg, pending[variant], encoder, trained_dir)
     del encoder  # not held through the sweep (a large encoder): each run builds its own when it needs it
 
     log(f"[sweep] shared stages ({', '.join(shared_stages)}) in {shared.root}")
@@ -214,17 +245,17 @@ def _sweep(
     evaluate_run(shared_cfg, shared.root, log=log)
 
     walls: dict[str, float] = {}
-    for i, preset in enumerate(chosen, start=1):
-        cfg = configs[preset]
-        paths = layout.variant(preset)
+    for i, variant in enumerate(chosen, start=1):
+        cfg = configs[variant]
+        paths = layout.variant(variant)
         if is_main_process():
             link_shared(shared, paths, shared_stages)
         wait_for_everyone()
         terms = " + ".join(f"{c.weight:g} {c.name}" for c in cfg.rewards.components)
-        log(f"[sweep] variant {i}/{len(chosen)}: {preset} (R = {terms}) in {paths.root}")
+        log(f"[sweep] variant {i}/{len(chosen)}: {variant} (R = {terms}) in {paths.root}")
         t0 = time.time()
-        summary.variants[preset] = run_experiment(cfg, paths.root, log=log)
-        walls[preset] = round(time.time() - t0, 2)
+        summary.variants[variant] = run_experiment(cfg, paths.root, log=log)
+        walls[variant] = round(time.time() - t0, 2)
 
     summary.wall_time_s = round(time.time() - started, 2)
     if is_main_process():
@@ -255,13 +286,16 @@ def build_sweep(
         {"schema_version": 1, "reference": "<first variant>", "confidence": 0.95,
          "shared": {"run_dir", "cold_start": {"id", "finished_at", "wall_time_s"},
                     "methods": {"base" | "cold_start" | "sft": {"task", "tax", "drift", "task_intervals", "tax_intervals"}}},
-         "variants": {"<preset>": {"run_dir", "rewards": [components], "task", "task_intervals",
-                     "vs_cold_start", "vs_sft", "vs_reference", "tax", "tax_intervals", "drift",
+         "variants": {"<variant>": {"run_dir", "rewards": [components], "seed", "task", "task_intervals",
+                     "vs_cold_start", "vs_sft", "vs_reference", "tax", "tax_intervals",
+                     "tax_vs_sft": {"measure", "estimate", "low", "high", "reading"} | null, "drift",
                      "tau", "grpo_wall_time_s", "grpo_steps", "wall_time_s"}},
          "scale": {...}, "wall_time_s": float | null}
 
     `vs_*` are paired bootstrap intervals of GRPO(variant) minus the other model on the same test
-    examples; `tax` is score(base) - score(variant) per benchmark and their mean.
+    examples; `tax` is score(base) - score(variant) per benchmark and their mean; `tax_vs_sft` is
+    the run's primary tax measure, GRPO(variant) minus strong SFT (see the run report's headline);
+    `seed` is the seed GRPO trained with.
     """
     layout = ComparisonLayout(Path(out_dir), "sweep")
     metrics = {v: _read_json(layout.variant(v).metrics) for v in variants}
@@ -289,9 +323,12 @@ def build_sweep(
         grpo = m["methods"][TREATMENT]
         diffs = m["intervals"]["differences"]
         training = m["training"].get(TREATMENT, {})
+        comparison = m.get("comparison") or {}
+        primary = (comparison.get("measures") or {}).get(comparison.get("primary"))
         rows[v] = {
             "run_dir": v,
             "rewards": m["config"]["rewards"]["components"],
+            "seed": m["config"]["stages"][TREATMENT].get("seed", m["config"]["seed"]),
             "task": grpo["task"],
             "task_intervals": m["intervals"]["task"][TREATMENT],
             "vs_cold_start": diffs.get(f"{TREATMENT}-{COLD_START}"),
@@ -301,6 +338,7 @@ def build_sweep(
             else paired_differences(grpo_evals[v], grpo_evals[reference], config.task.target_lang, boot),
             "tax": grpo.get("tax"),
             "tax_intervals": m["intervals"]["tax"].get(TREATMENT),
+            "tax_vs_sft": None if primary is None else {"measure": comparison["primary"], **primary},
             "drift": grpo.get("drift"),
             "tau": ((training.get("extra") or {}).get("tau") or {}).get("value"),
             "grpo_wall_time_s": training.get("wall_time_s"),
@@ -393,6 +431,8 @@ def render_sweep_markdown(sweep: dict[str, Any]) -> str:
         )
 
     out += [f"## GRPO minus the cold-start model (paired, {conf}% intervals)", "", diff_table("vs_cold_start"), ""]
+    if any(r["vs_sft"] for r in variants.values()):
+        out += [f"## GRPO minus strong SFT (paired, {conf}% intervals)", "", diff_table("vs_sft"), ""]
     if any(r["vs_reference"] for r in variants.values()):
         out += [f"## Each variant minus {md_text(ref)} (paired, {conf}% intervals)", "", diff_table("vs_reference"), ""]
     out += [
@@ -418,12 +458,30 @@ def render_sweep_markdown(sweep: dict[str, Any]) -> str:
             ["model", "tax mean"] + [f"tax {b}" for b in benches] + ["NLL increase mean", "NLL increase P90"], rows
         )
     )
+    primary = {v: r["tax_vs_sft"] for v, r in variants.items() if r.get("tax_vs_sft")}
+    if primary:
+        out += [
+            "",
+            f"The primary tax measure, GRPO minus strong SFT ({conf}% paired intervals; negative: GRPO paid less):",
+            "",
+            md_table(
+                ["variant", "measure", "GRPO − SFT", "reading"],
+                [[v, md_text(d["measure"]), fmt_iv(d), md_text(d["reading"])] for v, d in primary.items()],
+            ),
+        ]
     out += ["", "## Training", ""]
     out.append(
         md_table(
-            ["variant", "tau", "GRPO steps", "GRPO wall time (s)", "variant wall time (s)"],
+            ["variant", "GRPO seed", "tau", "GRPO steps", "GRPO wall time (s)", "variant wall time (s)"],
             [
-                [v, fmt(r["tau"], 4), str(r["grpo_steps"]), fmt(r["grpo_wall_time_s"], 1), fmt(r["wall_time_s"], 1)]
+                [
+                    v,
+                    str(r.get("seed")),
+                    fmt(r["tau"], 4),
+                    str(r["grpo_steps"]),
+                    fmt(r["grpo_wall_time_s"], 1),
+                    fmt(r["wall_time_s"], 1),
+                ]
                 for v, r in variants.items()
             ],
         )

@@ -64,8 +64,8 @@ def common_args(stage: str, cfg: Any, config: ExperimentConfig, output_dir: Path
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=SAVE_TOTAL_LIMIT,
-        seed=config.seed,
-        data_seed=config.seed,
+        seed=config.stage_seed(stage),
+        data_seed=config.stage_seed(stage),
         report_to=default_report_to(),
         # TRL loads code from the model's folder with this (vLLM, a processor): semrl's own switch decides.
         trust_remote_code=config.model.trust_remote_code,

@@ -170,6 +170,7 @@ def _calibrate_tau(
         logger.info(
             "cold-start dev similarity %.4f on %d examples (%.1fs)", dev_sim, len(dev), time.perf_counter() - started
         )
+    # The run's seed, not the stage's own: repeats of a stage under other seeds optimise one reward.
     calibration = resolve_tau(
         rewards, encoder, [ex.reference for ex in examples], dev_similarity=dev_sim, seed=config.seed
     )

@@ -77,7 +77,7 @@ def sample_rft_set(
     )
     group = cfg.num_generations
     if cfg.max_prompts is not None and cfg.max_prompts < len(examples):
-        examples = random.Random(config.seed).sample(examples, cfg.max_prompts)
+        examples = random.Random(config.stage_seed(stage)).sample(examples, cfg.max_prompts)
     prompts = [build_prompt(ex.source, config.task, tokenizer) for ex in examples]
     # Sampling is most of the stage's time before its first step (160 prompts x 4: minutes on a CPU).
     with tqdm(

@@ -306,7 +306,7 @@ def train_stage(
     resume_from = _prepare_stage_dir(stage_dir, resume)
 
     # Seed before loading: LoRA adapters are initialised randomly when the trainer wraps the model.
-    set_seed(config.seed)
+    set_seed(config.stage_seed(stage))
     if spec.kind == "grpo" and init_model is None:
         logger.warning("GRPO stage %r starts from the base model (no starting checkpoint given)", stage)
     model, tokenizer = load_policy(config.model, init_model)
