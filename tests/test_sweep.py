@@ -16,7 +16,7 @@ from semrl.config.rewards import REWARD_PRESETS
 from semrl.core.errors import ConfigError
 from semrl.core.layout import RunLayout
 from semrl.pipeline.run import check_parent_current, remove_stage
-from semrl.pipeline.sweep import parse_vary, run_sweep
+from semrl.pipeline.sweep import parse_vary, render_sweep_markdown, run_sweep
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Small enough for a 2-core CPU: no strong-SFT stage, one GRPO step, one cheap benchmark.
@@ -128,6 +128,27 @@ def test_a_seed_variant_repeats_grpo_with_its_seed_and_the_same_reward(sweep_dir
     assert "grpo: seed-7" in md and "| GRPO seed |" in md
 
 
+def test_the_comparison_states_the_spread_of_the_primary_tax_over_seeds(sweep_dir: Path) -> None:
+    # The fixture sweep has no strong-SFT stage; give its rows the GRPO - SFT figures a full run has.
+    sweep = _json(sweep_dir / "sweep.json")
+    rows = sweep["variants"]
+    rows["seed-8"] = dict(rows[SEED_VARIANT], seed=8)
+    figures = {"emb_lang": -0.05, SEED_VARIANT: 0.01, "seed-8": -0.02}
+    for name, estimate in figures.items():
+        reading = "lower" if estimate < -0.03 else "not separated"
+        rows[name]["tax_vs_sft"] = {
+            "measure": "continuous",
+            "estimate": estimate,
+            "low": estimate - 0.02,
+            "high": estimate + 0.02,
+            "reading": reading,
+        }
+    md = render_sweep_markdown(sweep)
+    assert "| seed-8 | continuous | -0.020 [-0.040, +0.000] | not separated |" in md.replace("\u00a0", " ")
+    # the spread is over the seed variants only (emb_lang is a preset, though it trains with seed 0)
+    assert "Over 2 GRPO seeds the estimate ranges from -0.020 to +0.010; readings: not separated." in md
+
+
 def test_rerun_trains_nothing_and_stale_shared_stage_is_refused(sweep_dir: Path, fixture_data_dir: Path) -> None:
     overrides = [v for v in FAST if v != "--set"]
     config = load_config(CONFIGS / "tiny.yaml", overrides=overrides)
@@ -211,6 +232,8 @@ def test_cli_errors_name_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--vary rewards=" in capsys.readouterr().err
     assert main(["sweep", tiny, "--out", str(tmp_path / "s"), "--vary", "rewards=emb_lang,nope"]) == 2
     assert "nope" in capsys.readouterr().err
+    assert main(["sweep", tiny, "--out", str(tmp_path / "s"), "--vary", "seed=1,1"]) == 2
+    assert "--vary seed: " in (err := capsys.readouterr().err) and "each seed may appear once" in err
     assert (
         main(
             [

@@ -1,1 +1,1 @@
-"""The whole flow: a run, a reward sweep, a few-shot transfer. The only modules that know every stage."""
+"""The whole flow: a run, a sweep (reward presets, GRPO seeds), a few-shot transfer. The only modules that know every stage."""

@@ -130,7 +130,8 @@ def _checked_variants(config: ExperimentConfig, variants: Sequence[str] | None) 
         SweepConfig(rewards=presets, seeds=seeds)
     except ValidationError as err:
         error = err.errors()[0]
-        raise ConfigError(f"--vary {error['loc'][0]}: {error['msg']}") from None
+        variable = {"rewards": "rewards", "seeds": "seed"}[error["loc"][0]]
+        raise ConfigError(f"--vary {variable}: {error['msg']}") from None
     if SHARED_DIR in chosen:
         raise ConfigError(f"a variant may not be called {SHARED_DIR!r}")
     missing = [s for s in (COLD_START, TREATMENT) if s not in config.stages.enabled]
@@ -376,7 +377,7 @@ def render_sweep_markdown(sweep: dict[str, Any]) -> str:
     shared = sweep["shared"]
     variants = sweep["variants"]
     out = [
-        f"# semrl reward sweep: {md_text(sweep['name'])}",
+        f"# semrl sweep: {md_text(sweep['name'])}",
         "",
         f"Model {md_code(sc['model'])}, reward encoder {md_code(sc['encoder'])}.",
         "",
@@ -469,6 +470,15 @@ def render_sweep_markdown(sweep: dict[str, Any]) -> str:
                 [[v, md_text(d["measure"]), fmt_iv(d), md_text(d["reading"])] for v, d in primary.items()],
             ),
         ]
+        seeded = [d for v, d in primary.items() if variant_seed(v) is not None]
+        if len(seeded) > 1:
+            estimates = [d["estimate"] for d in seeded]
+            readings = sorted({d["reading"] for d in seeded})
+            out += [
+                "",
+                f"Over {len(seeded)} GRPO seeds the estimate ranges from {min(estimates):+.3f} to "
+                f"{max(estimates):+.3f}; readings: {md_text(', '.join(readings))}.",
+            ]
     out += ["", "## Training", ""]
     out.append(
         md_table(
