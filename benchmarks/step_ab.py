@@ -11,7 +11,10 @@ in the machine's load hits both alike; the load average is recorded. Arms:
 - ``merged_generation``: the same sampling with PEFT's adapter path (A) and from merged weights,
   rebuilt for each call as GRPO rebuilds them each step (`semrl.train.merged_lora_for_generation`, B);
 - ``sampling``: the merged sampling with `torch.multinomial` drawing each token (A) and with
-  `semrl.generation.inverse_cdf_sampling_in_generate` (B).
+  `semrl.generation.inverse_cdf_sampling_in_generate` (B);
+- ``compile``: the SFT step (with `lora_in_weight_dtype`) with eager decoder layers (A) and with
+  each decoder layer compiled by `torch.compile(layer, dynamic=True)` (regional compilation, B).
+  The compiled arm's first call, in the warm-up, includes the compilation (`first_call_s`).
 
     SEMRL_DATA_DIR=../shared/data python benchmarks/step_ab.py --compare lora_dtype [--repeats 3]
         [--out benchmarks/results/step_ab_lora_dtype.json]
@@ -92,6 +95,16 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
                 attention(base, "eager"), lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))
             ),
         }, info
+    if compare == "compile":
+        layers = model.get_base_model().model.layers
+        compiled = [torch.compile(layer, dynamic=True) for layer in layers]
+        return {
+            "eager": lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch)),
+            "compiled_layers": lambda: _in(
+                swapped_layers(layers, compiled),
+                lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch)),
+            ),
+        }, info
     if compare in ("generation", "merged_generation", "sampling"):
         cfg = config.stages.grpo
         tokenizer = trainer.processing_class
@@ -135,6 +148,19 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
     raise SystemExit(f"unknown --compare {compare!r}")
 
 
+@contextlib.contextmanager
+def swapped_layers(layers: torch.nn.ModuleList, replacements: list[torch.nn.Module]) -> Iterator[None]:
+    """Within this block, `layers` holds `replacements` (compiled wrappers sharing the parameters)."""
+    originals = list(layers)
+    for i, module in enumerate(replacements):
+        layers[i] = module
+    try:
+        yield
+    finally:
+        for i, module in enumerate(originals):
+            layers[i] = module
+
+
 def _in(context: Any, fn: Callable[[], float]) -> float:
     with context:
         return fn()
@@ -152,7 +178,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
     parser.add_argument(
-        "--compare", required=True, choices=["lora_dtype", "attention", "generation", "merged_generation", "sampling"]
+        "--compare",
+        required=True,
+        choices=["lora_dtype", "attention", "generation", "merged_generation", "sampling", "compile"],
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")
@@ -166,8 +194,11 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, compact_lm_head_on_cpu():
         timed, info = arms(args.compare, config, splits, Path(tmp))
-        for fn in timed.values():  # warm-up: oneDNN picks its kernels on the first call
+        first_call = {}
+        for name, fn in timed.items():  # warm-up: oneDNN picks its kernels (torch.compile compiles) on the first call
+            start = time.perf_counter()
             fn()
+            first_call[name] = round(time.perf_counter() - start, 2)
         times: dict[str, list[float]] = {name: [] for name in timed}
         for _ in range(args.repeats):
             for name, fn in timed.items():
@@ -185,6 +216,7 @@ def main() -> None:
         "config": args.config.name,
         "shape": info,
         "seconds": times,
+        "first_call_s": first_call,
         "median_s": {name: round(statistics.median(t), 3) for name, t in times.items()},
         "ratio_a_over_b": round(ratio, 2),
         "versions": package_versions(),
