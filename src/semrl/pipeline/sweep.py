@@ -329,7 +329,7 @@ def build_sweep(
         rows[v] = {
             "run_dir": v,
             "rewards": m["config"]["rewards"]["components"],
-            "seed": m["config"]["stages"][TREATMENT].get("seed", m["config"]["seed"]),
+            "seed": load_config(layout.variant(v).config).stage_seed(TREATMENT),
             "task": grpo["task"],
             "task_intervals": m["intervals"]["task"][TREATMENT],
             "vs_cold_start": diffs.get(f"{TREATMENT}-{COLD_START}"),
