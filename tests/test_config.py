@@ -175,6 +175,19 @@ def test_the_study_is_the_demos_experiment_at_a_larger_scale() -> None:
     assert rft.max_prompts == grpo.max_steps * grpo.batch_size // grpo.num_generations
 
 
+def test_compile_layers_is_off_by_default_and_leaves_existing_stages_current(tmp_path: Path) -> None:
+    from semrl.train.stages import stage_config_hash
+
+    plain = load_config(_write(tmp_path, "seed: 5\n"))
+    explicit_off = load_config(_write(tmp_path, "seed: 5\nstages:\n  grpo: {compile_layers: false}\n"))
+    on = load_config(_write(tmp_path, "seed: 5\nstages:\n  grpo: {compile_layers: true}\n"))
+    for stage in ("cold_start", "sft", "grpo"):
+        assert "compile_layers" not in plain.to_dict()["stages"][stage]  # stages trained before the key stay current
+        assert stage_config_hash(explicit_off, stage) == stage_config_hash(plain, stage)
+    assert stage_config_hash(on, "grpo") != stage_config_hash(plain, "grpo")  # other numbers: trained again
+    assert stage_config_hash(on, "cold_start") == stage_config_hash(plain, "cold_start")
+
+
 def test_a_stage_seed_defaults_to_the_run_seed_and_leaves_existing_stages_current(tmp_path: Path) -> None:
     from semrl.train.common import common_args
     from semrl.train.stages import stage_config_hash

@@ -136,6 +136,20 @@ def test_run_with_late_evaluation_problems_fails_before_training(
         assert not (out / "config.yaml").exists(), name  # refused before anything was written
 
 
+def test_run_compiling_layers_without_a_cpp_compiler_fails_before_training(
+    tmp_path: Path, fixture_data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.compile on CPU would fail at the GRPO stage's first step, after the cold start trained."""
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-compilers"))
+    out = tmp_path / "run"
+    argv = ["run", TINY, "--out", str(out), "--data-dir", str(fixture_data_dir), *FAST]
+    assert main([*argv, "--set", "stages.grpo.compile_layers=true"]) == 2
+    err = capsys.readouterr().err
+    assert "stages.grpo.compile_layers" in err and "C++ compiler" in err and "apt-get install g++" in err
+    assert not (out / "config.yaml").exists()
+
+
 def test_sweep_refuses_a_variant_whose_encoder_cannot_read_the_output_before_the_shared_stage(
     tmp_path: Path, fixture_data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,7 +11,7 @@ import torch
 from semrl import models
 from semrl.config.model import LoraConfig, ModelConfig
 from semrl.generation import inverse_cdf_multinomial, inverse_cdf_sampling_in_generate
-from semrl.train.cpu import lora_in_weight_dtype, merged_lora_for_generation
+from semrl.train.cpu import compiled_decoder_layers, decoder_layers, lora_in_weight_dtype, merged_lora_for_generation
 
 TEXTS = ["ཀ་ཁ་ག་ང་ཅ་ཆ", "我们明天早上坐火车去北京。"]
 
@@ -79,6 +79,41 @@ def test_lora_in_weight_dtype_matches_peft_float32_adapter_path(cache: None) -> 
     assert adapter_dtypes == [torch.float32, torch.float32, torch.bfloat16, torch.bfloat16, torch.float32]
     assert torch.allclose(nograd_logits, slow_logits, atol=0.05, rtol=0.02)
     assert again_loss == slow_loss
+
+
+def test_compiled_decoder_layers_match_eager_layers_and_leave_generation_eager(cache: None) -> None:
+    from torch._dynamo.utils import counters
+
+    model, batch = _lora_policy("float32")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    layers = decoder_layers(model)
+    assert len(layers) == model.config.num_hidden_layers
+    keys = list(model.state_dict())
+    eager_loss, eager_grads = _loss_and_grads(model, batch)
+    with torch.no_grad():
+        eager_logits = model(**inputs).logits
+
+    with compiled_decoder_layers(model):
+        graphs_before = counters["stats"]["unique_graphs"]
+        compiled_loss, compiled_grads = _loss_and_grads(model, batch)
+        graphs_after_training = counters["stats"]["unique_graphs"]
+        shorter = {k: v[:, :-2] for k, v in batch.items()}
+        _loss_and_grads(model, shorter)  # a batch of another length: dynamic shapes, no new graphs
+        assert counters["stats"]["unique_graphs"] == graphs_after_training
+        with torch.no_grad():  # generation's forwards run the eager layers: nothing more compiled
+            nograd_logits = model(**inputs).logits
+            model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert counters["stats"]["unique_graphs"] == graphs_after_training
+
+    assert graphs_after_training > graphs_before  # the training forward did run compiled layers
+    # float32: inductor's fused kernels round differently from eager kernels, nothing more.
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-5)
+    assert torch.allclose(compiled_grads, eager_grads, rtol=1e-3, atol=1e-6)
+    assert torch.equal(nograd_logits, eager_logits)
+    # The layers are the same modules with the same state-dict keys (checkpoints load either way),
+    # and after the block their own forwards are back.
+    assert list(model.state_dict()) == keys
+    assert all("forward" not in layer.__dict__ for layer in layers)
 
 
 def test_lora_in_weight_dtype_leaves_float32_models_alone(cache: None) -> None:

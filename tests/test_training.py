@@ -486,6 +486,19 @@ def test_bfloat16_training_keeps_adapters_float32_and_records_the_dtype(tiny_cac
     assert hardware["cpu"] and hardware["cores"] >= 1
 
 
+def calls_of(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[bool]:
+    """A list that grows by one each time `module.name` is called (it still runs)."""
+    calls: list[bool] = []
+    original = getattr(module, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(True)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
 def test_grpo_samples_from_merged_adapters_with_the_same_numbers(
     cold_start: StageResult, splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -493,14 +506,7 @@ def test_grpo_samples_from_merged_adapters_with_the_same_numbers(
     # and losses as PEFT's unmerged adapters (float32 tiny model), and the merged path really ran.
     import semrl.train.grpo as grpo_module
 
-    entered: list[bool] = []
-    merged = grpo_module.merged_lora_for_generation
-
-    def spy(model: Any) -> Any:
-        entered.append(True)
-        return merged(model)
-
-    monkeypatch.setattr(grpo_module, "merged_lora_for_generation", spy)
+    entered = calls_of(monkeypatch, grpo_module, "merged_lora_for_generation")
     logs = {}
     for flag in (False, True):
         before = len(entered)
@@ -511,3 +517,32 @@ def test_grpo_samples_from_merged_adapters_with_the_same_numbers(
         logs[flag] = loss_rows(tmp_path / str(flag) / "log.jsonl")
     assert [r["reward"] for r in logs[True]] == [r["reward"] for r in logs[False]]
     assert [r["loss"] for r in logs[True]] == pytest.approx([r["loss"] for r in logs[False]], abs=1e-5)
+
+
+def test_compiled_layers_train_to_the_eager_numbers(
+    cold_start: StageResult, splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # compile_layers is a speed change: the same seed gives the same SFT losses and GRPO rewards
+    # (generation stays eager, so the completions are the same) and losses within float32 rounding.
+    import semrl.train.stage as stage_module
+
+    entered = calls_of(monkeypatch, stage_module, "compiled_decoder_layers")
+    logs = {}
+    for flag in (False, True):
+        config = make_config(compile_layers=flag)
+        config.stages.cold_start.compile_layers = flag
+        train_stage("cold_start", config, splits, tmp_path / f"sft-{flag}")
+        train_stage("grpo", config, splits, tmp_path / f"grpo-{flag}", init_model=cold_start.model_dir)
+        logs[flag] = [loss_rows(tmp_path / f"{stage}-{flag}" / "log.jsonl") for stage in ("sft", "grpo")]
+    assert len(entered) == 2  # both stages of the compiled arm, none of the eager one
+    (eager_sft, eager_grpo), (fast_sft, fast_grpo) = logs[False], logs[True]
+    assert [r["loss"] for r in fast_sft] == pytest.approx([r["loss"] for r in eager_sft], rel=1e-4)
+    assert [r["reward"] for r in fast_grpo] == [r["reward"] for r in eager_grpo]
+    assert [r["loss"] for r in fast_grpo] == pytest.approx([r["loss"] for r in eager_grpo], abs=1e-5)
+
+    # Without a C++ compiler, CPU compilation would fail at the first step: the stage refuses first.
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match=r"stages\.cold_start\.compile_layers.*C\+\+ compiler"):
+        train_stage("cold_start", config, splits, tmp_path / "no-compiler")
+    assert not (tmp_path / "no-compiler" / "checkpoints").exists()

@@ -147,13 +147,21 @@ class StageCommon(Section):
         "and its tau stay the run's); null: the top-level seed. The same stage with other seeds on the same parent "
         "shows its spread (`semrl sweep --vary seed=1,2,3`).",
     )
+    compile_layers: bool = Field(
+        False,
+        description="Compile each decoder layer with torch.compile for the training forwards and backwards "
+        "(regional compilation; generation stays eager). Numbers change within the dtype's rounding; the first "
+        "steps compile; on CPU it needs a C++ compiler (g++). On the demo (bfloat16, 2 AMD EPYC cores): stages "
+        "1.02-1.15x faster, training's peak memory 1.7 GiB lower.",
+    )
     trl: dict[str, Any] = Field(
         default_factory=dict,
         description="Further fields of TRL's SFTConfig (sft stages) or GRPOConfig (grpo stages), passed through "
         "verbatim, e.g. {report_to: wandb} or {epsilon_high: 0.28}. Fields semrl sets from its own keys are refused.",
     )
 
-    _omit_when_default = ("trl", "seed")
+    # Subclasses extend this tuple: a key added here must stay out of every stage's dump.
+    _omit_when_default = ("trl", "seed", "compile_layers")
 
     @field_validator("max_steps")
     @classmethod
@@ -200,7 +208,7 @@ class SFTStageConfig(StageCommon):
 class ColdStartConfig(SFTStageConfig):
     """Cold-start SFT on a small slice: paper 5k examples, 2 epochs, lr 2e-5, batch 32, cosine."""
 
-    _omit_when_default = ("kind", "from_", "splits", "trl", "seed")
+    _omit_when_default = (*StageCommon._omit_when_default, "kind", "from_", "splits")
 
 
 class StrongSFTConfig(SFTStageConfig):
@@ -209,7 +217,7 @@ class StrongSFTConfig(SFTStageConfig):
 
     splits: list[str] = Field(default_factory=lambda: ["cold_start", "rl"], description="Splits to train on.")
 
-    _omit_when_default = ("kind", "from_", "splits", "trl", "seed")
+    _omit_when_default = (*StageCommon._omit_when_default, "kind", "from_", "splits")
 
 
 class GRPOStageConfig(StageCommon):
@@ -259,11 +267,10 @@ class GRPOStageConfig(StageCommon):
     rewards: RewardsConfig | None = Field(None, description=STAGE_REWARDS_DESCRIPTION)
 
     _omit_when_default = (
+        *StageCommon._omit_when_default,
         "kind",
         "from_",
         "splits",
-        "trl",
-        "seed",
         "merged_generation",
         "vllm_gpu_memory_utilization",
         "vllm_enable_sleep_mode",
@@ -324,7 +331,7 @@ class RFTStageConfig(SFTStageConfig):
     )
     rewards: RewardsConfig | None = Field(None, description=STAGE_REWARDS_DESCRIPTION)
 
-    _omit_when_default = ("trl", "max_prompts", "seed")
+    _omit_when_default = (*StageCommon._omit_when_default, "max_prompts")
 
     @model_validator(mode="after")
     def _has_parent(self) -> RFTStageConfig:

@@ -36,6 +36,7 @@ from semrl.eval.tax.benchmarks import check_benchmarks
 from semrl.models import model_source_problem
 from semrl.train.encoder import check_encoder_current
 from semrl.train.grpo import SEMANTIC_PURPOSE
+from semrl.train.stage import check_compile_layers
 from semrl.train.stages import rewards_key, stage_rewards, stage_specs
 
 SECOND_ENCODER = "evaluation.second_encoder"
@@ -89,6 +90,8 @@ def check_preconditions(
             the base model, the judge), as `semrl run` does; the transfer's does not.
     """
     stages = list(stages)
+    for stage in stages:
+        check_compile_layers(config, stage)
     if uses_trained_encoder(config):
         _check_own_encoder(config, run_dir)
     if stages or (evaluate and tax):  # the policy model is trained, or evaluated as the base

@@ -7,7 +7,8 @@ import contextlib
 import functools
 import logging
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -116,6 +117,66 @@ def lora_in_weight_dtype(model: torch.nn.Module) -> Iterator[None]:
             del linear.forward
         for layer, enabled in uncast:
             layer.cast_input_dtype_enabled = enabled
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a transformers model (the classes in its `_no_split_modules`, e.g.
+    Gemma 3's `Gemma3DecoderLayer`), looked up through a PEFT wrapper; empty when it declares none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    return [m for m in base.modules() if type(m).__name__ in names]
+
+
+@functools.cache
+def _warn_cannot_compile(model_class: str) -> None:
+    logger.warning("compiled_decoder_layers: %s declares no decoder layers; it runs eagerly", model_class)
+
+
+def _compiled_when_grad_enabled(eager: Callable[..., Any], compiled: Callable[..., Any]) -> Callable[..., Any]:
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return compiled(*args, **kwargs) if torch.is_grad_enabled() else eager(*args, **kwargs)
+
+    return forward
+
+
+@contextlib.contextmanager
+def compiled_decoder_layers(model: torch.nn.Module) -> Iterator[None]:
+    """Within this block, forwards that build gradients run each decoder layer compiled by
+    `torch.compile(dynamic=True)` (regional compilation: one compiled graph serves every layer of a kind).
+
+    Eager PyTorch runs a layer's normalisations, rotary embedding, activations and residual adds as
+    separate kernels, each reading and writing full activations. Inductor fuses them and keeps the
+    fused chains in float32, so the result is as close to a float32 step as eager bfloat16 is, or
+    closer (one demo batch: median LoRA-gradient error against float32 1.7% compiled, 2.3% eager).
+    On the demo (bfloat16, 2 AMD EPYC cores) its longest SFT step ran 1.10x faster, its stages
+    1.02-1.15x, and training peaked 1.7 GiB lower (`benchmarks/results/step_ab_compile*.json`,
+    `demo_*_stages.json`).
+    No-grad forwards (generation, GRPO's old and reference log-probabilities) stay eager: a KV cache
+    and one-token steps would compile many more graphs, and sampling stays exactly as without the
+    block. Sequence lengths are dynamic, so batches of new lengths reuse the graphs. The first
+    forward and backward compile (seconds to a minute; inductor needs a C++ compiler on CPU). LoRA
+    dropout draws other random masks than eagerly. The layers' parameters and state dict are
+    untouched; on exit the eager forwards are back. Use it around `trainer.train()` as `train_stage`
+    does when a stage sets `compile_layers: true`.
+    """
+    layers = decoder_layers(model)
+    if not layers:
+        _warn_cannot_compile(type(model).__name__)
+        yield
+        return
+    own_forwards = [layer.__dict__.get("forward") for layer in layers]  # set on the instance by someone else
+    for layer in layers:
+        # Hand-written rather than accelerate's compile_regions: that compiles every forward, the
+        # no-grad generation's too, and wraps the layers, which renames their state-dict keys.
+        layer.forward = _compiled_when_grad_enabled(layer.forward, torch.compile(layer.forward, dynamic=True))
+    try:
+        yield
+    finally:
+        for layer, own in zip(layers, own_forwards, strict=True):
+            if own is None:
+                del layer.forward
+            else:
+                layer.forward = own
 
 
 def _lora_layers_to_merge(model: torch.nn.Module) -> list[torch.nn.Module] | None:

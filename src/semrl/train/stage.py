@@ -41,8 +41,10 @@ batch, ``step_time_s`` and ``timing/reward_share`` (reward time / step time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,7 +65,7 @@ from semrl.train.callbacks import (
     use_rich_progress,
     write_reward_stats,
 )
-from semrl.train.cpu import compact_lm_head_on_cpu, lora_in_weight_dtype
+from semrl.train.cpu import compact_lm_head_on_cpu, compiled_decoder_layers, lora_in_weight_dtype
 from semrl.train.grpo import build_grpo_trainer
 from semrl.train.rft import rft_examples
 from semrl.train.sft import build_sft_trainer
@@ -182,6 +184,22 @@ def stage_examples(spec: StageSpec, splits: dict[str, list[Example]]) -> list[Ex
             f"check data.splits in the config"
         )
     return examples
+
+
+def check_compile_layers(config: ExperimentConfig, stage: str) -> None:
+    """Refuse `stages.<stage>.compile_layers` on a CPU machine without a C++ compiler (ConfigError),
+    before training rather than at the first step: torch.compile's CPU backend builds C++ kernels."""
+    import torch
+
+    if not config.stages.section(stage).compile_layers or torch.cuda.is_available():
+        return
+    if any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c):
+        return
+    raise ConfigError(
+        f"stages.{stage}.compile_layers: torch.compile on CPU builds C++ kernels, and no C++ compiler "
+        f"($CXX, g++, c++ or clang++) is on PATH; install one (e.g. apt-get install g++) or set "
+        f"stages.{stage}.compile_layers: false"
+    )
 
 
 def _prepare_stage_dir(stage_dir: Path, resume: bool) -> Path | None:
@@ -303,6 +321,7 @@ def train_stage(
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     examples = stage_examples(spec, splits)
+    check_compile_layers(config, stage)
     resume_from = _prepare_stage_dir(stage_dir, resume)
 
     # Seed before loading: LoRA adapters are initialised randomly when the trainer wraps the model.
@@ -351,7 +370,12 @@ def train_stage(
         metrics: dict[str, Any] = {}
     else:
         # They change how the work is done, not what is computed (tests/test_speed_equivalence.py).
-        with compact_lm_head_on_cpu(), lora_in_weight_dtype(trainer.model), freed_memory_kept_for_reuse():
+        with contextlib.ExitStack() as speedups:
+            speedups.enter_context(compact_lm_head_on_cpu())
+            speedups.enter_context(lora_in_weight_dtype(trainer.model))
+            if config.stages.section(stage).compile_layers:
+                speedups.enter_context(compiled_decoder_layers(trainer.model))
+            speedups.enter_context(freed_memory_kept_for_reuse())
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         metrics = {k: json_safe(v) for k, v in output.metrics.items()}
 
