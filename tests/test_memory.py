@@ -54,7 +54,11 @@ default = faults_per_allocation()
 with freed_memory_kept_for_reuse() as kept:
     faults_per_allocation()  # the first rounds grow the heap
     inside = faults_per_allocation()
-print(kept, default, inside)
+    with freed_memory_kept_for_reuse(release_after=True):  # as an evaluation phase inside a user's block
+        faults_per_allocation()
+    faults_per_allocation()  # the heap grows again after the inner block's release
+    after_nested = faults_per_allocation()
+print(kept, default, inside, after_nested)
 """
 
 
@@ -63,11 +67,12 @@ def test_freed_memory_is_reused_inside_the_block_without_page_faults() -> None:
     import resource
 
     out = subprocess.run([sys.executable, "-c", REUSE_CHILD], capture_output=True, text=True, check=True).stdout
-    kept, default, inside = out.split()
+    kept, default, inside, after_nested = out.split()
     pages = 48 * 2**20 / resource.getpagesize()
     assert kept == "True"
     assert float(default) > pages / 2  # glibc's default: every 48 MiB block is faulted in afresh
     assert float(inside) < pages / 100  # inside the block the freed memory is handed out again
+    assert float(after_nested) < pages / 100  # a nested block's exit keeps the outer block's settings
 
 
 RELEASE_CHILD = r"""

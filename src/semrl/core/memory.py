@@ -51,6 +51,10 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
+# Whether each open block's settings took effect, outermost first: only the outermost sets and restores them.
+_open_blocks: list[bool] = []
+
+
 @contextlib.contextmanager
 def freed_memory_kept_for_reuse(release_after: bool = False) -> Iterator[bool]:
     """Within this block, glibc keeps freed memory for the process's next allocations instead of
@@ -66,16 +70,28 @@ def freed_memory_kept_for_reuse(release_after: bool = False) -> Iterator[bool]:
     `train_stage` trains inside this block. The evaluation runs each phase (test generation, the
     benchmarks, task KL, drift) in its own block with `release_after`: one block around the whole
     demo evaluation peaked at 10.2 GiB, blocks per phase at 5.45 GiB (5.12 GiB without any). On
-    leaving, glibc's documented defaults are set again. Set SEMRL_MALLOC=default to leave glibc alone.
+    leaving the outermost block, glibc's documented defaults are set again (a nested block leaves the
+    outer one's settings in force). Set SEMRL_MALLOC=default to leave glibc alone.
     """
     libc = _libc()
     if libc is None or os.environ.get(MALLOC_ENV) == "default":
         yield False
         return
+    if _open_blocks:  # nested (an evaluation phase inside a user's block): the outer block's settings hold
+        _open_blocks.append(_open_blocks[-1])
+        try:
+            yield _open_blocks[-1]
+        finally:
+            _open_blocks.pop()
+            if release_after:
+                release_freed_memory()
+        return
     applied = [param for param, value in _KEPT.items() if libc.mallopt(param, value) == 1]
+    _open_blocks.append(len(applied) == len(_KEPT))
     try:
-        yield len(applied) == len(_KEPT)
+        yield _open_blocks[-1]
     finally:
+        _open_blocks.pop()
         for param in applied:
             libc.mallopt(param, _GLIBC_DEFAULTS[param])
         if release_after:

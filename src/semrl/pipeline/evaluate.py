@@ -189,7 +189,7 @@ def evaluate_run(
             "drift": None,
         }
         if task_kl_prompts():
-            samples = _task_kl_base(config, layout, task_kl_prompts(), base_model, log)
+            samples = _task_kl_base(config, model_cfg, layout, task_kl_prompts(), base_model, log)
             if method != BASE_METHOD:
                 log(f"[eval:{method}] task-distribution KL on {len(task_kl_prompts())} base samples")
                 with _evaluation_phase():
@@ -271,10 +271,12 @@ def _task_kl_prompts(config: ExperimentConfig, layout: RunLayout, tokenizer: Any
     return [build_prompt(ex.source, config.task, tokenizer) for ex in dev[:n]]
 
 
-def _task_kl_base(config: ExperimentConfig, layout: RunLayout, prompts: list[Any], base_model, log) -> dict[str, Any]:
+def _task_kl_base(
+    config: ExperimentConfig, model_cfg: ModelConfig, layout: RunLayout, prompts: list[Any], base_model, log
+) -> dict[str, Any]:
     """The base model's samples on the KL prompts and their log-probabilities: drawn once per run
     and evaluation dtype (at the first GRPO-kind stage's sampling settings) and cached in the run
-    directory."""
+    directory. `model_cfg` is the model config the evaluation loads (`evaluated_model_config`)."""
     from semrl.config.evaluation import GenerationConfig
     from semrl.train.stages import stage_specs
 
@@ -291,7 +293,7 @@ def _task_kl_base(config: ExperimentConfig, layout: RunLayout, prompts: list[Any
             "prompts": prompts,
             "generation": generation.model_dump(mode="json"),
             "seed": config.seed,
-            "model": evaluated_model_config(config).model_dump(mode="json"),  # in the evaluation's dtype
+            "model": model_cfg.model_dump(mode="json"),  # in the evaluation's dtype
         }
     )
     cached = read_cache(layout.task_kl_base)
