@@ -37,9 +37,9 @@ FILE_B = "K10D0336_H0340_T17n0785.tsv"
 TEXTS = ["K10D0193*", "K10D0336*"]
 
 # MITRA spelling: a tsheg before every shad, ༎ for the double shad, folio markers inside the text.
-SHARED_SRC_MITRA = "བཅོམ་ལྡན་འདས་ཀྱིས་བཀའ་སྩལ་པ་།"
-SHARED_SRC_PLAIN = "བཅོམ་ལྡན་འདས་ཀྱིས་བཀའ་སྩལ་པ།"  # the same sentence as NTREX/Lotsawa write it
-SHARED_REF = "佛言："
+SHARED_SRC_MITRA = "ཁྱི་དཀར་པོས་རི་བོར་འཛེགས་སོ་།"
+SHARED_SRC_PLAIN = "ཁྱི་དཀར་པོས་རི་བོར་འཛེགས་སོ།"  # the same sentence as NTREX/Lotsawa write it
+SHARED_REF = "犬言："
 
 
 def _tsv(rows: list[tuple[str, str]], text: str) -> str:
@@ -52,15 +52,15 @@ def _tsv(rows: list[tuple[str, str]], text: str) -> str:
 # source and one with a test reference. Text A repeats one pair exactly.
 ROWS_A = [
     ("ཌེ་ནཤ་བཆོམ་རྜན་འཌཤ་༄༡༥༣བ་མཉན་ཡོཌ་ན་བཟུགཤ་ཤོ་༎", "爾時佛在舍衛國。"),
-    (SHARED_SRC_MITRA, "佛告諸比丘："),
+    (SHARED_SRC_MITRA, "白犬登山告曰："),
     ("ཙེ་ཌང་རྜན་ཕ་སའ་ལིའི་བུཤ་གཤོར་ཕ་།", SHARED_REF),
     ("ཌགེ་ཤྲོང་ཌག་ཉོན་ཆིག་༄༢ཨ་༌༎ ", "諸比丘，諦聽。"),
     ("ཌགེ་ཤྲོང་ཌག་ཉོན་ཆིག་", "諸比丘，諦聽。"),  # the row above without its folio marker: a duplicate pair
 ]
 ROWS_B = [
-    ("འཌི་ཤྐཌ་བཌག་གིཤ་ཏོཤ་ཕ་ཌུཤ་གཆིག་ན་།", "如是我聞：一時。"),
-    (SHARED_SRC_PLAIN, "世尊告曰："),
-    ("འཕགས་པ་འཇམ་དཔལ་གྱིས་གསོལ་པ་།", "佛言"),  # the shared reference without its colon
+    ("འཌི་ཤྐཌ་བཌག་གིཤ་ཏོཤ་ཕ་ཌུཤ་གཆིག་ན་།", "如是我見：一日。"),
+    (SHARED_SRC_PLAIN, "老犬答曰："),
+    ("འཕགས་པ་འཇམ་དཔལ་གྱིས་གསོལ་པ་།", "犬言"),  # the shared reference without its colon
 ]
 
 
@@ -130,8 +130,9 @@ def test_normaliser_keeps_ordinary_text_and_every_letter() -> None:
     assert n("ཁོང་གིས་དཔེ་ཆ་གསར་པ་ཞིག་ཉོས་སོང་།") == "ཁོང་གིས་དཔེ་ཆ་གསར་པ་ཞིག་ཉོས་སོང།"
     assert n("Plain ABsལང་ཉིད་ 'ཕྱོ་མཌོག་'མཐོང་གི་ལེད།\"") == "Plain ABsལང་ཉིད་ 'ཕྱོ་མཌོག་'མཐོང་གི་ལེད།\""
     assert n("བཀྲ་ཤིས་བདེ་ལེགས། ཐུགས་རྗེ་ཆེ།") == "བཀྲ་ཤིས་བདེ་ལེགས། ཐུགས་རྗེ་ཆེ།"
-    # MITRA's missing U+0F71 is left alone: ཤའ་རི and ཤཱ་རི cannot be told apart safely
-    assert n("ཤའ་རིའི་བུ") == "ཤའ་རིའི་བུ" and n("ཤཱ་རིའི་བུ") == "ཤཱ་རིའི་བུ"
+    # MITRA's missing U+0F71 (an a-chung where a long-vowel mark belongs) is left alone: ཀའ་ཏ and
+    # ཀཱ་ཏ cannot be told apart safely
+    assert n("ཀའ་ཏའི་བུ") == "ཀའ་ཏའི་བུ" and n("ཀཱ་ཏའི་བུ") == "ཀཱ་ཏའི་བུ"
     # gter tsheg, digits inside text and the honorific mark are text
     assert n("ཀུ་ལུ་ཕཌྨ་ཤིཌྜྷི་ཧཱུྃ༔ ལྡོ༵་ཀྲུཕ༵་ ༡༢༣") == "ཀུ་ལུ་ཕཌྨ་ཤིཌྜྷི་ཧཱུྃ༔ ལྡོ༵་ཀྲུཕ༵་ ༡༢༣"
     # whatever the spelling, the letters (and marks, digits) outside markers are unchanged
@@ -282,7 +283,7 @@ def test_prepare_drops_training_rows_that_repeat_a_test_sentence(
     training = splits["cold_start"] + splits["rl"]
     assert training and not [ex for ex in training for t in (ex.source, ex.reference) if leak_key(t) in held]
     # whichever text is the test text, the other loses its row with the shared source (a different
-    # translation) and its row with the shared reference ("佛言" meets "佛言：" after normalisation)
+    # translation) and its row with the shared reference ("犬言" meets "犬言：" after normalisation)
     manifest = json.loads((out / "splits" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["leakage"] == {"rows_removed": 2, "same_source": 1, "same_reference": 1}
     cleaning = manifest["cleaning"]
