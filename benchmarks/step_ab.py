@@ -13,7 +13,8 @@ in the machine's load hits both alike; the load average is recorded. Arms:
 - ``sampling``: the merged sampling with `torch.multinomial` drawing each token (A) and with
   `semrl.generation.inverse_cdf_sampling_in_generate` (B);
 - ``compile``: the SFT step (with `lora_in_weight_dtype`) with eager decoder layers (A) and with
-  each decoder layer compiled by `torch.compile(layer, dynamic=True)` (regional compilation, B).
+  each decoder layer compiled as a stage with `compile_layers: true` runs it
+  (`semrl.train.cpu.compiled_decoder_layers`: `torch.compile(dynamic=True)`, regional compilation, B).
   The compiled arm's first call, in the warm-up, includes the compilation (`first_call_s`).
 
 Both arms run inside `semrl.core.memory.freed_memory_kept_for_reuse`, as `train_stage` trains
@@ -47,7 +48,12 @@ from semrl.data.prompts import prompt_text
 from semrl.data.splits import load_examples, split_examples
 from semrl.generation import inverse_cdf_sampling_in_generate
 from semrl.models import load_policy
-from semrl.train.cpu import compact_lm_head_on_cpu, lora_in_weight_dtype, merged_lora_for_generation
+from semrl.train.cpu import (
+    compact_lm_head_on_cpu,
+    compiled_decoder_layers,
+    lora_in_weight_dtype,
+    merged_lora_for_generation,
+)
 from semrl.train.sft import build_sft_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,12 +107,10 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
             ),
         }, info
     if compare == "compile":
-        layers = model.get_base_model().model.layers
-        compiled = [torch.compile(layer, dynamic=True) for layer in layers]
         return {
             "eager": lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch)),
             "compiled_layers": lambda: _in(
-                swapped_layers(layers, compiled),
+                compiled_decoder_layers(model),
                 lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch)),
             ),
         }, info
@@ -151,19 +155,6 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
             "lora_in_weight_dtype": lambda: _in(lora_in_weight_dtype(model), generate),
         }, info
     raise SystemExit(f"unknown --compare {compare!r}")
-
-
-@contextlib.contextmanager
-def swapped_layers(layers: torch.nn.ModuleList, replacements: list[torch.nn.Module]) -> Iterator[None]:
-    """Within this block, `layers` holds `replacements` (compiled wrappers sharing the parameters)."""
-    originals = list(layers)
-    for i, module in enumerate(replacements):
-        layers[i] = module
-    try:
-        yield
-    finally:
-        for i, module in enumerate(originals):
-            layers[i] = module
 
 
 def _in(context: Any, fn: Callable[[], float]) -> float:

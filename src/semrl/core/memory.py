@@ -77,17 +77,10 @@ def freed_memory_kept_for_reuse(release_after: bool = False) -> Iterator[bool]:
     if libc is None or os.environ.get(MALLOC_ENV) == "default":
         yield False
         return
-    if _open_blocks:  # nested (an evaluation phase inside a user's block): the outer block's settings hold
-        _open_blocks.append(_open_blocks[-1])
-        try:
-            yield _open_blocks[-1]
-        finally:
-            _open_blocks.pop()
-            if release_after:
-                release_freed_memory()
-        return
-    applied = [param for param, value in _KEPT.items() if libc.mallopt(param, value) == 1]
-    _open_blocks.append(len(applied) == len(_KEPT))
+    # Nested (an evaluation phase inside a user's block): the outer block's settings hold.
+    nested = bool(_open_blocks)
+    applied = [] if nested else [param for param, value in _KEPT.items() if libc.mallopt(param, value) == 1]
+    _open_blocks.append(_open_blocks[-1] if nested else len(applied) == len(_KEPT))
     try:
         yield _open_blocks[-1]
     finally:

@@ -148,7 +148,7 @@ def compiled_decoder_layers(model: torch.nn.Module) -> Iterator[None]:
     separate kernels, each reading and writing full activations. Inductor fuses them and keeps the
     fused chains in float32, so the result is as close to a float32 step as eager bfloat16 is, or
     closer (one demo batch: median LoRA-gradient error against float32 1.7% compiled, 2.3% eager).
-    On the demo (bfloat16, 2 AMD EPYC cores) its longest SFT step ran 1.10x faster, its stages
+    On the demo (bfloat16, 2 AMD EPYC cores) its longest SFT step ran 1.09x faster, its stages
     1.02-1.15x, and training peaked 1.7 GiB lower (`benchmarks/results/step_ab_compile*.json`,
     `demo_*_stages.json`).
     No-grad forwards (generation, GRPO's old and reference log-probabilities) stay eager: a KV cache

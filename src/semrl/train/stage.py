@@ -318,10 +318,10 @@ def train_stage(
     if stage not in specs:
         raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(specs)}")
     spec = specs[stage]
+    check_compile_layers(config, stage)
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     examples = stage_examples(spec, splits)
-    check_compile_layers(config, stage)
     resume_from = _prepare_stage_dir(stage_dir, resume)
 
     # Seed before loading: LoRA adapters are initialised randomly when the trainer wraps the model.
