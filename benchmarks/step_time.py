@@ -21,14 +21,26 @@ The roofline is what this machine could do at best for one GRPO step of that sha
 Attention's own FLOPs (quadratic in length) are left out: at these lengths (< 256 tokens) they are
 a few percent of the projections.
 
+Each step is held against the roofline of its own tokens, read from the stage's log (TRL's
+cumulative `num_tokens`, padding excluded; for GRPO also the step's mean completion length). SFT's
+labelled share of a step's tokens is the split's (the log does not count labels). Batches differ:
+`group_by_length` starts an epoch with its longest batches, so a few first steps held against the
+mean batch's roofline overstate the ratio (the figures published before 2026-12-05 did, by about
+1.6x). `--from-run RUN_DIR` holds every step of a finished run's SFT and GRPO stages against its
+own roofline (rates measured now; run it on the machine that trained the run): the ratio of a
+whole stage as a run spends it.
+
     SEMRL_DATA_DIR=../shared/data python benchmarks/step_time.py [--config configs/demo.yaml]
         [--steps 4] [--dtypes float32,bfloat16] [--set stages.grpo.merged_generation=false]
         [--out benchmarks/results/step_time.json]
+    SEMRL_DATA_DIR=../shared/data python benchmarks/step_time.py --from-run runs/demo
+        [--out benchmarks/results/step_time_run.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -40,9 +52,10 @@ import torch
 
 from semrl.config.experiment import load_config
 from semrl.core.io import write_json
+from semrl.core.layout import RunLayout
 from semrl.core.provenance import machine, package_versions, peak_rss_mb
 from semrl.data.prompts import prompt_text
-from semrl.data.splits import load_examples, split_examples
+from semrl.data.splits import load_examples, load_splits, split_examples
 from semrl.models import choose_dtype, load_tokenizer
 from semrl.train.callbacks import read_log
 from semrl.train.stage import train_stage
@@ -50,13 +63,17 @@ from semrl.train.stage import train_stage
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def matmul_gflops(dtype: torch.dtype, m: int, k: int, n: int, repeats: int = 5) -> float:
+def matmul_gflops(dtype: torch.dtype, m: int, k: int, n: int, repeats: int = 5, trials: int = 5) -> float:
+    """The best of `trials` timings of `repeats` matmuls: a roofline is the rate the machine can reach."""
     a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
     a @ b  # warm-up: oneDNN picks its kernel on the first call
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+    best = float("inf")
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n * repeats / best / 1e9
 
 
 def copy_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
@@ -113,14 +130,64 @@ def grpo_roofline(
     return {"generation_s": round(generation, 3), "loss_s": round(loss, 3), "step_s": round(generation + loss, 3)}
 
 
-def sft_roofline(shape: dict[str, int], batch: int, prompt_tokens: float, target_tokens: float, gflops: float) -> float:
+def sft_roofline(shape: dict[str, int], tokens: float, labelled_tokens: float, gflops: float) -> float:
+    """Lower bound (seconds) for an SFT step over `tokens` tokens, `labelled_tokens` of them in the loss."""
     n, head = shape["N"], shape["V"] * shape["d"]
-    flops = 4 * n * batch * (prompt_tokens + target_tokens) + 4 * head * batch * target_tokens
-    return round(flops / (gflops * 1e9), 3)
+    return (4 * n * tokens + 4 * head * labelled_tokens) / (gflops * 1e9)
 
 
 def median_after_first(values: list[float]) -> float | None:
     return round(statistics.median(values[1:]), 3) if len(values) > 1 else None
+
+
+def step_tokens(rows: list[dict[str, Any]]) -> list[float]:
+    """Tokens of each logged step, padding excluded: the differences of TRL's cumulative `num_tokens`."""
+    seen, tokens = 0.0, []
+    for row in rows:
+        tokens.append(row["num_tokens"] - seen)
+        seen = row["num_tokens"]
+    return tokens
+
+
+def step_rooflines(
+    rows: list[dict[str, Any]],
+    kind: str,
+    shape: dict[str, int],
+    gflops: float,
+    bandwidth: float,
+    bytes_per_weight: int,
+    *,
+    labelled_share: float,
+    grpo_batch: int,
+    grpo_group: int,
+    beta: float,
+) -> list[float]:
+    """Each logged step's roofline (seconds) from the step's own tokens (see the module docstring)."""
+    roofs = []
+    for row, tokens in zip(rows, step_tokens(rows), strict=True):
+        if kind == "sft":
+            roofs.append(sft_roofline(shape, tokens, tokens * labelled_share, gflops))
+            continue
+        completion = row["completions/mean_length"]
+        prompt = tokens / grpo_batch - completion
+        roof = grpo_roofline(
+            shape, grpo_batch // grpo_group, grpo_group, prompt, completion, gflops, bandwidth, bytes_per_weight, beta
+        )
+        roofs.append(roof["step_s"])
+    return roofs
+
+
+def against_rooflines(times: list[float], roofs: list[float], tokens: list[float]) -> dict[str, Any]:
+    """Steps after the first (warm-up) against their own rooflines: the median step's ratio and the sum's."""
+    if len(times) < 2:
+        return {}
+    ratios = [t / r for t, r in zip(times[1:], roofs[1:], strict=True)]
+    return {
+        "tokens_per_step": [round(t) for t in tokens],
+        "roofline_s_per_step": [round(r, 3) for r in roofs],
+        "median_step_vs_own_roofline": round(statistics.median(ratios), 2),
+        "steps_vs_their_rooflines": round(sum(times[1:]) / sum(roofs[1:]), 2),
+    }
 
 
 def measure(
@@ -161,9 +228,99 @@ def measure(
             lengths = [r["completions/mean_length"] for r in rows if "completions/mean_length" in r]
             if lengths:
                 entry["completion_tokens_mean"] = round(statistics.fmean(lengths), 2)
+            entry["log_rows"] = rows  # for the per-step rooflines; dropped before writing
             out["sft" if stage == "cold_start" else "grpo"] = entry
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return out, config, splits
+
+
+def labelled_share(tokenizer: Any, config: Any, examples: list[Any]) -> float:
+    """The share of an SFT split's tokens that are in the loss (the reference and EOS)."""
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    prompt = sum(count(prompt_text(e.source, config.task)) + 1 for e in examples)  # + BOS
+    target = sum(count(" " + e.reference) + 1 for e in examples)  # + EOS
+    return target / (prompt + target)
+
+
+def stage_kind(rows: list[dict[str, Any]]) -> str:
+    return "grpo" if any("completions/mean_length" in r for r in rows) else "sft"
+
+
+def from_run(run_dir: Path, out_path: Path) -> None:
+    """Every SFT and GRPO stage of a finished run against its steps' own rooflines."""
+    layout = RunLayout(run_dir)
+    config = load_config(layout.config)
+    splits = load_splits(layout.root)
+    tokenizer = load_tokenizer(config.model)
+    shape = model_shape(config)
+    bandwidth = copy_bandwidth_gbs()
+    hw = machine()
+    stages: dict[str, Any] = {}
+    rates: dict[str, float] = {}
+    for stage_dir in sorted(layout.stages.iterdir()):
+        manifest = layout.stage(stage_dir.name).manifest
+        if not manifest.exists():
+            continue
+        rows = [r for r in read_log(stage_dir / "log.jsonl") if r.get("step_time_s") and "num_tokens" in r]
+        if len(rows) < 2:
+            continue
+        hardware = json.loads(manifest.read_text())["extra"]["hardware"]
+        if hardware["cpu"] != hw["cpu"]:
+            print(f"warning: {stage_dir.name} trained on {hardware['cpu']!r}, this machine is {hw['cpu']!r}")
+        dtype = hardware["dtype"]
+        tokens = step_tokens(rows)
+        if dtype not in rates:
+            rates[dtype] = matmul_gflops(
+                getattr(torch, dtype), int(statistics.median(tokens)), shape["d"], shape["intermediate"]
+            )
+        stage_cfg = getattr(config.stages, stage_dir.name)
+        kind = stage_kind(rows)
+        train_splits = getattr(stage_cfg, "splits", None) or [stage_dir.name]
+        share = labelled_share(tokenizer, config, [e for name in train_splits for e in splits.get(name, [])][:4000])
+        roofs = step_rooflines(
+            rows,
+            kind,
+            shape,
+            rates[dtype],
+            bandwidth,
+            torch.finfo(getattr(torch, dtype)).bits // 8,
+            labelled_share=share,
+            grpo_batch=stage_cfg.batch_size,
+            grpo_group=getattr(stage_cfg, "num_generations", 1),
+            beta=getattr(stage_cfg, "beta", 0.0),
+        )
+        times = [r["step_time_s"] for r in rows]
+        stages[stage_dir.name] = {
+            "kind": kind,
+            "dtype": dtype,
+            "trained_on": hardware["cpu"],
+            "steps": len(rows),
+            "step_time_s_sum": round(sum(times), 1),
+            "labelled_share": round(share, 3) if kind == "sft" else None,
+            **against_rooflines(times, roofs, tokens),
+        }
+        st = stages[stage_dir.name]
+        print(
+            f"{stage_dir.name:<12} {kind:<5} {dtype:<9} {len(rows):>5} steps  {sum(times):>8.1f} s  "
+            f"median step {st['median_step_vs_own_roofline']}x its roofline, all steps {st['steps_vs_their_rooflines']}x"
+        )
+    write_json(
+        out_path,
+        {
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": hw,
+            "run_dir": str(run_dir),
+            "config_name": config.name,
+            "matmul_gflops": {k: round(v, 1) for k, v in rates.items()},
+            "copy_bandwidth_gbs": round(bandwidth, 2),
+            "stages": stages,
+            "versions": package_versions(),
+        },
+    )
+    print(f"wrote {out_path}")
 
 
 def main() -> None:
@@ -172,9 +329,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_time.json")
+    parser.add_argument("--from-run", type=Path, default=None, metavar="RUN_DIR", help="a finished run's stages")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/step_time[_run].json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     args = parser.parse_args()
+    results_dir = ROOT / "benchmarks" / "results"
+    if args.from_run:
+        from_run(args.from_run, args.out or results_dir / "step_time_run.json")
+        return
+    out_path = args.out or results_dir / "step_time.json"
 
     runs = [measure(args.config, dtype, args.steps, args.data_dir, args.set) for dtype in args.dtypes.split(",")]
     results = [r for r, _, _ in runs]
@@ -195,35 +358,56 @@ def main() -> None:
     for r in results:
         dtype = getattr(torch, r["dtype"])
         tokens = int(sft_cfg.per_device_batch_size * (cs_prompt + cs_target))
-        r["matmul_gflops"] = round(matmul_gflops(dtype, tokens, shape["d"], shape["intermediate"]), 1)
-        r["roofline"] = {
-            "sft_step_s": sft_roofline(shape, sft_cfg.batch_size, cs_prompt, cs_target, r["matmul_gflops"]),
-            "grpo": grpo_roofline(
+        gflops = matmul_gflops(dtype, tokens, shape["d"], shape["intermediate"])
+        r["matmul_gflops"] = round(gflops, 1)
+        mean_grpo = grpo_roofline(
+            shape,
+            prompts,
+            grpo_cfg.num_generations,
+            rl_prompt,
+            r["grpo"].get("completion_tokens_mean") or grpo_cfg.max_completion_length,
+            gflops,
+            bandwidth,
+            torch.finfo(dtype).bits // 8,
+            grpo_cfg.beta,
+        )
+        mean_sft = sft_roofline(
+            shape, sft_cfg.batch_size * (cs_prompt + cs_target), sft_cfg.batch_size * cs_target, gflops
+        )
+        r["roofline_of_the_mean_batch"] = {"sft_step_s": round(mean_sft, 3), "grpo": mean_grpo}
+        for kind, stage_cfg in (("sft", sft_cfg), ("grpo", grpo_cfg)):
+            entry = r[kind]
+            rows = entry.pop("log_rows")
+            roofs = step_rooflines(
+                rows,
+                kind,
                 shape,
-                prompts,
-                grpo_cfg.num_generations,
-                rl_prompt,
-                r["grpo"].get("completion_tokens_mean") or grpo_cfg.max_completion_length,
-                r["matmul_gflops"],
+                gflops,
                 bandwidth,
                 torch.finfo(dtype).bits // 8,
-                grpo_cfg.beta,
-            ),
-        }
-        r["sft"]["vs_roofline"] = round(r["sft"]["median_step_s_after_first"] / r["roofline"]["sft_step_s"], 2)
-        r["grpo"]["vs_roofline"] = round(r["grpo"]["median_step_s_after_first"] / r["roofline"]["grpo"]["step_s"], 2)
+                labelled_share=cs_target / (cs_prompt + cs_target),
+                grpo_batch=stage_cfg.batch_size,
+                grpo_group=grpo_cfg.num_generations,
+                beta=grpo_cfg.beta,
+            )
+            entry.update(against_rooflines([row["step_time_s"] for row in rows], roofs, step_tokens(rows)))
+            entry["vs_roofline"] = entry.get("median_step_vs_own_roofline")
+        mean_roofs = (mean_sft, mean_grpo["step_s"])
+        for kind, roof in zip(("sft", "grpo"), mean_roofs, strict=True):
+            r[kind]["median_step_vs_mean_batch_roofline"] = round(r[kind]["median_step_s_after_first"] / roof, 2)
 
     hw = machine()
     print(f"{hw['cpu']}, {hw['cores']} cores, {hw['torch_threads']} threads; copy bandwidth {bandwidth:.1f} GB/s")
     print(
-        f"{'dtype':<9} {'GFLOP/s':>8} {'SFT s/step':>10} {'(roof)':>7} {'GRPO s/step':>11} {'(roof)':>7} {'RSS MiB':>8}"
+        f"{'dtype':<9} {'GFLOP/s':>8} {'SFT s/step':>10} {'x roof':>7} {'GRPO s/step':>11} {'x roof':>7} {'RSS MiB':>8}"
     )
     for r in results:
         print(
             f"{r['dtype']:<9} {r['matmul_gflops']:>8} {r['sft']['median_step_s_after_first']!s:>10} "
-            f"{r['roofline']['sft_step_s']:>7} {r['grpo']['median_step_s_after_first']!s:>11} "
-            f"{r['roofline']['grpo']['step_s']:>7} {r['peak_rss_mb']:>8}"
+            f"{r['sft']['vs_roofline']!s:>7} {r['grpo']['median_step_s_after_first']!s:>11} "
+            f"{r['grpo']['vs_roofline']!s:>7} {r['peak_rss_mb']:>8}"
         )
+    print("x roof: the median step after the first against the roofline of its own tokens")
     if len(results) == 2:
         for kind in ("sft", "grpo"):
             a, b = (r[kind]["median_step_s_after_first"] for r in results)
@@ -236,7 +420,7 @@ def main() -> None:
     )
     print(setup)
     write_json(
-        args.out,
+        out_path,
         {
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": hw,
@@ -247,7 +431,7 @@ def main() -> None:
             "results": results,
         },
     )
-    print(f"wrote {args.out}")
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":

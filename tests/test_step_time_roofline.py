@@ -1,0 +1,64 @@
+"""benchmarks/step_time.py holds each step against the roofline of its own tokens: the first steps
+of a `group_by_length` epoch are its longest batches, and against the mean batch's roofline they
+read as further from the machine's limit than they are."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_time.py"
+SHAPE = {"N": 100_000_000, "V": 262_144, "d": 640, "intermediate": 2048}
+GFLOPS, BANDWIDTH = 400.0, 30.0
+
+
+@pytest.fixture(scope="module")
+def step_time():
+    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rooflines(step_time, rows, kind):
+    return step_time.step_rooflines(
+        rows, kind, SHAPE, GFLOPS, BANDWIDTH, 2, labelled_share=0.2, grpo_batch=16, grpo_group=4, beta=0.0
+    )
+
+
+def test_each_sft_step_is_held_against_the_roofline_of_its_own_tokens(step_time) -> None:
+    # TRL logs cumulative tokens; this epoch starts with its longest batches.
+    rows = [{"num_tokens": n} for n in (3000, 5400, 6600, 7800, 9000)]
+    tokens = step_time.step_tokens(rows)
+    assert tokens == [3000, 2400, 1200, 1200, 1200]
+    roofs = _rooflines(step_time, rows, "sft")
+    labelled = 0.2 * 2400
+    assert roofs[1] == pytest.approx((4 * SHAPE["N"] * 2400 + 4 * SHAPE["V"] * SHAPE["d"] * labelled) / (GFLOPS * 1e9))
+    assert roofs[1] == pytest.approx(2 * roofs[2])
+
+    times = [2.5 * r for r in roofs]  # every step 2.5x its own roofline
+    summary = step_time.against_rooflines(times, roofs, tokens)
+    assert summary["median_step_vs_own_roofline"] == 2.5
+    assert summary["steps_vs_their_rooflines"] == 2.5
+    # The old reading held a long batch against the mean batch's roofline: 2.5 x 2400/1800 tokens.
+    mean_tokens = statistics.fmean(tokens)
+    mean_roof = step_time.sft_roofline(SHAPE, mean_tokens, 0.2 * mean_tokens, GFLOPS)
+    assert times[1] / mean_roof == pytest.approx(2.5 * 2400 / mean_tokens)
+
+
+def test_a_grpo_step_takes_its_prompt_length_from_its_tokens_and_completions(step_time) -> None:
+    rows = [
+        {"num_tokens": 16 * (70 + 20), "completions/mean_length": 20.0},
+        {"num_tokens": 16 * (70 + 20) + 16 * (90 + 30), "completions/mean_length": 30.0},
+    ]
+    roofs = _rooflines(step_time, rows, "grpo")
+    expected = step_time.grpo_roofline(SHAPE, 4, 4, 90.0, 30.0, GFLOPS, BANDWIDTH, 2, 0.0)["step_s"]
+    assert roofs[1] == pytest.approx(expected)
+    assert roofs[1] > roofs[0]
+
+
+def test_a_single_step_gives_no_ratio(step_time) -> None:
+    assert step_time.against_rooflines([3.0], [1.0], [100.0]) == {}
