@@ -1,8 +1,10 @@
 """The evaluation of a finished run, timed again in several arms, alternating, and whether the scores
 are identical: by default with glibc's freed memory reused per phase (semrl's default) and with
 glibc's defaults (`SEMRL_MALLOC=default`); `--arms freed_memory_reused_per_phase,bfloat16` compares
-a float32 evaluation with one in the model's own dtype (`evaluation.dtype: model`), counting the
-outputs that changed.
+a float32 evaluation with one in the model's own dtype (`evaluation.dtype: model`), and
+`--arms plain_linears,freed_memory_reused_per_phase` one on torch's plain CPU matmuls with one on
+linear weights packed for oneDNN (`evaluation.packed_weights`, the default), counting the outputs
+that changed and the numbers that differ (and by how much at most).
 
 Each arm evaluates a hard-linked copy of RUN_DIR (its trained stages are reused, its `eval/` records
 removed; the original is not touched) with `semrl run` in a child process, and records the child's
@@ -40,9 +42,11 @@ ARMS: dict[str, tuple[dict[str, str], list[str]]] = {
     "freed_memory_reused_per_phase": ({}, []),
     "glibc_defaults": ({MALLOC_ENV: "default"}, []),
     "bfloat16": ({}, ["evaluation.dtype=model"]),  # the model's dtype: bfloat16 where model.dtype chose it
+    "plain_linears": ({}, ["evaluation.packed_weights=false"]),  # torch's plain CPU matmuls, no packed copies
 }
 DEFAULT_ARMS = "freed_memory_reused_per_phase,glibc_defaults"
-VOLATILE = {"wall_time_s", "model_dir"}  # differ between two evaluations of the same models
+# Differ between two evaluations of the same models (the key: between arms that set other options).
+VOLATILE = {"wall_time_s", "model_dir", "eval_key"}
 
 
 def _scores(record: Any) -> Any:
@@ -52,6 +56,26 @@ def _scores(record: Any) -> Any:
     if isinstance(record, list):
         return [_scores(v) for v in record]
     return record
+
+
+def _numbers(record: Any, path: str = "") -> dict[str, float]:
+    """Every numeric leaf of a record, by its path."""
+    if isinstance(record, dict):
+        return {k: v for key, value in record.items() for k, v in _numbers(value, f"{path}/{key}").items()}
+    if isinstance(record, list):
+        return {k: v for i, value in enumerate(record) for k, v in _numbers(value, f"{path}/{i}").items()}
+    if isinstance(record, (int, float)) and not isinstance(record, bool):
+        return {path: float(record)}
+    return {}
+
+
+def _largest_difference(scores: Any, reference: Any) -> dict[str, Any]:
+    """How many numbers of the records differ from the first arm's, and by how much at most."""
+    a, b = _numbers(scores), _numbers(reference)
+    common = [k for k in a.keys() & b.keys() if a[k] == a[k] and b[k] == b[k]]  # NaN-free pairs
+    diffs = {k: abs(a[k] - b[k]) for k in common if a[k] != b[k]}
+    worst = max(diffs, key=diffs.get) if diffs else None
+    return {"numbers": len(common), "differing": len(diffs), "largest": diffs.get(worst, 0.0), "where": worst}
 
 
 def _outputs(records: dict[str, Any]) -> list[str]:
@@ -127,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     repeat=repeat,
                     scores_identical_to_first=scores == reference,
                     outputs_changed_vs_first=f"{changed} of {len(outputs)}",
+                    numbers_vs_first=_largest_difference(scores, reference),
                     chrf={m: (r.get("task") or {}).get("chrf") for m, r in records.items()},
                 )
                 runs.append(result)
@@ -134,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {arm:<32} {result['wall_s']:7.1f} s  user {result['user_s']:.0f} s  system "
                     f"{result['system_s']:.0f} s  faults {result['minor_page_faults'] / 1e6:.1f} M  "
                     f"scores identical: {result['scores_identical_to_first']}, outputs changed: "
-                    f"{result['outputs_changed_vs_first']}",
+                    f"{result['outputs_changed_vs_first']}, numbers differing: "
+                    f"{result['numbers_vs_first']['differing']} (largest {result['numbers_vs_first']['largest']:.2g})",
                     flush=True,
                 )
     hw = machine()

@@ -12,7 +12,8 @@ Model names in the config:
 
 The modules: `cache` (names to loadable locations, the model cache), `tiny`, `gguf`, `hardware`
 (the weight dtype and trainer precision for this machine), `loading` (`load_policy`), `lora` (PEFT
-config, adapter records, saving a stage's model) and `tensors` (scoring helpers). Everything public
+config, adapter records, saving a stage's model), `packed` (linear weights packed for CPU inference)
+and `tensors` (scoring helpers). Everything public
 is re-exported here, so ``from semrl.models import load_policy`` keeps working.
 """
 
@@ -50,10 +51,13 @@ from semrl.models.lora import (
     save_merged,
     save_stage_output,
 )
+from semrl.models.packed import can_pack_linears, pack_linear_weights
 from semrl.models.tensors import device_of, eval_mode, left_padded
 from semrl.models.tiny import TINY_CORPUS, build_tiny_model, build_tiny_tokenizer
 
 __all__ = [
+    "can_pack_linears",
+    "pack_linear_weights",
     "CPU_BF16_FEATURES",
     "GEMMA_270M",
     "GEMMA_CACHE_NAME",

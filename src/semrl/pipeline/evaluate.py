@@ -44,7 +44,7 @@ from semrl.eval.task import evaluate_task, evaluation_examples, representation_n
 from semrl.eval.tax.benchmarks import evaluate_general
 from semrl.eval.tax.drift import BaseLogits, measure_drift
 from semrl.eval.tax.task_kl import forward_kl, sample_completions, sequence_logprobs
-from semrl.models import load_policy, resolve_model
+from semrl.models import load_policy, pack_linear_weights, resolve_model
 from semrl.train.stages import BASE_METHOD, evaluated_methods
 
 
@@ -118,9 +118,15 @@ def evaluate_run(
     base: dict[str, Any] = {}  # the base model and tokenizer, loaded at most once
     model_cfg = evaluated_model_config(config)
 
+    def evaluated_model(location: str | Path) -> tuple[Any, Any]:
+        model, tokenizer = load_policy(model_cfg, location)
+        if ev.packed_weights:
+            pack_linear_weights(model)
+        return model, tokenizer
+
     def base_model() -> tuple[Any, Any]:
         if not base:
-            base["model"], base["tokenizer"] = load_policy(model_cfg, resolve_model(config.model.name))
+            base["model"], base["tokenizer"] = evaluated_model(resolve_model(config.model.name))
         return base["model"], base["tokenizer"]
 
     def drift_reference() -> BaseLogits:  # the base's drift logits, computed once for every method
@@ -157,7 +163,7 @@ def evaluate_run(
         if method == BASE_METHOD:
             model, tokenizer = base_model()
         else:
-            model, tokenizer = load_policy(model_cfg, model_dir)
+            model, tokenizer = evaluated_model(model_dir)
         if current is not None:  # only extra tests to add: the rest of the record stands
             current["extra_tasks"] = kept
             _evaluate_extra(config, model, tokenizer, current, pending, encoder, second, representation, log)
