@@ -1,23 +1,30 @@
-"""benchmarks/demo_stages.py: the per-stage figures it reports come from the run's manifests, logs
-and evaluations, and a directory that is no run fails with a message and exit code 2."""
+"""Benchmark scripts' own logic. benchmarks/demo_stages.py: the per-stage figures it reports come
+from the run's manifests, logs and evaluations, and a directory that is no run fails with a message
+and exit code 2. (benchmarks/step_time.py: tests/test_step_time_roofline.py.)"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_stages.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script of benchmarks/ imported as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def demo_stages():
-    spec = importlib.util.spec_from_file_location("demo_stages", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("demo_stages")
 
 
 def _write(path: Path, data: dict | list) -> None:

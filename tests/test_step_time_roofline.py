@@ -4,23 +4,18 @@ read as further from the machine's limit than they are."""
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-from pathlib import Path
 
 import pytest
+from test_bench_scripts import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_time.py"
 SHAPE = {"N": 100_000_000, "V": 262_144, "d": 640, "intermediate": 2048}
 GFLOPS, BANDWIDTH = 400.0, 30.0
 
 
 @pytest.fixture(scope="module")
 def step_time():
-    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("step_time")
 
 
 def _rooflines(step_time, rows, kind):
