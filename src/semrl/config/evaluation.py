@@ -183,12 +183,12 @@ class EvaluationConfig(Section):
         "to +0.21 [-0.21, +0.62]).",
     )
     packed_weights: bool = Field(
-        True,
+        False,
         description="On CPU, multiply by copies of the evaluated models' linear weights packed once for oneDNN "
-        "(`semrl.models.pack_linear_weights`): float32 products 1.1-3.7x faster, the same float32 values "
-        "summed in another order (about 1e-6 apart; the demo's evaluation 1.40x faster, every output the same), for "
-        "1 GB more memory per loaded Gemma 3 270M (the base and the evaluated model: 7.5 -> 9.4 GiB in the demo). "
-        "false: torch's plain CPU kernels, as evaluations before this key.",
+        "(`semrl.models.pack_linear_weights`): float32 products 1.1-3.7x faster, the same float32 values summed in "
+        "another order (about 1e-6 apart; the demo's evaluation 1.40x faster, every output the same). Opt-in: the "
+        "copies cost the linear weights' memory once more per loaded model (base and evaluated model); the demo's "
+        "whole `semrl run` then peaked at 11.5 GiB instead of 9.4.",
     )
     benchmark_batch_size: int = Field(
         8,
@@ -224,7 +224,7 @@ class EvaluationConfig(Section):
         "run: the out-of-domain view of the tax).",
     )
 
-    _omit_when_default = ("extra_tests",)
+    _omit_when_default = ("extra_tests", "packed_weights")
 
     @field_validator("extra_tests")
     @classmethod
