@@ -2,8 +2,8 @@
 are identical: by default with glibc's freed memory reused per phase (semrl's default) and with
 glibc's defaults (`SEMRL_MALLOC=default`); `--arms freed_memory_reused_per_phase,bfloat16` compares
 a float32 evaluation with one in the model's own dtype (`evaluation.dtype: model`), and
-`--arms freed_memory_reused_per_phase,packed_linears` one on torch's plain CPU matmuls with one on
-linear weights packed for oneDNN (`evaluation.packed_weights: true`), counting the outputs that
+`--arms freed_memory_reused_per_phase,plain_linears` one on linear weights packed for oneDNN (the
+default) with one on torch's plain CPU matmuls (`evaluation.packed_weights: false`), counting the outputs that
 changed and the numbers that differ (and by how much at most).
 
 Each arm evaluates a hard-linked copy of RUN_DIR (its trained stages are reused, its `eval/` records
@@ -42,7 +42,7 @@ ARMS: dict[str, tuple[dict[str, str], list[str]]] = {
     "freed_memory_reused_per_phase": ({}, []),
     "glibc_defaults": ({MALLOC_ENV: "default"}, []),
     "bfloat16": ({}, ["evaluation.dtype=model"]),  # the model's dtype: bfloat16 where model.dtype chose it
-    "packed_linears": ({}, ["evaluation.packed_weights=true"]),  # linear weights packed once for oneDNN
+    "plain_linears": ({}, ["evaluation.packed_weights=false"]),  # torch's CPU matmuls, not packed for oneDNN
 }
 DEFAULT_ARMS = "freed_memory_reused_per_phase,glibc_defaults"
 # Differ between two evaluations of the same models (the key: between arms that set other options).

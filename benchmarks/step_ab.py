@@ -12,6 +12,13 @@ in the machine's load hits both alike; the load average is recorded. Arms:
   rebuilt for each call as GRPO rebuilds them each step (`semrl.train.merged_lora_for_generation`, B);
 - ``sampling``: the merged sampling with `torch.multinomial` drawing each token (A) and with
   `semrl.generation.inverse_cdf_sampling_in_generate` (B);
+- ``packed_generation``: the merged sampling with torch's plain CPU matmuls (A) and with the merged
+  weights packed for oneDNN on entry (`semrl.models.linear_weights_packed`, B; its time includes
+  the packing, which GRPO pays once per step);
+- ``micro_batches``: the loss passes of one GRPO step (forward and backward of TRL's dapo loss on
+  the completions of one sampling, in micro-batches of `per_device_batch_size`), over TRL's
+  shuffled micro-batches that keep the whole batch's width (A) and over the same rows regrouped by
+  length (`semrl.train.micro_batches.length_sorted_micro_batches`, B);
 - ``compile``: the SFT step (with `lora_in_weight_dtype`) with eager decoder layers (A) and with
   each decoder layer compiled as a stage with `compile_layers: true` runs it
   (`semrl.train.cpu.compiled_decoder_layers`: `torch.compile(dynamic=True)`, regional compilation, B).
@@ -47,13 +54,14 @@ from semrl.core.provenance import machine, package_versions
 from semrl.data.prompts import prompt_text
 from semrl.data.splits import load_examples, split_examples
 from semrl.generation import inverse_cdf_sampling_in_generate
-from semrl.models import load_policy
+from semrl.models import linear_weights_packed, load_policy
 from semrl.train.cpu import (
     compact_lm_head_on_cpu,
     compiled_decoder_layers,
     lora_in_weight_dtype,
     merged_lora_for_generation,
 )
+from semrl.train.micro_batches import length_sorted_micro_batches, padded_positions
 from semrl.train.sft import build_sft_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +122,7 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
                 lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch)),
             ),
         }, info
-    if compare in ("generation", "merged_generation", "sampling"):
+    if compare in ("generation", "merged_generation", "sampling", "packed_generation", "micro_batches"):
         cfg = config.stages.grpo
         tokenizer = trainer.processing_class
         prompts = [prompt_text(e.source, config.task) for e in splits["rl"][: cfg.batch_size // cfg.num_generations]]
@@ -137,6 +145,20 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
             info["new_tokens"] = out.shape[1] - enc["input_ids"].shape[1]
             return time.perf_counter() - start
 
+        if compare == "packed_generation":
+            return {
+                "plain_weights": lambda: _in(
+                    merged_lora_for_generation(model), lambda: _in(inverse_cdf_sampling_in_generate(), generate)
+                ),
+                "packed_weights": lambda: _in(
+                    merged_lora_for_generation(model),
+                    lambda: _timed_in(
+                        linear_weights_packed(model), lambda: _in(inverse_cdf_sampling_in_generate(), generate)
+                    ),
+                ),
+            }, info
+        if compare == "micro_batches":
+            return grpo_loss_arms(model, tokenizer, enc, cfg, info)
         if compare == "sampling":
             return {
                 "torch_multinomial": lambda: _in(merged_lora_for_generation(model), generate),
@@ -155,6 +177,65 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
             "lora_in_weight_dtype": lambda: _in(lora_in_weight_dtype(model), generate),
         }, info
     raise SystemExit(f"unknown --compare {compare!r}")
+
+
+def grpo_loss_arms(
+    model: Any, tokenizer: Any, enc: dict, cfg: Any, info: dict
+) -> tuple[dict[str, Callable[[], float]], dict]:
+    """One sampling's completions as TRL 1.16 batches them (prompts padded left, completions right,
+    each to the batch's longest; rows shuffled and cut into micro-batches), and the same rows
+    regrouped by length; each arm times the dapo loss's forward and backward over its micro-batches."""
+    torch.manual_seed(0)
+    model.eval()
+    with torch.no_grad(), merged_lora_for_generation(model), inverse_cdf_sampling_in_generate():
+        out = model.generate(
+            **enc, max_new_tokens=cfg.max_completion_length, do_sample=True, temperature=cfg.temperature,
+            top_p=cfg.top_p, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+    model.train()
+    width = enc["input_ids"].shape[1]
+    completion_ids = out[:, width:]
+    # TRL's mask: every token up to and including the first end-of-sequence token.
+    is_eos = completion_ids == tokenizer.eos_token_id
+    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion_ids.shape[1])
+    completion_mask = (torch.arange(completion_ids.shape[1])[None] <= first_eos[:, None]).long()
+    batch = {
+        "prompt_ids": enc["input_ids"],
+        "prompt_mask": enc["attention_mask"],
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.randn(len(completion_ids), generator=torch.Generator().manual_seed(0)),
+        "num_items_in_batch": completion_mask.sum(),
+    }
+    order = torch.randperm(len(completion_ids), generator=torch.Generator().manual_seed(0))
+    size = cfg.per_device_batch_size or len(order)
+    trl_batches = [
+        {k: v if v.ndim == 0 else v[order[i : i + size]] for k, v in batch.items()} for i in range(0, len(order), size)
+    ]
+    regrouped = length_sorted_micro_batches(trl_batches) or trl_batches
+    info.update(
+        completion_tokens=int(completion_mask.sum()),
+        trl_positions=padded_positions(trl_batches),
+        length_sorted_positions=padded_positions(regrouped),
+    )
+
+    def loss_passes(micro_batches: list[dict]) -> float:
+        start = time.perf_counter()
+        for mb in micro_batches:
+            ids = torch.cat([mb["prompt_ids"], mb["completion_ids"]], 1)
+            mask = torch.cat([mb["prompt_mask"], mb["completion_mask"]], 1)
+            keep = mb["completion_ids"].shape[1]
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep + 1).logits[:, :-1]
+            logps = torch.log_softmax(logits.float(), -1).gather(-1, mb["completion_ids"][..., None])[..., 0]
+            loss = (-mb["advantages"][:, None] * logps * mb["completion_mask"]).sum() / mb["num_items_in_batch"]
+            loss.backward()
+        model.zero_grad()
+        return time.perf_counter() - start
+
+    return {
+        "trl_micro_batches": lambda: _in(lora_in_weight_dtype(model), lambda: loss_passes(trl_batches)),
+        "length_sorted": lambda: _in(lora_in_weight_dtype(model), lambda: loss_passes(regrouped)),
+    }, info
 
 
 def _in(context: Any, fn: Callable[[], float]) -> float:
@@ -176,7 +257,16 @@ def main() -> None:
     parser.add_argument(
         "--compare",
         required=True,
-        choices=["lora_dtype", "attention", "generation", "merged_generation", "sampling", "compile"],
+        choices=[
+            "lora_dtype",
+            "attention",
+            "generation",
+            "merged_generation",
+            "sampling",
+            "packed_generation",
+            "micro_batches",
+            "compile",
+        ],
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")

@@ -221,7 +221,13 @@ def measure(
                 "wall_s": round(time.time() - started, 2),
                 "first_step_s": round(times[0], 3) if times else None,
                 "median_step_s_after_first": median_after_first(times),
+                "step_s": [round(t, 3) for t in times],
             }
+            # GRPO's loss passes: positions run forward and backward, padding included (with
+            # length_sorted_micro_batches, also what TRL's own micro-batches would have run).
+            for key, name in (("padding/positions", "padded_positions"), ("padding/positions_trl", "trl_positions")):
+                if any(key in r for r in rows):
+                    entry[f"{name}_per_step"] = [r.get(key) for r in rows]
             shares = [r["timing/reward_share"] for r in rows[1:] if "timing/reward_share" in r]
             if shares:
                 entry["reward_share_median"] = round(statistics.median(shares), 4)

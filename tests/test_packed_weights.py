@@ -1,6 +1,6 @@
-"""Evaluated models multiply by linear weights packed for oneDNN (`evaluation.packed_weights`): the
-same logits within float32 rounding, the same greedy outputs, plain weights wherever gradients are
-built."""
+"""Evaluated models multiply by linear weights packed for oneDNN (`evaluation.packed_weights`), and
+GRPO samples with them (`packed_generation`): the same logits within float32 rounding (bfloat16: to
+the bit), the same greedy outputs, plain weights wherever gradients are built."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from semrl.config.evaluation import GenerationConfig
 from semrl.config.model import ModelConfig
 from semrl.generation import generate_completions
-from semrl.models import can_pack_linears, load_policy, pack_linear_weights
+from semrl.models import can_pack_linears, linear_weights_packed, load_policy, pack_linear_weights
 
 PROMPTS = ["Translate: ཐུགས་རྗེ་ཆེ།", "Question: what is", "བཀྲ་ཤིས་བདེ་ལེགས", "Answer:", "one two three four five"]
 
@@ -48,3 +48,23 @@ def test_a_packed_linear_uses_its_copy_without_gradients_and_the_weight_with_the
     torch.testing.assert_close(out.detach(), torch.nn.functional.linear(x, layer.weight, layer.bias).detach())
     out.sum().backward()
     assert layer.weight.grad is not None and x.grad is not None
+
+
+def test_weights_packed_for_one_block_sample_the_plain_bfloat16_logits_and_follow_the_weights() -> None:
+    # GRPO packs its policy for each step's sampling: within the block bfloat16 logits are the plain
+    # ones to the bit; after it the forwards are torch's again, so the next step's weights are used.
+    model, tokenizer = load_policy(ModelConfig(name="tiny", dtype="bfloat16"))
+    model.eval()
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        plain = model(**batch).logits
+        with linear_weights_packed(model) as packed:
+            assert packed == sum(type(m) is torch.nn.Linear for m in model.modules()) > 0
+            assert torch.equal(model(**batch).logits, plain)
+        assert not any("forward" in m.__dict__ for m in model.modules() if type(m) is torch.nn.Linear)
+        for parameter in model.parameters():
+            parameter.mul_(1.5)  # a training step between two samplings
+        changed = model(**batch).logits
+        with linear_weights_packed(model):
+            assert torch.equal(model(**batch).logits, changed)
+    assert not torch.equal(changed, plain)

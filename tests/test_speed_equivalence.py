@@ -236,3 +236,78 @@ def test_sampling_in_generate_leaves_invalid_rows_to_torch_multinomial() -> None
             with pytest.raises(RuntimeError):
                 sampler.multinomial(torch.tensor(bad), num_samples=1)
         assert sampler.multinomial(torch.tensor([[0.0, 1.0]]), num_samples=2, replacement=True).tolist() == [[1, 1]]
+
+
+def _generation_batch(rows: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A GRPO generation batch as TRL 1.16 builds it: prompts padded on the left, completions on
+    the right, each to the batch's longest, and one advantage per row."""
+    prompt_lengths = torch.randint(2, 12, (rows,), generator=generator)
+    completion_lengths = torch.randint(1, 9, (rows,), generator=generator)
+    width_p, width_c = int(prompt_lengths.max()), int(completion_lengths.max())
+    prompt_ids = torch.zeros(rows, width_p, dtype=torch.long)
+    prompt_mask = torch.zeros(rows, width_p, dtype=torch.long)
+    completion_ids = torch.zeros(rows, width_c, dtype=torch.long)
+    completion_mask = torch.zeros(rows, width_c, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompt_lengths.tolist(), completion_lengths.tolist())):
+        prompt_ids[i, width_p - p :] = torch.randint(5, 200, (p,), generator=generator)
+        prompt_mask[i, width_p - p :] = 1
+        completion_ids[i, :c] = torch.randint(5, 200, (c,), generator=generator)
+        completion_mask[i, :c] = 1
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.randn(rows, generator=generator),
+        "num_items_in_batch": completion_mask.sum(),
+    }
+
+
+def _dapo_step_grads(model: torch.nn.Module, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """The gradient of one step accumulated over `micro_batches` as TRL's dapo loss computes it
+    (on-policy: the ratio is 1, so each token's loss is -advantage x log-probability)."""
+    model.zero_grad()
+    for batch in micro_batches:
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+        keep = batch["completion_ids"].shape[1]
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep + 1).logits[:, :-1]
+        logps = torch.log_softmax(logits.float(), -1).gather(-1, batch["completion_ids"][..., None])[..., 0]
+        token_loss = -batch["advantages"][:, None] * logps * batch["completion_mask"]
+        (token_loss.sum() / batch["num_items_in_batch"]).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]).float()
+
+
+def test_length_sorted_micro_batches_give_trls_step_gradient_on_fewer_positions(cache: None) -> None:
+    from semrl.train.micro_batches import length_sorted_micro_batches, padded_positions
+
+    model, _ = _lora_policy("float32")
+    generation = _generation_batch(8, torch.Generator().manual_seed(1))
+    trl_batches = [{k: v if v.ndim == 0 else v[i : i + 4] for k, v in generation.items()} for i in (0, 4)]
+    regrouped = length_sorted_micro_batches(trl_batches)
+
+    assert regrouped is not None and len(regrouped) == 2
+    assert padded_positions(regrouped) < padded_positions(trl_batches)
+
+    # Every row is still there with its own tokens and advantage, only regrouped.
+    def rows(batches: list[dict[str, torch.Tensor]]) -> list[tuple]:
+        return sorted(
+            (tuple(b["prompt_ids"][i][b["prompt_mask"][i] == 1].tolist()),
+             tuple(b["completion_ids"][i][b["completion_mask"][i] == 1].tolist()), float(b["advantages"][i]))
+            for b in batches
+            for i in range(len(b["advantages"]))
+        )  # fmt: skip
+
+    assert rows(regrouped) == rows(trl_batches)
+    # Padding removed shifts the real tokens' positions; rotary attention does not see it.
+    assert torch.allclose(_dapo_step_grads(model, regrouped), _dapo_step_grads(model, trl_batches), atol=1e-6)
+
+
+def test_micro_batches_with_a_key_it_does_not_know_are_left_to_trl() -> None:
+    from semrl.train.micro_batches import length_sorted_micro_batches
+
+    generation = _generation_batch(4, torch.Generator().manual_seed(2))
+    batches = [{k: v if v.ndim == 0 else v[i : i + 2] for k, v in generation.items()} for i in (0, 2)]
+    assert length_sorted_micro_batches(batches) is not None
+    batches[0]["pixel_values"] = batches[1]["pixel_values"] = torch.zeros(2, 3)
+    assert length_sorted_micro_batches(batches) is None

@@ -499,24 +499,44 @@ def calls_of(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[bo
     return calls
 
 
-def test_grpo_samples_from_merged_adapters_with_the_same_numbers(
-    cold_start: StageResult, splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("key", "context"),
+    [("merged_generation", "merged_lora_for_generation"), ("packed_generation", "linear_weights_packed")],
+)
+def test_grpo_sampling_speed_keys_give_the_same_numbers(
+    key: str, context: str, cold_start: StageResult, splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # merged_generation is a speed change only: the same seed gives the same completions, rewards
-    # and losses as PEFT's unmerged adapters (float32 tiny model), and the merged path really ran.
+    # merged_generation (against PEFT's unmerged adapters) and packed_generation (against torch's plain
+    # matmuls, float32 products about 1e-6 apart) are speed changes only: the same seed gives the same
+    # completions, rewards and losses (float32 tiny model), and the faster path really ran.
     import semrl.train.grpo as grpo_module
 
-    entered = calls_of(monkeypatch, grpo_module, "merged_lora_for_generation")
+    entered = calls_of(monkeypatch, grpo_module, context)
     logs = {}
     for flag in (False, True):
         before = len(entered)
-        train_stage(
-            "grpo", make_config(merged_generation=flag), splits, tmp_path / str(flag), init_model=cold_start.model_dir
-        )
+        train_stage("grpo", make_config(**{key: flag}), splits, tmp_path / str(flag), init_model=cold_start.model_dir)
         assert (len(entered) > before) == flag
         logs[flag] = loss_rows(tmp_path / str(flag) / "log.jsonl")
     assert [r["reward"] for r in logs[True]] == [r["reward"] for r in logs[False]]
     assert [r["loss"] for r in logs[True]] == pytest.approx([r["loss"] for r in logs[False]], abs=1e-5)
+
+
+def test_grpo_regroups_its_micro_batches_by_length_with_the_same_numbers(
+    cold_start: StageResult, splits, tmp_path: Path
+) -> None:
+    # length_sorted_micro_batches is a speed change only: the same seed gives the same completions
+    # and rewards, and losses within float32 rounding, on fewer padded positions.
+    logs = {}
+    for flag in (False, True):
+        config = make_config(length_sorted_micro_batches=flag, per_device_batch_size=2, max_steps=3)
+        train_stage("grpo", config, splits, tmp_path / str(flag), init_model=cold_start.model_dir)
+        logs[flag] = loss_rows(tmp_path / str(flag) / "log.jsonl")
+    assert [r["reward"] for r in logs[True]] == [r["reward"] for r in logs[False]]
+    assert [r["loss"] for r in logs[True]] == pytest.approx([r["loss"] for r in logs[False]], abs=1e-5)
+    assert all("padding/positions" not in r for r in logs[False])
+    assert all(r["padding/positions"] <= r["padding/positions_trl"] for r in logs[True])
+    assert any(r["padding/positions"] < r["padding/positions_trl"] for r in logs[True])
 
 
 def test_compiled_layers_train_to_the_eager_numbers(

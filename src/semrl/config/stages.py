@@ -247,6 +247,20 @@ class GRPOStageConfig(StageCommon):
         "each step (decoding 1.1x faster on 2 AMD EPYC cores; no LoRA dropout while sampling, as with vLLM). "
         "False: PEFT's unmerged adapter path.",
     )
+    packed_generation: bool = Field(
+        True,
+        description="On CPU without vLLM: sample each step's completions with the policy's linear weights packed "
+        "for oneDNN on entry (`semrl.models.linear_weights_packed`, after the LoRA merge): bfloat16 products "
+        "equal to the bit, float32 ones summed in another order (about 1e-6 apart). Costs one packed copy of "
+        "the linear weights while sampling. False: torch's plain CPU matmuls.",
+    )
+    length_sorted_micro_batches: bool = Field(
+        True,
+        description="Regroup each step's completions shortest to longest into its micro-batches, each padded "
+        "only to its own longest row (TRL shuffles them and keeps the whole batch's width). The same gradient "
+        "up to float rounding, for the loss types whose sum does not depend on the grouping (grpo, sapo, "
+        "dr_grpo, dapo, cispo; others keep TRL's batches). False: TRL's micro-batches.",
+    )
     use_vllm: bool = Field(
         False,
         description="Generate with vLLM (GPU only; install semrl[gpu]). With LoRA, TRL merges the adapter, "
@@ -272,6 +286,8 @@ class GRPOStageConfig(StageCommon):
         "from_",
         "splits",
         "merged_generation",
+        "length_sorted_micro_batches",
+        "packed_generation",
         "vllm_gpu_memory_utilization",
         "vllm_enable_sleep_mode",
         "vllm_max_model_length",

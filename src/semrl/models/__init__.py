@@ -51,12 +51,13 @@ from semrl.models.lora import (
     save_merged,
     save_stage_output,
 )
-from semrl.models.packed import can_pack_linears, pack_linear_weights
+from semrl.models.packed import can_pack_linears, linear_weights_packed, pack_linear_weights
 from semrl.models.tensors import device_of, eval_mode, left_padded
 from semrl.models.tiny import TINY_CORPUS, build_tiny_model, build_tiny_tokenizer
 
 __all__ = [
     "can_pack_linears",
+    "linear_weights_packed",
     "pack_linear_weights",
     "CPU_BF16_FEATURES",
     "GEMMA_270M",

@@ -16,7 +16,9 @@ tokens' logits tie to that precision (bfloat16 products were equal to the bit).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -43,22 +45,51 @@ def _packed_linear(module: torch.nn.Linear, packed: torch.Tensor, x: torch.Tenso
     return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
 
 
+def _packable_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    # Only plain linears whose forward nobody has replaced on the instance (another block's patch).
+    return [
+        m
+        for m in model.modules()
+        if type(m) is torch.nn.Linear
+        and m.weight.dtype in (torch.float32, torch.bfloat16)
+        and "forward" not in m.__dict__
+    ]
+
+
+def _pack(module: torch.nn.Linear) -> None:
+    weight = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), ROWS_HINT)
+    module.forward = functools.partial(_packed_linear, module, weight)
+
+
 def pack_linear_weights(model: torch.nn.Module) -> int:
     """Route every `torch.nn.Linear` of an inference model through a copy of its weight packed for
     oneDNN; returns how many were packed (0 when `can_pack_linears` is false).
 
     For evaluation: the weights must not change afterwards (the copies would go stale; load the
-    model again instead), and the copies cost the linear weights' memory once more (Gemma 3 270M in
-    float32: about 1 GB, its tied LM head included). Forwards that build gradients, and inputs of
-    another dtype, use the plain weight.
+    model again instead, or pack within `linear_weights_packed`), and the copies cost the linear
+    weights' memory once more (Gemma 3 270M in float32: about 1 GB, its tied LM head included).
+    Forwards that build gradients, and inputs of another dtype, use the plain weight.
     """
     if not can_pack_linears(model):
         return 0
-    packed = 0
-    for module in model.modules():
-        if type(module) is not torch.nn.Linear or module.weight.dtype not in (torch.float32, torch.bfloat16):
-            continue
-        weight = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), ROWS_HINT)
-        module.forward = functools.partial(_packed_linear, module, weight)
-        packed += 1
-    return packed
+    modules = _packable_linears(model)
+    for module in modules:
+        _pack(module)
+    return len(modules)
+
+
+@contextlib.contextmanager
+def linear_weights_packed(model: torch.nn.Module) -> Iterator[int]:
+    """Within this block, no-grad forwards multiply by copies of the linear weights packed on entry
+    (`pack_linear_weights`); on exit the copies are dropped and the forwards are torch's again.
+    Yields how many were packed. For generation from weights that change between blocks: GRPO
+    packs its policy for each step's sampling, after `merged_lora_for_generation` has merged it.
+    """
+    modules = _packable_linears(model) if can_pack_linears(model) else []
+    try:
+        for module in modules:
+            _pack(module)
+        yield len(modules)
+    finally:
+        for module in modules:
+            module.__dict__.pop("forward", None)

@@ -23,11 +23,12 @@ from semrl.core.layout import StageLayout
 from semrl.data.prompts import build_prompt, to_grpo_dataset
 from semrl.encoders import build_encoder, require_representation
 from semrl.generation import generate_completions, inverse_cdf_sampling_in_generate
-from semrl.models import peft_config
+from semrl.models import linear_weights_packed, peft_config
 from semrl.rewards.registry import build_reward_functions
 from semrl.train.callbacks import TimedReward, completion_monitors, frac_groups_equal
 from semrl.train.common import build_trl_config, common_args
 from semrl.train.cpu import merged_lora_for_generation
+from semrl.train.micro_batches import REGROUPABLE_LOSSES, length_sorted_micro_batches, padded_positions
 from semrl.train.stages import stage_rewards
 
 if TYPE_CHECKING:
@@ -56,20 +57,32 @@ def _monitored_grpo_trainer_class() -> type:
         rewards gathered over all processes (whole groups), and logs through `_log_metric`, the
         same channel TRL's `log_metric` reward hook uses (averaged per logging step and across
         processes). It also wraps `_generate_single_turn` in `merged_lora_for_generation` (unless
-        `merged_generation` is off, vLLM generates, or the weights are sharded) and in
-        `inverse_cdf_sampling_in_generate` (CPU sampling without 262k exponentials per token). TRL
-        is pinned below 1.17 in pyproject; `_check_hooks` fails loudly if a TRL version lacks these
-        methods.
+        `merged_generation` is off, vLLM generates, or the weights are sharded), in
+        `linear_weights_packed` (unless `packed_generation` is off) and in
+        `inverse_cdf_sampling_in_generate` (CPU sampling without 262k exponentials per token), and
+        `_prepare_inputs` to regroup each step's micro-batches by length
+        (`semrl.train.micro_batches`). TRL is pinned below 1.17 in pyproject; `_check_hooks` fails
+        loudly if a TRL version lacks these methods.
         """
 
-        def __init__(self, *args: Any, target_lang: str, merged_generation: bool = True, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *args: Any,
+            target_lang: str,
+            merged_generation: bool = True,
+            length_sorted_micro_batches: bool = True,
+            packed_generation: bool = True,
+            **kwargs: Any,
+        ) -> None:
             self.target_lang = target_lang
             self.merged_generation = merged_generation
+            self.packed_generation = packed_generation
+            self.length_sorted_micro_batches = length_sorted_micro_batches
             super().__init__(*args, **kwargs)
 
         @classmethod
         def _check_hooks(cls) -> None:
-            for name in ("_calculate_rewards", "_log_metric", "_generate_single_turn"):
+            for name in ("_calculate_rewards", "_log_metric", "_generate_single_turn", "_prepare_inputs"):
                 if not hasattr(GRPOTrainer, name):
                     import trl
 
@@ -85,8 +98,34 @@ def _monitored_grpo_trainer_class() -> type:
                 merged = contextlib.nullcontext()
             else:
                 merged = merged_lora_for_generation(self.model)
-            with merged, inverse_cdf_sampling_in_generate():
+            # Packed after the merge, from the weights this step samples with (a CPU-only no-op elsewhere).
+            if self.packed_generation and not (self.use_vllm or sharded):
+                packed = linear_weights_packed(self.model)
+            else:
+                packed = contextlib.nullcontext()
+            with merged, packed, inverse_cdf_sampling_in_generate():
                 return super()._generate_single_turn(*args, **kwargs)
+
+        def _prepare_inputs(self, generation_batch: Any) -> Any:
+            # TRL buffers a new generation batch's micro-batches in `_buffered_inputs` and hands out
+            # `_buffered_inputs[_step % steps_per_generation]`; regroup them once, when they are new.
+            buffered = self._buffered_inputs
+            inputs = super()._prepare_inputs(generation_batch)
+            regroup = (
+                self.length_sorted_micro_batches
+                and self.model.training
+                and self._buffered_inputs is not buffered
+                and self.loss_type in REGROUPABLE_LOSSES
+                and self.top_entropy_quantile == 1.0  # entropy masking reads each micro-batch's quantile
+            )
+            regrouped = length_sorted_micro_batches(self._buffered_inputs) if regroup else None
+            if regrouped is not None:
+                # Into this step's metrics, as TRL logs its own (`_log_metric` would wait for the next generation).
+                self._metrics["train"]["padding/positions_trl"].append(padded_positions(self._buffered_inputs))
+                self._metrics["train"]["padding/positions"].append(padded_positions(regrouped))
+                self._buffered_inputs = regrouped
+                inputs = regrouped[self._step % self.args.steps_per_generation]
+            return inputs
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
             start = time.perf_counter()
@@ -286,4 +325,6 @@ def build_grpo_trainer(
         callbacks=callbacks,
         target_lang=config.task.target_lang,
         merged_generation=config.stages.section(stage).merged_generation,
+        length_sorted_micro_batches=config.stages.section(stage).length_sorted_micro_batches,
+        packed_generation=config.stages.section(stage).packed_generation,
     )
