@@ -314,6 +314,7 @@ def build_grpo_trainer(
     extra["gradient_accumulation_steps"] = args.gradient_accumulation_steps
     extra["per_device_batch_size"] = args.per_device_train_batch_size
     extra["reward_weights"] = {getattr(f, "__name__", str(f)): w for f, w in zip(funcs, weights)}
+    section = config.stages.section(stage)
     trainer_cls = _monitored_grpo_trainer_class()
     return trainer_cls(
         model=model,
@@ -324,7 +325,7 @@ def build_grpo_trainer(
         peft_config=peft_config(config.model.lora, model),
         callbacks=callbacks,
         target_lang=config.task.target_lang,
-        merged_generation=config.stages.section(stage).merged_generation,
-        length_sorted_micro_batches=config.stages.section(stage).length_sorted_micro_batches,
-        packed_generation=config.stages.section(stage).packed_generation,
+        merged_generation=section.merged_generation,
+        length_sorted_micro_batches=section.length_sorted_micro_batches,
+        packed_generation=section.packed_generation,
     )
