@@ -107,6 +107,70 @@ def test_encoder_train_skips_when_finished_refuses_a_changed_config_and_resumes(
     assert json.loads((run / "encoder" / "manifest.json").read_text())["steps"] == 4
 
 
+def _table(model_dir: Path) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(model_dir / "model.safetensors"))  # the StaticEmbedding module sits at the root
+    assert set(tensors) == {"embedding.weight"}
+    return tensors["embedding.weight"]
+
+
+def test_a_static_encoder_killed_mid_training_resumes_to_the_same_table(
+    static_run: Path, tmp_path: Path, fixture_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(static_run, run)
+    # killed after checkpoint-2 of 4: the trained-rows module wrote it as a standard directory
+    shutil.rmtree(run / "encoder" / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(run / "encoder" / "model")
+    (run / "encoder" / "manifest.json").unlink()
+    capsys.readouterr()
+    assert main(["encoder", "train", str(_config(tmp_path, fixture_data_dir, STATIC_TINY)), "--out", str(run)]) == 0
+    assert "resuming from checkpoint-2" in capsys.readouterr().out
+    np.testing.assert_allclose(_table(run / "encoder" / "model"), _table(static_run / "encoder" / "model"), atol=1e-6)
+
+
+def test_a_static_student_trains_only_its_texts_rows_to_the_whole_tables_numbers(tmp_path: Path) -> None:
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer import losses
+
+    from semrl.config.encoder import StudentConfig
+    from semrl.train.encoder import build_student, trained_rows_only
+
+    texts = {"anchor": ["བཀྲ་ཤིས", "ཐུགས་རྗེ", "ལེགས་སོ", "བདེ་ལེགས"], "positive": ["吉祥", "慈悲", "善哉", "安樂"]}
+
+    def train(only_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        student = build_student(StudentConfig(kind="static", name="tiny", init="random", embedding_dim=16), seed=0)
+        before = student[0].embedding.weight.detach().clone()
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(tmp_path / str(only_rows)), max_steps=3, per_device_train_batch_size=2,
+            learning_rate=0.1, use_cpu=True, report_to="none", save_strategy="no", seed=0,
+        )  # fmt: skip
+        trainer_kwargs = {
+            "train_dataset": Dataset.from_dict(texts),
+            "loss": losses.MultipleNegativesRankingLoss(student),
+        }
+        if only_rows:
+            with trained_rows_only(student, texts["anchor"] + texts["positive"]):
+                trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+                assert trainable < before.numel() / 4  # the optimizer sees the texts' rows only
+                SentenceTransformerTrainer(model=student, args=args, **trainer_kwargs).train()
+        else:
+            SentenceTransformerTrainer(model=student, args=args, **trainer_kwargs).train()
+        assert isinstance(student[0].embedding, torch.nn.EmbeddingBag)  # whole again, as StaticEmbedding saves it
+        return before, student[0].embedding.weight.detach()
+
+    before, whole = train(only_rows=False)
+    _, rows_only = train(only_rows=True)
+    moved = (whole != before).any(dim=1)
+    assert 0 < int(moved.sum()) < len(before)  # the texts' rows trained, the others did not move
+    torch.testing.assert_close(rows_only, whole, atol=1e-6, rtol=1e-5)
+
+
 def test_contrastive_recipe_with_a_transformer_student(tmp_path: Path, fixture_data_dir: Path) -> None:
     encoder = {"recipe": "contrastive", "student": {"kind": "transformer", "name": "tiny", "trainable_layers": 1}}
     out = tmp_path / "run"

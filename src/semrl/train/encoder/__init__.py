@@ -43,7 +43,7 @@ from semrl.train.encoder.pairs import (
     require_encoder_section,
 )
 from semrl.train.encoder.stage import EncoderResult, check_encoder_current, teacher_vectors, train_encoder_stage
-from semrl.train.encoder.student import build_student
+from semrl.train.encoder.student import build_student, trained_rows_only
 
 __all__ = [
     "ENCODER_HASH_SECTIONS",
@@ -63,4 +63,5 @@ __all__ = [
     "summary",
     "teacher_vectors",
     "train_encoder_stage",
+    "trained_rows_only",
 ]

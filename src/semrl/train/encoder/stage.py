@@ -30,7 +30,7 @@ from semrl.train.encoder.pairs import (
     encoder_pairs,
     require_encoder_section,
 )
-from semrl.train.encoder.student import build_student
+from semrl.train.encoder.student import build_student, trained_rows_only
 from semrl.train.stage import checkpoint_is_final, last_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -195,11 +195,13 @@ def train_encoder_stage(
             f"student {enc.student.kind} {enc.student.name}, {len(pairs.train)} training pairs "
             f"({pairs.info['train_documents']} documents)"
         )
-        trainer = SentenceTransformerTrainer(
-            model=student, args=_training_args(enc, config, layout.checkpoints), train_dataset=dataset, loss=loss
-        )
-        train_started = time.time()  # the training itself: teacher vectors and student set-up are not in it
-        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        texts = [ex.source for ex in pairs.train] + [ex.reference for ex in pairs.train]
+        with trained_rows_only(student, texts, weight_decay=enc.weight_decay):
+            trainer = SentenceTransformerTrainer(
+                model=student, args=_training_args(enc, config, layout.checkpoints), train_dataset=dataset, loss=loss
+            )
+            train_started = time.time()  # the training itself: teacher vectors and student set-up are not in it
+            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         steps, train_loss = int(output.global_step), float(output.training_loss)
     train_time = time.time() - train_started
     student.eval()
