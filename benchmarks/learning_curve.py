@@ -107,7 +107,7 @@ def run_point(config: ExperimentConfig, run_dir: Path, log: Any = print) -> dict
     from semrl.models import choose_dtype
     from semrl.pipeline.run import run_experiment
     from semrl.results.build import bootstrap_args
-    from semrl.results.evidence import chance_margins, distinct_output_rate
+    from semrl.results.evidence import chance_margins, distinct_output_rate, output_sources
 
     load_before = os.getloadavg()
     started = time.time()
@@ -131,7 +131,7 @@ def run_point(config: ExperimentConfig, run_dir: Path, log: Any = print) -> dict
         **score(config, outputs, chance["reference_order"]),
         "chrf_margin": chance_margins(record, config.task.target_lang, bootstrap_args(config)).get("chrf"),
         "semantic": record["task"].get("semantic"),
-        "distinct_output_rate": round(distinct_output_rate(hyps) or 0.0, 4),
+        "distinct_output_rate": round(distinct_output_rate(hyps, output_sources(outputs)) or 0.0, 4),
         "samples": [{k: outputs[i][k] for k in ("id", "output")} for i in picks],
         "train_steps": (stage.get("metrics") or {}).get("global_step"),
         "train_wall_s": stage.get("wall_time_s"),

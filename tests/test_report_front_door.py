@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,33 @@ def test_outputs_that_repeat_themselves_are_counted_and_named(tmp_path: Path) ->
     text = verdict(metrics)
     assert f"{n - 1} of cold_start's {n} test outputs repeat themselves" in text
     assert text.count("repeat themselves") == 1  # the base model's clean outputs are not named
+
+
+def test_a_source_on_several_rows_counts_once_among_distinct_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MITRA aligns one Tibetan sentence with several Chinese translations, so a test set can hold a
+    source on several rows. Greedy decoding answers it alike on each: that is no collapse, and the
+    distinct-output rate counts per distinct source (the study's 220 rows hold 186 sources)."""
+    from semrl.results.evidence import distinct_output_rate
+
+    repeated = [SOURCES[0], SOURCES[0], *SOURCES[2:]]  # rows 0 and 1: one source, two references
+    monkeypatch.setattr(sys.modules[__name__], "SOURCES", repeated)
+    faithful = [LEARNED[0], LEARNED[0], *LEARNED[2:]]  # one output per source
+    collapsed = [LEARNED[0], LEARNED[0], LEARNED[0], *LEARNED[3:]]  # and the next source answered alike
+    layout = _fabricated_run(
+        tmp_path / "run",
+        ["stages.enabled=[cold_start,sft]", "evaluation.methods=[base,cold_start,sft]", "evaluation.benchmarks=[]"],
+        {"base": CHANCE, "cold_start": faithful, "sft": collapsed},
+    )
+    write_report(layout.root)
+    metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
+    n, sources = len(REFERENCES), len(REFERENCES) - 1
+    assert metrics["methods"]["cold_start"]["distinct_sources"] == sources
+    assert metrics["methods"]["cold_start"]["distinct_output_rate"] == 1.0
+    assert metrics["methods"]["sft"]["distinct_output_rate"] == pytest.approx((sources - 1) / sources)
+    text = verdict(metrics)
+    assert f"cold_start gave {sources} distinct outputs for the test's {sources} distinct sources ({n} rows)." in text
+    assert f"sft gave {sources - 1} distinct outputs for the test's {sources} distinct sources ({n} rows)." in text
+    # counted per output, as without sources, the faithful model could not reach 1.0
+    assert distinct_output_rate(faithful) == pytest.approx(sources / n)

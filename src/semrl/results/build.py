@@ -103,6 +103,7 @@ from semrl.results.evidence import (
     benchmark_evidence,
     chance_margins,
     distinct_output_rate,
+    output_sources,
     repetitive_output_rate,
     task_kl_summary,
     tax_difference,
@@ -234,11 +235,15 @@ def task_evidence(record: dict[str, Any], target_lang: str, boot: dict[str, Any]
     (`evidence.chance_margins`), the share of distinct outputs and of outputs that repeat
     themselves, for the test split's record or an extra test's."""
     outputs = [o["output"] for o in record["outputs"]]
-    return {
+    sources = output_sources(record["outputs"])
+    evidence = {
         "chance": chance_margins(record, target_lang, boot),
-        "distinct_output_rate": distinct_output_rate(outputs),
+        "distinct_output_rate": distinct_output_rate(outputs, sources),
         "repetitive_output_rate": repetitive_output_rate(outputs, target_lang),
     }
+    if sources is not None:
+        evidence["distinct_sources"] = len(set(sources))
+    return evidence
 
 
 def method_differences(records: dict[str, dict[str, Any]], target_lang: str, boot: dict[str, Any]) -> dict[str, Any]:
@@ -613,8 +618,17 @@ def _method_reading(metrics: dict[str, Any], name: str, conf: int) -> str:
         out.append(f"{name} was evaluated on {task['n']} test example(s): a chance floor needs two or more.")
     rate, n = entry.get("distinct_output_rate"), task.get("n")
     if rate is not None and n:
-        distinct = round(rate * n)
-        if distinct == 1 and n > 1:
+        sources = entry.get("distinct_sources") or n  # a record without its sources: counted per output
+        distinct = round(rate * sources)
+        if sources < n:  # a source on several rows (several references) has one greedy output
+            counted = f"{distinct} distinct outputs for the test's {sources} distinct sources ({n} rows)"
+            if distinct == 1:
+                out.append(f"All {n} of {name}'s test outputs are the same text.")
+            elif rate < 0.5:
+                out.append(f"{name} gave only {counted}: it answers most sources alike.")
+            else:
+                out.append(f"{name} gave {counted}.")
+        elif distinct == 1 and n > 1:
             out.append(f"All {n} of {name}'s test outputs are the same text.")
         elif rate < 0.5:
             out.append(f"Only {distinct} of {name}'s {n} test outputs are distinct: it answers most sources alike.")

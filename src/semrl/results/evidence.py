@@ -68,9 +68,29 @@ def chance_margins(record: dict[str, Any], target_lang: str, boot: dict[str, Any
     return out
 
 
-def distinct_output_rate(outputs: list[str]) -> float | None:
-    """The share of distinct texts among a method's test outputs (1.0: no two alike); None for none."""
-    return len(set(outputs)) / len(outputs) if outputs else None
+def distinct_output_rate(outputs: list[str], sources: list[str] | None = None) -> float | None:
+    """Distinct output texts per distinct source: each distinct source's output (its first row's),
+    and the share of distinct texts among them (1.0: no two different sources answered alike).
+
+    A source that occurs on several rows, as when a corpus aligns one sentence with several
+    translations (MITRA does: the study's 220 test rows hold 186 distinct Tibetan sources), gets
+    the same greedy output on each, which is no collapse; counted per row, such a test set could
+    not reach 1.0. Without `sources`: the share of distinct texts among the outputs. None for none.
+    """
+    if not outputs:
+        return None
+    if sources is not None:
+        first: dict[str, str] = {}
+        for source, output in zip(sources, outputs, strict=True):
+            first.setdefault(source, output)
+        outputs = list(first.values())
+    return len(set(outputs)) / len(outputs)
+
+
+def output_sources(outputs: list[dict[str, Any]]) -> list[str] | None:
+    """The sources of a record's outputs, or None when a record does not keep them."""
+    sources = [o.get("source") for o in outputs]
+    return sources if all(isinstance(s, str) for s in sources) else None
 
 
 def repetitive_output_rate(outputs: list[str], lang: str) -> float | None:

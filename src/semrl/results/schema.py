@@ -39,7 +39,17 @@ METRICS_KEYS: tuple[MetricsKey, ...] = (
     _key("schema_version", "int", f"The version of this schema ({SCHEMA_VERSION})."),
     # -- per method ---------------------------------------------------------------------------
     _key("methods", "object", "One entry per evaluated method: `base` and every evaluated stage."),
-    _key("methods.<method>.distinct_output_rate", "number", "Share of distinct texts among the test outputs."),
+    _key(
+        "methods.<method>.distinct_output_rate",
+        "number",
+        "Distinct output texts per distinct test source (1.0: no two different sources answered alike).",
+    ),
+    _key(
+        "methods.<method>.distinct_sources",
+        "int",
+        "How many distinct sources the test rows hold (a source on several rows has several references).",
+        required=False,
+    ),
     _key(
         "methods.<method>.repetitive_output_rate",
         "number",
@@ -383,7 +393,13 @@ METRICS_KEYS: tuple[MetricsKey, ...] = (
     _key(
         "extra_tasks.<test>.methods.<method>.distinct_output_rate",
         "number",
-        "Share of distinct texts among its outputs.",
+        "Distinct output texts per distinct source of the test.",
+        required=False,
+    ),
+    _key(
+        "extra_tasks.<test>.methods.<method>.distinct_sources",
+        "int",
+        "How many distinct sources its rows hold.",
         required=False,
     ),
     _key(
