@@ -299,7 +299,7 @@ def test_outputs_that_repeat_themselves_are_counted_and_named(tmp_path: Path) ->
     assert metrics["methods"]["cold_start"]["repetitive_output_rate"] == pytest.approx((n - 1) / n)
     assert metrics["methods"]["base"]["repetitive_output_rate"] == 0.0
     table = _section(layout.report_md.read_text(encoding="utf-8"), "Task quality")
-    assert "| distinct outputs | repetitive outputs |" in table
+    assert "| distinct outputs per source | repetitive outputs |" in table
     text = verdict(metrics)
     assert f"{n - 1} of cold_start's {n} test outputs repeat themselves" in text
     assert text.count("repeat themselves") == 1  # the base model's clean outputs are not named

@@ -146,7 +146,7 @@ def task_table(methods: dict[str, Any]) -> Md:
     shares = [
         (key, label)
         for key, label in (
-            ("distinct_output_rate", "distinct outputs"),
+            ("distinct_output_rate", "distinct outputs per source"),
             ("repetitive_output_rate", "repetitive outputs"),
         )
         if any(m.get(key) is not None for m in methods.values())
