@@ -620,20 +620,16 @@ def _method_reading(metrics: dict[str, Any], name: str, conf: int) -> str:
     if rate is not None and n:
         sources = entry.get("distinct_sources") or n  # a record without its sources: counted per output
         distinct = round(rate * sources)
-        if sources < n:  # a source on several rows (several references) has one greedy output
-            counted = f"{distinct} distinct outputs for the test's {sources} distinct sources ({n} rows)"
-            if distinct == 1:
-                out.append(f"All {n} of {name}'s test outputs are the same text.")
-            elif rate < 0.5:
-                out.append(f"{name} gave only {counted}: it answers most sources alike.")
-            else:
-                out.append(f"{name} gave {counted}.")
-        elif distinct == 1 and n > 1:
+        if distinct == 1 and n > 1:
             out.append(f"All {n} of {name}'s test outputs are the same text.")
-        elif rate < 0.5:
-            out.append(f"Only {distinct} of {name}'s {n} test outputs are distinct: it answers most sources alike.")
         else:
-            out.append(f"{distinct} of {name}'s {n} test outputs are distinct.")
+            few = rate < 0.5
+            if sources < n:  # a source on several rows (several references) has one greedy output
+                only = "only " if few else ""
+                counted = f"{name} gave {only}{distinct} distinct outputs for the test's {sources} distinct sources ({n} rows)"
+            else:
+                counted = f"{'Only ' if few else ''}{distinct} of {name}'s {n} test outputs are distinct"
+            out.append(counted + (": it answers most sources alike." if few else "."))
     repetitive = entry.get("repetitive_output_rate")
     if repetitive is not None and n and repetitive >= REPETITIVE_NOTE_RATE:
         out.append(

@@ -110,7 +110,7 @@ def _row_subset_embedding_bag(bag: Any, rows: Any) -> Any:
             super().__init__()
             self.mode = bag.mode
             self.num_embeddings, self.embedding_dim = bag.weight.shape
-            self.register_buffer("weight", bag.weight.detach().clone())
+            self.register_buffer("weight", bag.weight.detach())  # the bag is replaced: no copy needed
             self.register_buffer("rows", rows, persistent=False)
             # a token outside `rows` maps to the extra last row: it never occurs in the training texts
             lookup = torch.full((self.num_embeddings,), len(rows), dtype=torch.long)
@@ -132,7 +132,7 @@ def _row_subset_embedding_bag(bag: Any, rows: Any) -> Any:
 
         def full_bag(self) -> torch.nn.EmbeddingBag:
             self.sync()
-            return torch.nn.EmbeddingBag.from_pretrained(self.weight.clone(), freeze=False, mode=self.mode)
+            return torch.nn.EmbeddingBag.from_pretrained(self.weight, freeze=False, mode=self.mode)
 
         @staticmethod
         def _from_table(module: Any, state_dict: dict, prefix: str, *args: Any) -> None:
