@@ -22,7 +22,10 @@ in the machine's load hits both alike; the load average is recorded. Arms:
 - ``compile``: the SFT step (with `lora_in_weight_dtype`) with eager decoder layers (A) and with
   each decoder layer compiled as a stage with `compile_layers: true` runs it
   (`semrl.train.cpu.compiled_decoder_layers`: `torch.compile(dynamic=True)`, regional compilation, B).
-  The compiled arm's first call, in the warm-up, includes the compilation (`first_call_s`).
+  The compiled arm's first call, in the warm-up, includes the compilation (`first_call_s`);
+- ``lm_head``: the SFT step (with `lora_in_weight_dtype`) with TRL's chunked LM head (A) and with
+  `semrl.train.cpu.lm_head_in_one_product` (B); `shape.same_weights`: both arms' loss and LoRA gradients on one set of
+  weights, and their distance from the same step in float32.
 
 Both arms run inside `semrl.core.memory.freed_memory_kept_for_reuse`, as `train_stage` trains
 (`"freed_memory_kept": true` in the JSON); results without that key ran on glibc's defaults, which
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import statistics
 import tempfile
@@ -58,6 +62,7 @@ from semrl.models import linear_weights_packed, load_policy
 from semrl.train.cpu import (
     compact_lm_head_on_cpu,
     compiled_decoder_layers,
+    lm_head_in_one_product,
     lora_in_weight_dtype,
     merged_lora_for_generation,
 )
@@ -94,6 +99,38 @@ def sft_step(trainer: Any, batch: dict) -> float:
     return time.perf_counter() - start
 
 
+def lm_head_equality(trainer: Any, batch: dict) -> dict[str, float]:
+    """The SFT loss and LoRA gradients on the same weights with TRL's LM head and in one product."""
+    model = trainer.model
+
+    def loss_and_grads(model: Any = model) -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        with lora_in_weight_dtype(model):
+            loss = trainer.compute_loss(model, dict(batch))
+            loss.backward()
+        grads = torch.cat([p.grad.flatten().double() for p in model.parameters() if p.requires_grad])
+        model.zero_grad()
+        return float(loss), grads
+
+    trl_loss, trl_grads = loss_and_grads()
+    with lm_head_in_one_product():
+        loss, grads = loss_and_grads()
+    # The scale of bfloat16's own rounding: the same weights computed in float32 (TRL's head).
+    float32_loss, float32_grads = loss_and_grads(copy.deepcopy(model).float())
+
+    def difference(a: torch.Tensor, b: torch.Tensor) -> float:
+        return round(float((a - b).norm() / b.norm()), 6)
+
+    return {
+        "loss_trl": trl_loss,
+        "loss_one_product": loss,
+        "loss_float32": float32_loss,
+        "gradient_difference_one_product_vs_trl": difference(grads, trl_grads),
+        "gradient_difference_trl_vs_float32": difference(trl_grads, float32_grads),
+        "gradient_difference_one_product_vs_float32": difference(grads, float32_grads),
+    }
+
+
 def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, Callable[[], float]], dict]:
     """The two arms of `compare`: callables that time one step each."""
     trainer, batch = sft_trainer(config, splits, tmp)
@@ -112,6 +149,14 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
             ),
             "eager": lambda: _in(
                 attention(base, "eager"), lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))
+            ),
+        }, info
+    if compare == "lm_head":
+        info["same_weights"] = lm_head_equality(trainer, batch)
+        return {
+            "trl_chunked_lm_head": lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch)),
+            "lm_head_in_one_product": lambda: _in(
+                lm_head_in_one_product(), lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))
             ),
         }, info
     if compare == "compile":
@@ -266,6 +311,7 @@ def main() -> None:
             "packed_generation",
             "micro_batches",
             "compile",
+            "lm_head",
         ],
     )
     parser.add_argument("--repeats", type=int, default=3)

@@ -11,7 +11,14 @@ import torch
 from semrl import models
 from semrl.config.model import LoraConfig, ModelConfig
 from semrl.generation import inverse_cdf_multinomial, inverse_cdf_sampling_in_generate
-from semrl.train.cpu import compiled_decoder_layers, decoder_layers, lora_in_weight_dtype, merged_lora_for_generation
+from semrl.train import cpu
+from semrl.train.cpu import (
+    compiled_decoder_layers,
+    decoder_layers,
+    lm_head_in_one_product,
+    lora_in_weight_dtype,
+    merged_lora_for_generation,
+)
 
 TEXTS = ["ཀ་ཁ་ག་ང་ཅ་ཆ", "我们明天早上坐火车去北京。"]
 
@@ -311,3 +318,65 @@ def test_micro_batches_with_a_key_it_does_not_know_are_left_to_trl() -> None:
     assert length_sorted_micro_batches(batches) is not None
     batches[0]["pixel_values"] = batches[1]["pixel_values"] = torch.zeros(2, 3)
     assert length_sorted_micro_batches(batches) is None
+
+
+OUTPUTS = ("entropy", "is_top1", "mean_logits", "log_sum_sq_probs")
+
+
+def _fused_head(
+    hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, temperature: float, grads: torch.Tensor
+):
+    """TRL's fused LM head as its trainers call it (`trl.trainer.utils._ChunkedLogProbFunction`, 256-token
+    vocabulary chunks); a loss over the log-probabilities and the entropy, backpropagated."""
+    import trl.trainer.utils as trl_utils
+
+    hidden = hidden.clone().requires_grad_()
+    head = head.detach().clone().requires_grad_(head.requires_grad)
+    out = trl_utils._ChunkedLogProbFunction.apply(hidden, head, None, targets, temperature, 256, None, 1.0, OUTPUTS)
+    ((out[0] * grads[0]).sum() + (out[1] * grads[1]).sum()).backward()
+    return out, hidden.grad, head.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_the_lm_head_in_one_product_gives_trls_numbers(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, temperature: float
+) -> None:
+    pytest.importorskip("trl")
+    generator = torch.Generator().manual_seed(0)
+    vocab, width, rows = 1000, 32, 21
+    head = (torch.randn(vocab, width, generator=generator) * 0.3).to(dtype)
+    hidden = torch.randn(rows, width, generator=generator).to(dtype)
+    targets = torch.randint(0, vocab, (rows,), generator=generator)
+    targets[:6] = (hidden[:6].float() @ head.float().t()).argmax(-1)  # some targets are the model's top-1
+    grads = torch.randn(2, rows, generator=generator)
+    # Parts of 5 tokens: the tiles, their blocks of rows and the vocabulary chunks all split unevenly.
+    monkeypatch.setattr(cpu, "LM_HEAD_TILE_BYTES", 5 * vocab * head.element_size())
+    trl_out, trl_grad, _ = _fused_head(hidden, head, targets, temperature, grads)
+    with lm_head_in_one_product():
+        out, grad, _ = _fused_head(hidden, head, targets, temperature, grads)
+    for ours, theirs in zip(out[:4], trl_out[:4]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=2e-5)
+    assert torch.equal(out[4], trl_out[4]) and 0 < int(out[4].sum()) < rows  # is_top1
+    assert grad.dtype == trl_grad.dtype == dtype
+    # The same float32 gradient, rounded once to the hidden states' dtype (a bfloat16 step apart at most).
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 8e-3, "atol": 1e-5}
+    torch.testing.assert_close(grad, trl_grad, **tolerance)
+    assert (grad.double() - trl_grad.double()).norm() < 1e-3 * trl_grad.double().norm()
+
+
+def test_the_lm_head_in_one_product_leaves_a_trained_head_to_trl() -> None:
+    pytest.importorskip("trl")
+    import trl.trainer.utils as trl_utils
+
+    generator = torch.Generator().manual_seed(1)
+    head = torch.randn(300, 16, generator=generator).requires_grad_()
+    hidden, targets = torch.randn(5, 16, generator=generator), torch.randint(0, 300, (5,), generator=generator)
+    grads = torch.randn(2, 5, generator=generator)
+    kernel = trl_utils._ChunkedLogProbFunction
+    _, trl_grad, trl_head_grad = _fused_head(hidden, head, targets, 1.0, grads)
+    with lm_head_in_one_product():
+        assert trl_utils._ChunkedLogProbFunction is not kernel
+        _, grad, head_grad = _fused_head(hidden, head, targets, 1.0, grads)
+    assert trl_utils._ChunkedLogProbFunction is kernel  # restored on exit
+    assert torch.equal(grad, trl_grad) and torch.equal(head_grad, trl_head_grad)

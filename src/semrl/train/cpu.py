@@ -62,6 +62,177 @@ def compact_lm_head_on_cpu() -> Iterator[None]:
         trl_utils._use_triton = use_triton
 
 
+# Bytes of logits `lm_head_in_one_product` holds at a time (then it takes the tokens in parts), and
+# the rows of one float32 block of its element-wise work (small enough to stay in the core's cache).
+LM_HEAD_TILE_BYTES = 256 * 2**20
+LM_HEAD_BLOCK_ROWS = 8
+
+
+def _scaled(z: torch.Tensor, scale: float, inv_t: float) -> torch.Tensor:
+    """TRL's logit transform without a softcap, in place (`z * logit_scale * (1 / temperature)`)."""
+    if scale != 1.0:
+        z.mul_(scale)
+    if inv_t != 1.0:
+        z.mul_(inv_t)
+    return z
+
+
+def _tile_parts(rows: int, vocab: int, itemsize: int) -> Iterator[tuple[int, int]]:
+    step = max(1, LM_HEAD_TILE_BYTES // (vocab * itemsize))
+    for start in range(0, rows, step):
+        yield start, min(start + step, rows)
+
+
+def _blocks(tile: torch.Tensor, chunk: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(first row, first column, block) over a tile, `LM_HEAD_BLOCK_ROWS` rows x `chunk` columns each."""
+    for row in range(0, tile.shape[0], LM_HEAD_BLOCK_ROWS):
+        for col in range(0, tile.shape[1], chunk):
+            yield row, col, tile[row : row + LM_HEAD_BLOCK_ROWS, col : col + chunk]
+
+
+def _one_product_forward(
+    ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, outputs: tuple[str, ...]
+) -> tuple:
+    """TRL's chunked log-probabilities (and the per-token outputs it was asked for) from one product
+    with the head per part of the tokens, the log-sum-exp taken about each row's exact maximum."""
+    dtype, args = ctx.compute_dtype, ctx.kernel_args
+    scale, inv_t = float(args["logit_scale"]), float(args["inv_t"])
+    head = weight.to(dtype)
+    n, vocab = hidden.shape[0], weight.shape[0]
+    log_z, target_z = torch.empty(n), torch.empty(n)
+    entropy = torch.empty(n) if "entropy" in outputs else None
+    log_sum_sq = torch.empty(n) if "log_sum_sq_probs" in outputs else None
+    mean_logits = torch.empty(n) if "mean_logits" in outputs else None
+    is_top1 = torch.empty(n, dtype=torch.bool) if "is_top1" in outputs else None
+    for start, end in _tile_parts(n, vocab, head.element_size()):
+        tile = hidden[start:end].to(dtype) @ head.t()
+        # Positive scales keep the order: the exact maximum and the first argmax are the tile's own.
+        top, first_top = tile.max(-1)  # torch returns the first maximum's index, as TRL's is_top1 counts
+        top = _scaled(top.float(), scale, inv_t)
+        target_z[start:end] = _scaled(tile.gather(-1, targets[start:end, None]).squeeze(-1).float(), scale, inv_t)
+        if is_top1 is not None:
+            is_top1[start:end] = first_top == targets[start:end]
+        sums = torch.zeros(4, end - start)  # sum e, sum e z', sum e^2, sum z' with z' = z - max, e = exp(z')
+        for row, _col, block in _blocks(tile, ctx.chunk_size):
+            rows = slice(row, row + block.shape[0])
+            z = _scaled(block.float(), scale, inv_t).sub_(top[rows, None])
+            if mean_logits is not None:
+                sums[3, rows] += z.sum(-1)
+            e = torch.exp(z)
+            sums[0, rows] += e.sum(-1)
+            if entropy is not None:
+                sums[1, rows] += (e * z).sum(-1)
+            if log_sum_sq is not None:
+                sums[2, rows] += (e * e).sum(-1)
+        log_sum = torch.log(sums[0])
+        log_z[start:end] = top + log_sum
+        if entropy is not None:
+            entropy[start:end] = log_sum - sums[1] / sums[0]
+        if log_sum_sq is not None:
+            log_sum_sq[start:end] = torch.log(sums[2]) - 2 * log_sum
+        if mean_logits is not None:
+            mean_logits[start:end] = sums[3] / vocab + top
+    return target_z - log_z, log_z, entropy, log_sum_sq, mean_logits, is_top1
+
+
+def _one_product_backward(ctx: Any, grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None) -> tuple:
+    """TRL's chunked log-probabilities' backward: the logits' gradient over the whole vocabulary
+    (built in place, block by block), then one product with the head for the hidden states'."""
+    hidden, weight, _bias, targets, log_z, entropy = ctx.saved_tensors
+    dtype, args = ctx.compute_dtype, ctx.kernel_args
+    scale, inv_t = float(args["logit_scale"]), float(args["inv_t"])
+    head = weight.to(dtype)
+    grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype)
+    g = None if grad_logprobs is None else grad_logprobs.float()
+    ge = None if grad_entropy is None else grad_entropy.float()
+    for start, end in _tile_parts(hidden.shape[0], weight.shape[0], head.element_size()):
+        tile = hidden[start:end].to(dtype) @ head.t()  # the logits again, as TRL's backward recomputes them
+        for row, col, block in _blocks(tile, ctx.chunk_size):
+            rows = slice(start + row, start + row + block.shape[0])
+            log_p = _scaled(block.float(), scale, inv_t).sub_(log_z[rows, None])
+            grad = torch.exp(log_p)  # p
+            # d(log p_target)/dz = 1[target] - p and d(entropy)/dz = -p (log p + entropy): both carry p.
+            if ge is None:
+                grad.mul_(-g[rows, None])
+            else:
+                factor = log_p.add_(entropy[rows, None]).mul_(-ge[rows, None])
+                grad.mul_(factor if g is None else factor.sub_(g[rows, None]))
+            if g is not None:
+                local = targets[rows] - col
+                hit = ((local >= 0) & (local < block.shape[1])).nonzero().squeeze(-1)
+                grad[hit, local[hit]] += g[rows][hit]
+            block.copy_(_scaled(grad, inv_t, scale))
+        # One product over the vocabulary: it accumulates in float32 and rounds once, as TRL's float32
+        # sum of chunk products is rounded once to the hidden states' dtype.
+        grad_hidden[start:end] = tile @ head
+    return (grad_hidden, None, None, None, None, None, None, None, None)
+
+
+@contextlib.contextmanager
+def lm_head_in_one_product() -> Iterator[None]:
+    """Within this block, TRL's fused LM head runs on CPU as one product with the head per direction.
+
+    TRL's tiled log-probability kernel (`trl.kernels.chunked_logprob.ChunkedLogProbFunction`) takes
+    the 262k-token vocabulary in chunks; on a GPU a Triton kernel folds each chunk in one pass, on
+    CPU a dozen torch operations do, each writing a fresh float32 chunk of every row, and the
+    backward accumulates the hidden states' gradient chunk by chunk in float32 (casting the bfloat16
+    head and gradient up, at a quarter of AMX's bfloat16 rate: torch's mixed-precision `addmm` is
+    CUDA-only). Here, on CPU, for a frozen head (LoRA, or a tied embedding not trained) without a
+    bias or logit softcapping: one product gives a part of the tokens' logits over the whole
+    vocabulary in the head's dtype, the element-wise work runs in place on blocks of 8 rows that stay
+    in cache, and the hidden states' gradient is one product with float32 accumulation. The numbers
+    are TRL's within float32 rounding, and the gradient is rounded once to the hidden states' dtype
+    as TRL rounds it (`test_the_lm_head_in_one_product_gives_trls_numbers`). Other devices and cases
+    run TRL's kernel; with a TRL that lacks it nothing changes. Memory: `LM_HEAD_TILE_BYTES` of logits.
+    """
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:
+        yield
+        return
+    kernel = getattr(trl_utils, "_ChunkedLogProbFunction", None)
+    if kernel is None or not hasattr(kernel, "backward"):
+        yield
+        return
+
+    class InOneProduct(kernel):  # type: ignore[misc,valid-type]
+        @staticmethod
+        def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, softcap=None, logit_scale=1.0,
+                    outputs=("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")):  # fmt: skip
+            ctx.one_product = (
+                hidden.device.type == "cpu" and bias is None and softcap is None and logit_scale > 0
+                and temperature > 0 and not ctx.needs_input_grad[1]
+            )  # fmt: skip
+            if not ctx.one_product:
+                return kernel.forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, softcap,
+                                      logit_scale, outputs)  # fmt: skip
+            ctx.set_materialize_grads(False)
+            on = torch.is_autocast_enabled("cpu")
+            ctx.compute_dtype = torch.get_autocast_dtype("cpu") if on else hidden.dtype
+            ctx.chunk_size = chunk_size
+            ctx.kernel_args = {"logit_scale": logit_scale, "inv_t": 1 / temperature}
+            logprobs, log_z, entropy, log_sum_sq, mean_logits, is_top1 = _one_product_forward(
+                ctx, hidden, weight, targets, outputs
+            )
+            ctx.save_for_backward(hidden, weight, bias, targets, log_z, log_z if entropy is None else entropy)
+            ctx.mark_non_differentiable(*(x for x in (log_sum_sq, mean_logits, is_top1) if x is not None))
+            return logprobs, entropy, log_sum_sq, mean_logits, is_top1
+
+        @staticmethod
+        def backward(ctx, grad_logprobs, grad_entropy, *rest):  # type: ignore[override]
+            if not ctx.one_product:
+                return kernel.backward(ctx, grad_logprobs, grad_entropy, *rest)
+            if grad_logprobs is None and grad_entropy is None:
+                return (None,) * 9
+            return _one_product_backward(ctx, grad_logprobs, grad_entropy)
+
+    trl_utils._ChunkedLogProbFunction = InOneProduct
+    try:
+        yield
+    finally:
+        trl_utils._ChunkedLogProbFunction = kernel
+
+
 def _linear_in_input_dtype(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     weight, bias = linear.weight, linear.bias
     if not torch.is_grad_enabled():

@@ -65,7 +65,12 @@ from semrl.train.callbacks import (
     use_rich_progress,
     write_reward_stats,
 )
-from semrl.train.cpu import compact_lm_head_on_cpu, compiled_decoder_layers, lora_in_weight_dtype
+from semrl.train.cpu import (
+    compact_lm_head_on_cpu,
+    compiled_decoder_layers,
+    lm_head_in_one_product,
+    lora_in_weight_dtype,
+)
 from semrl.train.grpo import build_grpo_trainer
 from semrl.train.rft import rft_examples
 from semrl.train.sft import build_sft_trainer
@@ -372,6 +377,7 @@ def train_stage(
         # They change how the work is done, not what is computed (tests/test_speed_equivalence.py).
         with contextlib.ExitStack() as speedups:
             speedups.enter_context(compact_lm_head_on_cpu())
+            speedups.enter_context(lm_head_in_one_product())
             speedups.enter_context(lora_in_weight_dtype(trainer.model))
             if config.stages.section(stage).compile_layers:
                 speedups.enter_context(compiled_decoder_layers(trainer.model))
