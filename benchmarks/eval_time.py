@@ -45,8 +45,9 @@ ARMS: dict[str, tuple[dict[str, str], list[str]]] = {
     "plain_linears": ({}, ["evaluation.packed_weights=false"]),  # torch's CPU matmuls, not packed for oneDNN
 }
 DEFAULT_ARMS = "freed_memory_reused_per_phase,glibc_defaults"
-# Differ between two evaluations of the same models (the key: between arms that set other options).
-VOLATILE = {"wall_time_s", "model_dir", "eval_key"}
+# Differ between two evaluations of the same models (the keys, digests of the evaluation's config:
+# between arms that set other options).
+VOLATILE = {"wall_time_s", "model_dir", "eval_key", "key"}
 
 
 def _scores(record: Any) -> Any:
@@ -79,12 +80,15 @@ def _largest_difference(scores: Any, reference: Any) -> dict[str, Any]:
 
 
 def _outputs(records: dict[str, Any]) -> list[str]:
-    """Every generated output of the records (test split and extra tests), in a fixed order."""
+    """Every generated output of the records (test split, extra tests and the general benchmarks'
+    generated answers), in a fixed order."""
     outputs = []
     for record in records.values():
         outputs += [o["output"] for o in record.get("outputs", [])]
         for extra in (record.get("extra_tasks") or {}).values():
             outputs += [o["output"] for o in extra.get("outputs", [])]
+        for benchmark in (record.get("general") or {}).values():
+            outputs += (benchmark.get("details") or {}).get("predictions") or []
     return outputs
 
 
