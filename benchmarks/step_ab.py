@@ -19,7 +19,7 @@ in the machine's load hits both alike; the load average is recorded. Arms:
   the completions of one sampling, in micro-batches of `per_device_batch_size`), over TRL's
   shuffled micro-batches that keep the whole batch's width (A) and over the same rows regrouped by
   length (`semrl.train.micro_batches.length_sorted_micro_batches`, B);
-- ``compile``: the SFT step (with `lora_in_weight_dtype`) with eager decoder layers (A) and with
+- ``compile``: the SFT step (with `lora_in_weight_dtype` and `lm_head_in_one_product`) with eager decoder layers (A) and with
   each decoder layer compiled as a stage with `compile_layers: true` runs it
   (`semrl.train.cpu.compiled_decoder_layers`: `torch.compile(dynamic=True)`, regional compilation, B).
   The compiled arm's first call, in the warm-up, includes the compilation (`first_call_s`);
@@ -160,13 +160,14 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
             ),
         }, info
     if compare == "compile":
-        return {
-            "eager": lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch)),
-            "compiled_layers": lambda: _in(
-                compiled_decoder_layers(model),
-                lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch)),
-            ),
-        }, info
+        # Both arms with the LM head as `train_stage` runs it (in one product), so the ratio is the
+        # layers' alone.
+        def step() -> float:
+            return _in(
+                lm_head_in_one_product(), lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))
+            )
+
+        return {"eager": step, "compiled_layers": lambda: _in(compiled_decoder_layers(model), step)}, info
     if compare in ("generation", "merged_generation", "sampling", "packed_generation", "micro_batches"):
         cfg = config.stages.grpo
         tokenizer = trainer.processing_class

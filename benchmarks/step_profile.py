@@ -11,9 +11,10 @@ trainer instrumented: wrappers time the phases without changing what runs.
   backward, optimizer step.
 
 Rooflines (seconds at this machine's measured rates, `step_time.matmul_gflops` and
-`step_time.copy_bandwidth_gbs`): a forward is 2 N FLOPs per token plus 2 V d per projected
-(labelled) position; with frozen weights the backward costs the same again (gradients of the
-inputs only; LoRA's own FLOPs are a few percent); generation is prefill (2 N per prompt token)
+`step_time.copy_bandwidth_gbs`): a forward is 2 (N + A) FLOPs per token (A: LoRA's adapter
+parameters) plus 2 V d per projected (labelled) position; the backward costs the same again for
+the inputs' gradients plus 2 A per token for the adapters' own (`step_time.layer_flops_per_token`;
+before 2026-12-05's last session A was left out, which at r=64 understated both by ~1.2x); generation is prefill (2 N per prompt token)
 plus one read of every weight per decode step (memory-bound); the optimizer reads and writes
 the trainable parameters, their gradients and Adam's two moments (float32: 28 bytes per
 parameter). The reward (an encoder) and the bookkeeping have no roofline here.
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from step_time import copy_bandwidth_gbs, matmul_gflops, model_shape
+from step_time import copy_bandwidth_gbs, layer_flops_per_token, matmul_gflops, model_shape
 
 import semrl.train.stage as stage_module
 from semrl.config.experiment import load_config
@@ -230,8 +231,10 @@ def rooflines(
     """Lower bounds (seconds) per phase for the measured token counts (see the module docstring)."""
     n, head = shape["N"], shape["V"] * shape["d"]
     rate = gflops * 1e9
-    forward = (2 * n * counts.get("tokens", 0) + 2 * head * counts.get("labelled", 0)) / rate
-    roof = {"loss_forward": forward, "backward": forward, "optimizer": 28 * trainable / (bandwidth * 1e9)}
+    tokens, labelled = counts.get("tokens", 0), counts.get("labelled", 0)
+    forward = (2 * (n + shape["adapters"]) * tokens + 2 * head * labelled) / rate
+    backward = (layer_flops_per_token(shape) * tokens + 4 * head * labelled) / rate - forward
+    roof = {"loss_forward": forward, "backward": backward, "optimizer": 28 * trainable / (bandwidth * 1e9)}
     if kind == "grpo":
         decode = counts.get("decode_steps", 0) * (n + head) * bytes_per_weight / (bandwidth * 1e9)
         roof["generation"] = 2 * n * counts.get("prompt_tokens", 0) / rate + decode

@@ -13,8 +13,10 @@ The roofline is what this machine could do at best for one GRPO step of that sha
 - generation: prefill 2 N P FLOPs per completion (N: non-embedding parameters, P: prompt tokens), then
   T decode steps, each reading every weight once for the whole batch (memory-bound on a CPU:
   weight bytes / bandwidth) or 2 (N + V d) B FLOPs, whichever takes longer;
-- the loss: forward and backward over B (P + T) tokens, 4 N per token with frozen weights (LoRA's own
-  FLOPs are negligible), and 4 V d per completion token for the LM head (TRL projects only labelled
+- the loss: forward and backward over B (P + T) tokens, 4 N per token with frozen weights, plus
+  6 A per token for the A LoRA adapter parameters (forward, input gradient, weight gradient: at r=64
+  on Gemma 3 270M's seven projections A is 15.2M, 15% of N, and its 6 A a fifth of the step's
+  layer FLOPs; full fine-tuning adds 2 N instead), and 4 V d per completion token for the LM head (TRL projects only labelled
   positions; `semrl.train.cpu.compact_lm_head_on_cpu`). TRL 1.16 takes the entropy in the same
   fused tile pass as the log-probabilities, so it costs no second pass over the 262k logits.
   beta > 0 adds a reference forward (2 N per token), counted when the config sets it.
@@ -101,7 +103,34 @@ def model_shape(config: Any) -> dict[str, int]:
         getattr(mc, "head_dim", d // mc.num_attention_heads),
     )
     attention = d * head_dim * (heads + 2 * kv) + heads * head_dim * d
-    return {"N": layers * (attention + 3 * d * inter), "V": mc.vocab_size, "d": d, "intermediate": inter}
+    n = layers * (attention + 3 * d * inter)
+    lora = config.model.lora
+    # (in, out) of each projection LoRA may adapt, as Gemma, Qwen and Llama name them.
+    projections = {
+        "q_proj": (d, heads * head_dim),
+        "k_proj": (d, kv * head_dim),
+        "v_proj": (d, kv * head_dim),
+        "o_proj": (heads * head_dim, d),
+        "gate_proj": (d, inter),
+        "up_proj": (d, inter),
+        "down_proj": (inter, d),
+    }
+    targets = projections if lora.target_modules == "all-linear" else lora.target_modules
+    adapters = layers * sum(lora.r * sum(projections[t]) for t in targets if t in projections) if lora.enabled else 0
+    return {
+        "N": n,
+        "V": mc.vocab_size,
+        "d": d,
+        "intermediate": inter,
+        "adapters": adapters,  # A: LoRA parameters, 0 without LoRA
+        "weight_gradients": adapters if lora.enabled else n,  # parameters whose gradient the backward builds
+    }
+
+
+def layer_flops_per_token(shape: dict[str, int]) -> int:
+    """Forward and backward FLOPs per trained token in the decoder layers: 2 (N + A) forward, 2 (N + A)
+    for the input gradient, 2 per parameter whose weight gradient is built."""
+    return 4 * (shape["N"] + shape.get("adapters", 0)) + 2 * shape.get("weight_gradients", 0)
 
 
 def grpo_roofline(
@@ -122,7 +151,7 @@ def grpo_roofline(
     decode_compute = completion_tokens * 2 * (n + head) * batch / (gflops * 1e9)
     decode_memory = completion_tokens * (n + head) * bytes_per_weight / (bandwidth * 1e9)
     tokens = batch * (prompt_tokens + completion_tokens)
-    loss_flops = 4 * n * tokens + 4 * head * batch * completion_tokens
+    loss_flops = layer_flops_per_token(shape) * tokens + 4 * head * batch * completion_tokens
     if beta > 0:
         loss_flops += 2 * n * tokens + 2 * head * batch * completion_tokens
     generation = prefill + max(decode_compute, decode_memory)
@@ -132,8 +161,8 @@ def grpo_roofline(
 
 def sft_roofline(shape: dict[str, int], tokens: float, labelled_tokens: float, gflops: float) -> float:
     """Lower bound (seconds) for an SFT step over `tokens` tokens, `labelled_tokens` of them in the loss."""
-    n, head = shape["N"], shape["V"] * shape["d"]
-    return (4 * n * tokens + 4 * head * labelled_tokens) / (gflops * 1e9)
+    head = shape["V"] * shape["d"]
+    return (layer_flops_per_token(shape) * tokens + 4 * head * labelled_tokens) / (gflops * 1e9)
 
 
 def median_after_first(values: list[float]) -> float | None:
