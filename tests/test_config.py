@@ -186,6 +186,10 @@ def test_compile_layers_is_off_by_default_and_leaves_existing_stages_current(tmp
         assert stage_config_hash(explicit_off, stage) == stage_config_hash(plain, stage)
     assert stage_config_hash(on, "grpo") != stage_config_hash(plain, "grpo")  # other numbers: trained again
     assert stage_config_hash(on, "cold_start") == stage_config_hash(plain, "cold_start")
+    auto = load_config(_write(tmp_path, "seed: 5\nstages:\n  grpo: {compile_layers: auto}\n"))
+    assert auto.stages.grpo.compile_layers == "auto"
+    with pytest.raises(ConfigError, match="compile_layers"):
+        load_config(_write(tmp_path, "seed: 5\nstages:\n  grpo: {compile_layers: sometimes}\n"))
 
 
 def test_a_stage_seed_defaults_to_the_run_seed_and_leaves_existing_stages_current(tmp_path: Path) -> None:

@@ -539,6 +539,39 @@ def test_grpo_regroups_its_micro_batches_by_length_with_the_same_numbers(
     assert any(r["padding/positions"] < r["padding/positions_trl"] for r in logs[True])
 
 
+@pytest.mark.cpu_dtype_auto  # model.dtype auto reads the (patched) CPU below
+def test_compile_layers_auto_compiles_bfloat16_training_on_amx_cpus_with_a_compiler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from semrl.train.stage import check_compile_layers
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "g++").write_text("#!/bin/sh\n")
+    (bin_dir / "g++").chmod(0o755)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = {"amx_bf16": True, "avx512_bf16": True}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: cpu)
+    config = make_config(compile_layers="auto")
+    assert check_compile_layers(config, "grpo") is True  # model.dtype auto: bfloat16 on this CPU
+    assert check_compile_layers(config, "cold_start") is False  # the key is per stage, off by default
+    config.model.dtype = "float32"
+    assert check_compile_layers(config, "grpo") is False
+    config.model.dtype = "bfloat16"
+    cpu["amx_bf16"] = False  # AVX512-BF16 without AMX
+    assert check_compile_layers(config, "grpo") is False
+    cpu["amx_bf16"] = True
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert check_compile_layers(config, "grpo") is False  # no compiler: auto stays eager, refuses nothing
+    config.stages.grpo.compile_layers = True
+    with pytest.raises(ConfigError, match=r"stages\.grpo\.compile_layers.*C\+\+ compiler"):
+        check_compile_layers(config, "grpo")
+
+
 def test_compiled_layers_train_to_the_eager_numbers(
     cold_start: StageResult, splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -551,9 +584,11 @@ def test_compiled_layers_train_to_the_eager_numbers(
     for flag in (False, True):
         config = make_config(compile_layers=flag)
         config.stages.cold_start.compile_layers = flag
-        train_stage("cold_start", config, splits, tmp_path / f"sft-{flag}")
-        train_stage("grpo", config, splits, tmp_path / f"grpo-{flag}", init_model=cold_start.model_dir)
+        sft = train_stage("cold_start", config, splits, tmp_path / f"sft-{flag}")
+        grpo = train_stage("grpo", config, splits, tmp_path / f"grpo-{flag}", init_model=cold_start.model_dir)
         logs[flag] = [loss_rows(tmp_path / f"{stage}-{flag}" / "log.jsonl") for stage in ("sft", "grpo")]
+        for result in (sft, grpo):  # the stage's manifest says whether its layers were compiled
+            assert result.extra["hardware"]["compiled_layers"] is flag
     assert len(entered) == 2  # both stages of the compiled arm, none of the eager one
     (eager_sft, eager_grpo), (fast_sft, fast_grpo) = logs[False], logs[True]
     assert [r["loss"] for r in fast_sft] == pytest.approx([r["loss"] for r in eager_sft], rel=1e-4)

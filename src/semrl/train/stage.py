@@ -77,6 +77,8 @@ from semrl.train.sft import build_sft_trainer
 from semrl.train.stages import StageSpec, stage_specs
 
 if TYPE_CHECKING:
+    import torch
+
     from semrl.data.example import Example
     from semrl.encoders import Encoder
 
@@ -191,20 +193,55 @@ def stage_examples(spec: StageSpec, splits: dict[str, list[Example]]) -> list[Ex
     return examples
 
 
-def check_compile_layers(config: ExperimentConfig, stage: str) -> None:
-    """Refuse `stages.<stage>.compile_layers` on a CPU machine without a C++ compiler (ConfigError),
-    before training rather than at the first step: torch.compile's CPU backend builds C++ kernels."""
+def _cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would use ($CXX, g++, c++, clang++), or None."""
+    return next(
+        (path for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c and (path := shutil.which(c))), None
+    )
+
+
+def compile_layers_choice(stage: str, value: bool | str, dtype: torch.dtype) -> tuple[bool, str]:
+    """Whether stage `stage` compiles its decoder layers (`stages.<stage>.compile_layers`), and why.
+
+    'auto' compiles where it was measured to pay: bfloat16 training on a CPU with AMX and a C++
+    compiler (the demo's longest SFT step 1.43x faster on an Intel Xeon with AMX; 1.09x on an AMD
+    EPYC without AMX, where the matrix work is a larger share; `benchmarks/results/step_ab_compile*.json`).
+    `true` on a CPU machine without a C++ compiler raises ConfigError before anything trains:
+    torch.compile's CPU backend builds C++ kernels, and would fail at the first step.
+    """
     import torch
 
-    if not config.stages.section(stage).compile_layers or torch.cuda.is_available():
-        return
-    if any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c):
-        return
-    raise ConfigError(
-        f"stages.{stage}.compile_layers: torch.compile on CPU builds C++ kernels, and no C++ compiler "
-        f"($CXX, g++, c++ or clang++) is on PATH; install one (e.g. apt-get install g++) or set "
-        f"stages.{stage}.compile_layers: false"
-    )
+    on_cpu = not torch.cuda.is_available()
+    compiler = _cxx_compiler() if on_cpu else None
+    if value is False:
+        return False, "compile_layers: false"
+    if value is True:
+        if on_cpu and compiler is None:
+            raise ConfigError(
+                f"stages.{stage}.compile_layers: torch.compile on CPU builds C++ kernels, and no C++ compiler "
+                f"($CXX, g++, c++ or clang++) is on PATH; install one (e.g. apt-get install g++) or set "
+                f"stages.{stage}.compile_layers: auto (compiles only where it can) or false"
+            )
+        return True, "compile_layers: true"
+    if not on_cpu:
+        return False, "auto: measured on CPUs only; set true to compile on a GPU"
+    if dtype != torch.bfloat16:
+        return False, f"auto: the model trains in {str(dtype).removeprefix('torch.')}, measured to pay in bfloat16"
+    if not torch.cpu.get_capabilities().get("amx_bf16"):
+        return False, "auto: the CPU has no AMX (without it compiled layers bought 1.02-1.15x a stage)"
+    if compiler is None:
+        return False, "auto: no C++ compiler ($CXX, g++, c++ or clang++) for torch.compile's CPU kernels"
+    return True, f"auto: the CPU has AMX and {compiler} builds the kernels"
+
+
+def check_compile_layers(config: ExperimentConfig, stage: str) -> bool:
+    """Whether stage `stage` compiles its decoder layers on this machine (see `compile_layers_choice`,
+    which raises ConfigError for an explicit `true` that cannot compile)."""
+    from semrl.models import select_dtype
+
+    return compile_layers_choice(stage, config.stages.section(stage).compile_layers, select_dtype(config.model.dtype))[
+        0
+    ]
 
 
 def _prepare_stage_dir(stage_dir: Path, resume: bool) -> Path | None:
@@ -323,7 +360,10 @@ def train_stage(
     if stage not in specs:
         raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(specs)}")
     spec = specs[stage]
-    check_compile_layers(config, stage)
+    dtype = choose_dtype(config.model.dtype)
+    compile_layers, compile_reason = compile_layers_choice(
+        stage, config.stages.section(stage).compile_layers, dtype.dtype
+    )
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     examples = stage_examples(spec, splits)
@@ -337,9 +377,14 @@ def train_stage(
     # User callbacks first: one that adds to the logs (the tax meter) must run before the writer.
     layout = StageLayout(stage_dir)
     all_callbacks = [*callbacks, JsonlLogCallback(layout.log)]
-    dtype = choose_dtype(config.model.dtype)
     extra: dict[str, Any] = {
-        "hardware": {**machine(), "dtype": dtype.name, "dtype_reason": dtype.reason},
+        "hardware": {
+            **machine(),
+            "dtype": dtype.name,
+            "dtype_reason": dtype.reason,
+            "compiled_layers": compile_layers,
+            "compiled_layers_reason": compile_reason,
+        },
         "init_model": str(init_model) if init_model is not None else config.model.name,
         "num_examples": len(examples),
         "lora": config.model.lora.enabled,
@@ -379,7 +424,8 @@ def train_stage(
             speedups.enter_context(compact_lm_head_on_cpu())
             speedups.enter_context(lm_head_in_one_product())
             speedups.enter_context(lora_in_weight_dtype(trainer.model))
-            if config.stages.section(stage).compile_layers:
+            if compile_layers:
+                logger.info("stage %s: decoder layers compiled (%s)", stage, compile_reason)
                 speedups.enter_context(compiled_decoder_layers(trainer.model))
             speedups.enter_context(freed_memory_kept_for_reuse())
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
