@@ -36,6 +36,14 @@ SOURCES = ["<script>alert(1)</script> ངའི་ཨ་མ།", *(f"ཚིག�
 LEARNED = [("的" if i % 3 == 0 else "") + r[:-1] for i, r in enumerate(REFERENCES)]
 CHANCE = ["：：：：：：：："] * len(REFERENCES)  # an untrained model's one output for every source
 BENCH_ITEMS = 20
+HARDWARE = {
+    "cpu": "Intel Xeon",
+    "cores": 2,
+    "torch_threads": 2,
+    "gpu": None,
+    "dtype": "bfloat16",
+    "dtype_reason": "auto",
+}
 
 
 def _record(outputs: list[str], benchmark: list[float] | None, drift: float | None) -> dict[str, Any]:
@@ -83,9 +91,10 @@ def _fabricated_run(
     outputs: dict[str, list[str]],
     benchmarks: dict[str, list[float]] | None = None,
     logs: dict[str, list[dict[str, Any]]] | None = None,
+    extras: dict[str, dict[str, Any]] | None = None,
 ) -> RunLayout:
     """A finished run directory without training: config.yaml, the splits, a manifest per
-    trained method, stage logs and one evaluation record per method."""
+    trained method (its `extra` from `extras`), stage logs and one evaluation record per method."""
     layout = RunLayout(run_dir)
     run_dir.mkdir(parents=True)
     layout.config.write_text(load_config(TINY, overrides=overrides).to_yaml(), encoding="utf-8")
@@ -96,7 +105,8 @@ def _fabricated_run(
         _write_jsonl(layout.split_file(name), rows)
     for method, outs in outputs.items():
         if method != "base":
-            manifest = {"wall_time_s": 12.5, "peak_rss_mb": 600.0, "metrics": {"global_step": 3}, "extra": {}}
+            extra = (extras or {}).get(method, {})
+            manifest = {"wall_time_s": 12.5, "peak_rss_mb": 600.0, "metrics": {"global_step": 3}, "extra": extra}
             layout.stage(method).root.mkdir(parents=True)
             layout.stage(method).manifest.write_text(json.dumps(manifest), encoding="utf-8")
         bench = (benchmarks or {}).get(method)
@@ -143,6 +153,10 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
         {"base": CHANCE, "cold_start": LEARNED, "sft": LEARNED, "grpo": [r[:-1] for r in REFERENCES]},
         benchmarks={"base": base, "cold_start": lose(2), "sft": lose(6), "grpo": lose(1)},
         logs={"grpo": grpo_log, "cold_start": meter},
+        extras={
+            stage: {"hardware": HARDWARE, "compiled_layers": stage != "grpo", "compiled_layers_reason": "auto: ..."}
+            for stage in ("cold_start", "sft", "grpo")
+        },
     )
     write_report(layout.root)
     return layout
@@ -183,6 +197,13 @@ def test_the_scale_is_sentences_and_a_table_and_no_text_is_a_repr(run: str, requ
     else:
         assert f"and on 1 general benchmark: mmlu ({BENCH_ITEMS} items)." in scale
         assert "Trained: cold_start 3 steps, sft 3 steps, grpo 3 steps." in scale
+        # Where, in which dtype, and which stages' decoder layers were compiled (their manifests).
+        assert (
+            "Trained on Intel Xeon, 2 cores in bfloat16 (auto); evaluated in float32. "
+            "Decoder layers compiled (torch.compile) in cold_start, sft." in scale
+        )
+        metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
+        assert metrics["scale"]["compiled_layers"] == ["cold_start", "sft"]
         assert "GRPO reward: " in scale
     versions = _section(md, "Versions")
     assert "python " in versions and "{" not in versions

@@ -588,7 +588,7 @@ def test_compiled_layers_train_to_the_eager_numbers(
         grpo = train_stage("grpo", config, splits, tmp_path / f"grpo-{flag}", init_model=cold_start.model_dir)
         logs[flag] = [loss_rows(tmp_path / f"{stage}-{flag}" / "log.jsonl") for stage in ("sft", "grpo")]
         for result in (sft, grpo):  # the stage's manifest says whether its layers were compiled
-            assert result.extra["hardware"]["compiled_layers"] is flag
+            assert result.extra["compiled_layers"] is flag
     assert len(entered) == 2  # both stages of the compiled arm, none of the eager one
     (eager_sft, eager_grpo), (fast_sft, fast_grpo) = logs[False], logs[True]
     assert [r["loss"] for r in fast_sft] == pytest.approx([r["loss"] for r in eager_sft], rel=1e-4)

@@ -444,6 +444,7 @@ def build_metrics(run_dir: str | Path, evals: dict[str, dict[str, Any]] | None =
         "encoder": config.rewards.encoder.name or config.rewards.encoder.backend,
         # Where and in which dtype the stages trained (their manifests), and the evaluation's dtype.
         "hardware": next((t["extra"]["hardware"] for t in training.values() if "hardware" in (t["extra"] or {})), None),
+        "compiled_layers": [s for s, t in training.items() if (t["extra"] or {}).get("compiled_layers")],
         "eval_dtype": ev.dtype,
     }
     from semrl.core.provenance import package_versions

@@ -292,9 +292,11 @@ def _hardware_line(scale: dict[str, Any]) -> list[str]:
     if not hw:
         return []
     where = hw.get("gpu") or f"{hw['cpu']}, {hw['cores']} cores"
+    compiled = scale.get("compiled_layers")
     return [
         f"Trained on {md_text(where)} in {md_text(hw['dtype'])} ({md_text(hw['dtype_reason'])}); evaluated in "
-        f"{md_text(scale.get('eval_dtype', '?'))}.",
+        f"{md_text(scale.get('eval_dtype', '?'))}."
+        + (f" Decoder layers compiled (torch.compile) in {md_text(', '.join(compiled))}." if compiled else ""),
         "",
     ]
 

@@ -475,6 +475,13 @@ METRICS_KEYS: tuple[MetricsKey, ...] = (
     _key("scale.hardware.gpu", "string | null", "GPU name, if any."),
     _key("scale.hardware.dtype", "string", "The training dtype."),
     _key("scale.hardware.dtype_reason", "string", "Why that dtype (`model.dtype: auto`'s choice)."),
+    _key(
+        "scale.compiled_layers",
+        "array",
+        "The stages whose decoder layers trained compiled (`stages.<stage>.compile_layers`; each stage's "
+        "manifest says why: `extra.compiled_layers_reason`).",
+        required=False,
+    ),
     _key("scale.eval_dtype", "string", "`evaluation.dtype`."),
     _key("training", "object", "Per finished stage, from its manifest."),
     _key("training.<stage>.wall_time_s", "number", "Wall time of the stage."),

@@ -378,13 +378,9 @@ def train_stage(
     layout = StageLayout(stage_dir)
     all_callbacks = [*callbacks, JsonlLogCallback(layout.log)]
     extra: dict[str, Any] = {
-        "hardware": {
-            **machine(),
-            "dtype": dtype.name,
-            "dtype_reason": dtype.reason,
-            "compiled_layers": compile_layers,
-            "compiled_layers_reason": compile_reason,
-        },
+        "hardware": {**machine(), "dtype": dtype.name, "dtype_reason": dtype.reason},
+        "compiled_layers": compile_layers,
+        "compiled_layers_reason": compile_reason,
         "init_model": str(init_model) if init_model is not None else config.model.name,
         "num_examples": len(examples),
         "lora": config.model.lora.enabled,
