@@ -422,6 +422,8 @@ def train_stage(
             speedups.enter_context(lora_in_weight_dtype(trainer.model))
             if compile_layers:
                 logger.info("stage %s: decoder layers compiled (%s)", stage, compile_reason)
+                if is_main_process():  # the first steps are slow while they compile: say why
+                    print(f"[{stage}] decoder layers compiled by torch.compile ({compile_reason})", flush=True)
                 speedups.enter_context(compiled_decoder_layers(trainer.model))
             speedups.enter_context(freed_memory_kept_for_reuse())
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
