@@ -88,6 +88,23 @@ def test_lora_in_weight_dtype_matches_peft_float32_adapter_path(cache: None) -> 
     assert again_loss == slow_loss
 
 
+def test_torch_compile_problem_is_none_where_compiling_works_and_names_the_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu.torch_compile_problem.cache_clear()
+    assert cpu.torch_compile_problem() is None  # CI compiles (the compiled-layers tests need it too)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("C++ compile failed: Python.h: No such file\n(the compiler's whole log)")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cpu.torch_compile_problem.cache_clear()
+    try:
+        assert cpu.torch_compile_problem() == "RuntimeError: C++ compile failed: Python.h: No such file"
+    finally:
+        cpu.torch_compile_problem.cache_clear()
+
+
 def test_compiled_decoder_layers_match_eager_layers_and_leave_generation_eager(cache: None) -> None:
     from torch._dynamo.utils import counters
 

@@ -556,6 +556,10 @@ def test_compile_layers_auto_compiles_bfloat16_training_on_amx_cpus_with_a_compi
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cpu = {"amx_bf16": True, "avx512_bf16": True}
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: cpu)
+    import semrl.train.stage as stage_module
+
+    problem: list[str | None] = [None]  # torch.compile works here (asked once per process)
+    monkeypatch.setattr(stage_module, "torch_compile_problem", lambda: problem[0])
     config = make_config(compile_layers="auto")
     assert check_compile_layers(config, "grpo") is True  # model.dtype auto: bfloat16 on this CPU
     assert check_compile_layers(config, "cold_start") is False  # the key is per stage, off by default
@@ -565,6 +569,9 @@ def test_compile_layers_auto_compiles_bfloat16_training_on_amx_cpus_with_a_compi
     cpu["amx_bf16"] = False  # AVX512-BF16 without AMX
     assert check_compile_layers(config, "grpo") is False
     cpu["amx_bf16"] = True
+    problem[0] = "RuntimeError: C++ compile failed"  # a compiler that cannot build the kernels
+    assert check_compile_layers(config, "grpo") is False
+    problem[0] = None
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert check_compile_layers(config, "grpo") is False  # no compiler: auto stays eager, refuses nothing
     config.stages.grpo.compile_layers = True

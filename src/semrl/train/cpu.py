@@ -320,6 +320,26 @@ def _compiled_when_grad_enabled(eager: Callable[..., Any], compiled: Callable[..
     return forward
 
 
+@functools.cache
+def torch_compile_problem() -> str | None:
+    """Why torch.compile cannot build kernels in this process (the error's first line), or None when
+    it can: a small function with a gradient is compiled and run forward and backward once (a few
+    seconds, once per process). A machine with a C++ compiler can still fail (no Python headers, a
+    broken toolchain, a read-only cache directory); `compile_layers: auto` asks this before a stage
+    so that such a machine trains eagerly instead of failing at the first step."""
+
+    def gelu_scale(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x) * 2.0 + 1.0
+
+    try:
+        x = torch.linspace(-1.0, 1.0, 16, requires_grad=True)
+        torch.compile(gelu_scale, dynamic=False)(x).sum().backward()
+    except Exception as exc:  # any failure means: do not compile here
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"{type(exc).__name__}: {first_line[:200]}"
+    return None
+
+
 @contextlib.contextmanager
 def compiled_decoder_layers(model: torch.nn.Module) -> Iterator[None]:
     """Within this block, forwards that build gradients run each decoder layer compiled by

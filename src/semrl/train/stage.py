@@ -70,6 +70,7 @@ from semrl.train.cpu import (
     compiled_decoder_layers,
     lm_head_in_one_product,
     lora_in_weight_dtype,
+    torch_compile_problem,
 )
 from semrl.train.grpo import build_grpo_trainer
 from semrl.train.rft import rft_examples
@@ -204,7 +205,7 @@ def compile_layers_choice(stage: str, value: bool | str, dtype: torch.dtype) -> 
     """Whether stage `stage` compiles its decoder layers (`stages.<stage>.compile_layers`), and why.
 
     'auto' compiles where it was measured to pay: bfloat16 training on a CPU with AMX and a C++
-    compiler (the demo's longest SFT step 1.43x faster on an Intel Xeon with AMX; 1.09x on an AMD
+    compiler that torch.compile can use (`semrl.train.cpu.torch_compile_problem`) (the demo's longest SFT step 1.43x faster on an Intel Xeon with AMX; 1.09x on an AMD
     EPYC without AMX, where the matrix work is a larger share; `benchmarks/results/step_ab_compile*.json`).
     `true` on a CPU machine without a C++ compiler raises ConfigError before anything trains:
     torch.compile's CPU backend builds C++ kernels, and would fail at the first step.
@@ -231,6 +232,9 @@ def compile_layers_choice(stage: str, value: bool | str, dtype: torch.dtype) -> 
         return False, "auto: the CPU has no AMX (without it compiled layers bought 1.02-1.15x a stage)"
     if compiler is None:
         return False, "auto: no C++ compiler ($CXX, g++, c++ or clang++) for torch.compile's CPU kernels"
+    problem = torch_compile_problem()
+    if problem is not None:
+        return False, f"auto: torch.compile failed on this machine ({problem})"
     return True, f"auto: the CPU has AMX and {compiler} builds the kernels"
 
 
