@@ -580,7 +580,11 @@ def test_compile_layers_auto_compiles_bfloat16_training_on_amx_cpus_with_a_compi
 
 
 def test_compiled_layers_train_to_the_eager_numbers(
-    cold_start: StageResult, splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cold_start: StageResult,
+    splits,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # compile_layers is a speed change: the same seed gives the same SFT losses and GRPO rewards
     # (generation stays eager, so the completions are the same) and losses within float32 rounding.
@@ -596,6 +600,10 @@ def test_compiled_layers_train_to_the_eager_numbers(
         logs[flag] = [loss_rows(tmp_path / f"{stage}-{flag}" / "log.jsonl") for stage in ("sft", "grpo")]
         for result in (sft, grpo):  # the stage's manifest says whether its layers were compiled
             assert result.extra["compiled_layers"] is flag
+        # ... and so does its start, since its first steps are slow while they compile
+        said = capsys.readouterr().out
+        for stage in ("cold_start", "grpo"):
+            assert (f"[{stage}] decoder layers compiled by torch.compile (compile_layers: true)" in said) is flag
     assert len(entered) == 2  # both stages of the compiled arm, none of the eager one
     (eager_sft, eager_grpo), (fast_sft, fast_grpo) = logs[False], logs[True]
     assert [r["loss"] for r in fast_sft] == pytest.approx([r["loss"] for r in eager_sft], rel=1e-4)
