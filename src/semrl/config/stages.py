@@ -151,9 +151,10 @@ class StageCommon(Section):
         False,
         description="Compile each decoder layer with torch.compile for the training forwards and backwards "
         "(regional compilation; generation stays eager). Numbers change within the dtype's rounding; the first "
-        "steps compile; on CPU it needs a C++ compiler (g++). 'auto': on for bfloat16 training on a CPU with AMX "
-        "when a C++ compiler is on PATH and torch.compile works with it, else off (the stage manifest records which and why). The demo's longest "
-        "SFT step (bfloat16, 2 cores): 1.43x faster on an Intel Xeon with AMX, 1.09x on an AMD EPYC without AMX.",
+        "steps compile; on CPU it needs a C++ compiler (g++). 'auto': on for bfloat16 training on a CPU with "
+        "AMX when a C++ compiler is on PATH and torch.compile works with it, else off (the stage manifest "
+        "records which and why). The demo's longest SFT step (bfloat16, 2 cores): 1.43x faster on an Intel "
+        "Xeon with AMX, 1.09x on an AMD EPYC without AMX.",
     )
     trl: dict[str, Any] = Field(
         default_factory=dict,

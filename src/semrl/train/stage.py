@@ -205,17 +205,18 @@ def compile_layers_choice(stage: str, value: bool | str, dtype: torch.dtype) -> 
     """Whether stage `stage` compiles its decoder layers (`stages.<stage>.compile_layers`), and why.
 
     'auto' compiles where it was measured to pay: bfloat16 training on a CPU with AMX and a C++
-    compiler that torch.compile can use (`semrl.train.cpu.torch_compile_problem`) (the demo's longest SFT step 1.43x faster on an Intel Xeon with AMX; 1.09x on an AMD
-    EPYC without AMX, where the matrix work is a larger share; `benchmarks/results/step_ab_compile*.json`).
+    compiler that torch.compile can use (`semrl.train.cpu.torch_compile_problem`). The demo's
+    longest SFT step ran 1.43x faster so on an Intel Xeon with AMX, 1.09x on an AMD EPYC without
+    AMX, where the matrix work is a larger share (`benchmarks/results/step_ab_compile*.json`).
     `true` on a CPU machine without a C++ compiler raises ConfigError before anything trains:
     torch.compile's CPU backend builds C++ kernels, and would fail at the first step.
     """
     import torch
 
-    on_cpu = not torch.cuda.is_available()
-    compiler = _cxx_compiler() if on_cpu else None
     if value is False:
         return False, "compile_layers: false"
+    on_cpu = not torch.cuda.is_available()
+    compiler = _cxx_compiler() if on_cpu else None
     if value is True:
         if on_cpu and compiler is None:
             raise ConfigError(
@@ -243,9 +244,9 @@ def check_compile_layers(config: ExperimentConfig, stage: str) -> bool:
     which raises ConfigError for an explicit `true` that cannot compile)."""
     from semrl.models import select_dtype
 
-    return compile_layers_choice(stage, config.stages.section(stage).compile_layers, select_dtype(config.model.dtype))[
-        0
-    ]
+    dtype = select_dtype(config.model.dtype)
+    compiles, _reason = compile_layers_choice(stage, config.stages.section(stage).compile_layers, dtype)
+    return compiles
 
 
 def _prepare_stage_dir(stage_dir: Path, resume: bool) -> Path | None:
