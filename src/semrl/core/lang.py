@@ -89,7 +89,7 @@ _SHAD_SPELLINGS = {"\u0f0d": "\u0f0d", "\u0f0e": "\u0f0d\u0f0d", "\u0f0f": "\u0f
 # included: Lotsawa House writes the verse-final "། །" with U+00A0).
 _SHAD_RUN = re.compile(f"\\s*[{''.join(_SHAD_SPELLINGS)}](?:[\\s{TSHEG}]*[{''.join(_SHAD_SPELLINGS)}])*[\\s{TSHEG}]*")
 # Folio (page) markers that the MITRA Kangyur keeps inside its text (even inside words, as in
-# ཕཅོམ་༄༤༡༧ཨ་༌༎ ལྡན་འཌས): ༄, the folio number in Tibetan digits (sometimes with a ".2" sub-leaf), the
+# ཕཅོམ་༄༡༢ཨ་༌༎ ལྡན་འཌས): ༄, the folio number in Tibetan digits (sometimes with a ".2" sub-leaf), the
 # side ཨ (recto, "a") or བ (verso, "b"), a tsheg, and on recto pages the page-opening ༌༎ or ༅༎;
 # with the spaces after it. All 13,758 markers of the 588 shared files have this shape.
 FOLIO_MARKER = re.compile(
