@@ -144,7 +144,9 @@ def instrument(trainer: Any, clock: PhaseClock, profile_step: int, traces: dict[
         def on_step_begin(self, args, state, control, **kwargs):
             self.started = time.perf_counter()
             if state.global_step + 1 == profile_step:
-                self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                self.profiler = torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
+                )
                 self.profiler.__enter__()
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -158,6 +160,7 @@ def instrument(trainer: Any, clock: PhaseClock, profile_step: int, traces: dict[
             if self.profiler is not None:
                 self.profiler.__exit__(None, None, None)
                 traces["operators"] = operator_table(self.profiler)
+                traces["products"] = product_table(self.profiler)
                 self.profiler = None
             clock.close_step()
 
@@ -189,6 +192,30 @@ def operator_table(profiler: Any) -> list[dict[str, Any]]:
     ]
 
 
+def product_table(profiler: Any) -> list[dict[str, Any]]:
+    """The matrix products (`aten::mm`, `aten::addmm`, `aten::bmm`) by operand shapes, slowest first,
+    with the rate each shape ran at inside the step (compare with `matmul_gflops`)."""
+    rows = []
+    for e in profiler.key_averages(group_by_input_shape=True):
+        if e.key not in ("aten::mm", "aten::addmm", "aten::bmm") or not e.input_shapes:
+            continue
+        shapes = [s for s in e.input_shapes if s]
+        a, b = (shapes[-2], shapes[-1]) if e.key == "aten::addmm" else (shapes[0], shapes[1])
+        batch = a[0] if e.key == "aten::bmm" else 1
+        flops = 2 * batch * a[-2] * a[-1] * b[-1] * e.count
+        seconds = e.self_cpu_time_total / 1e6
+        rows.append(
+            {
+                "op": e.key,
+                "shapes": [a, b],
+                "calls": e.count,
+                "self_s": round(seconds, 4),
+                "gflops": round(flops / seconds / 1e9, 1) if seconds else None,
+            }
+        )
+    return sorted(rows, key=lambda r: r["self_s"], reverse=True)[:TOP_OPERATORS]
+
+
 def profile_stage(stage: str, config: Any, splits: Any, stage_dir: Path, init: Path | None, steps: int) -> dict:
     """Train `stage` for `steps` steps with the phases timed; per-step phases after the first."""
     clock, traces = PhaseClock(), {}
@@ -214,6 +241,7 @@ def profile_stage(stage: str, config: Any, splits: Any, stage_dir: Path, init: P
         "counts": counts,
         "trainable_parameters": traces["trainable"],
         "operators": traces.get("operators", []),
+        "products": traces.get("products", []),
         "steps": len(clock.steps),
     }
 
@@ -293,6 +321,9 @@ def main() -> None:
             print(f"  {k:<22} {v:>8.3f} s   roof {r['roofline_s'].get(k, '-')!s:>7}  x{r['vs_roofline'].get(k, '-')}")
         for row in r["operators"][:12]:
             print(f"    {row['op'][:48]:<48} {row['self_s']:>7.3f} s {row['share']:>6.1%} {row['calls']:>7}")
+        for row in r["products"][:12]:
+            shapes = " @ ".join("x".join(map(str, s)) for s in row["shapes"])
+            print(f"    {row['op']:<10} {shapes:<28} {row['calls']:>5} calls {row['self_s']:>7.3f} s {row['gflops']} GFLOP/s")
     write_json(
         args.out,
         {

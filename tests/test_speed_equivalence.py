@@ -382,6 +382,38 @@ def test_the_lm_head_in_one_product_gives_trls_numbers(
     assert (grad.double() - trl_grad.double()).norm() < 1e-3 * trl_grad.double().norm()
 
 
+def test_the_lm_head_in_one_product_reuses_only_the_logits_of_the_forward_being_differentiated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The backward starts from the logits its own forward left in the block's buffer; a forward in
+    between (another micro-batch, or a no-grad scoring pass) overwrites them, and the backward then
+    multiplies again: either way each gradient is the one of its own forward alone."""
+    pytest.importorskip("trl")
+    import trl.trainer.utils as trl_utils
+
+    generator = torch.Generator().manual_seed(2)
+    vocab, width = 700, 24
+    head = (torch.randn(vocab, width, generator=generator) * 0.3).to(torch.bfloat16)
+    batches = [
+        (torch.randn(rows, width, generator=generator).to(torch.bfloat16), torch.randint(0, vocab, (rows,)))
+        for rows in (13, 13)  # the same parts: a stale tile would be the right shape
+    ]
+    grads = [torch.randn(2, 13, generator=generator) for _ in batches]
+    monkeypatch.setattr(cpu, "LM_HEAD_TILE_BYTES", 5 * vocab * head.element_size())  # several tiles a batch
+    with lm_head_in_one_product():
+        alone = [_fused_head(h, head, t, 1.0, g)[1] for (h, t), g in zip(batches, grads, strict=True)]
+        # Both forwards first (the second overwrites the buffer), then both backwards.
+        leaves = [h.clone().requires_grad_() for h, _ in batches]
+        outs = [
+            trl_utils._ChunkedLogProbFunction.apply(leaf, head, None, t, 1.0, 256, None, 1.0, OUTPUTS)
+            for leaf, (_, t) in zip(leaves, batches, strict=True)
+        ]
+        for out, g in zip(outs, grads, strict=True):
+            ((out[0] * g[0]).sum() + (out[1] * g[1]).sum()).backward()
+    for leaf, own in zip(leaves, alone, strict=True):
+        assert torch.equal(leaf.grad, own)
+
+
 def test_the_lm_head_in_one_product_leaves_a_trained_head_to_trl() -> None:
     pytest.importorskip("trl")
     import trl.trainer.utils as trl_utils

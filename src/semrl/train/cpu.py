@@ -77,10 +77,52 @@ def _scaled(z: torch.Tensor, scale: float, inv_t: float) -> torch.Tensor:
     return z
 
 
-def _tile_parts(rows: int, vocab: int, itemsize: int) -> Iterator[tuple[int, int]]:
+def _tile_parts(rows: int, vocab: int, itemsize: int) -> list[tuple[int, int]]:
+    """Row ranges of at most one tile each, the smaller remainder first: the forward's last tile,
+    which the backward reuses (`_LogitsTile`), is then a full one."""
     step = max(1, LM_HEAD_TILE_BYTES // (vocab * itemsize))
-    for start in range(0, rows, step):
-        yield start, min(start + step, rows)
+    first = min(rows % step or step, rows)
+    return [(0, first)] * (rows > 0) + [(start, start + step) for start in range(first, rows, step)]
+
+
+class _LogitsTile:
+    """The memory of `lm_head_in_one_product`'s logits tiles, one buffer for a whole block, and which
+    forward's rows it still holds unchanged.
+
+    A fresh 256 MiB tile per product is served by glibc from wherever its heap has room; when a
+    step's other tensors have split the freed tile, the kernel zero-fills fresh pages (65k page
+    faults), and the product that writes them ran at half its rate (Intel Xeon with AMX: a cold-start
+    step's backward 0.95-1.0 s in such steps, 0.44-0.48 s in others). One buffer is faulted in once.
+    The backward then starts with the forward's last tile when no other forward wrote the buffer in
+    between, instead of multiplying the same rows by the head again (the same kernel on the same
+    operands: the same logits)."""
+
+    def __init__(self) -> None:
+        self.memory = torch.empty(0, dtype=torch.uint8)
+        self.holds: tuple[object, int, int] | None = None  # (the forward's token, first row, end row)
+
+    def tile(self, rows: int, vocab: int, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised `rows` x `vocab` tile in the buffer (grown when too small); it forgets what it held."""
+        self.holds = None
+        size = rows * vocab * dtype.itemsize
+        if self.memory.numel() < size:
+            self.memory = torch.empty(0, dtype=torch.uint8)  # the old buffer goes before the new one comes
+            self.memory = torch.empty(size, dtype=torch.uint8)
+        return self.memory[:size].view(dtype).view(rows, vocab)
+
+    def logits(self, hidden: torch.Tensor, head: torch.Tensor, token: object, start: int, end: int) -> torch.Tensor:
+        """Rows `start:end` of the logits `hidden @ head.T`, from the buffer when it still holds
+        exactly those of the forward `token` names, else multiplied into it."""
+        if self.holds == (token, start, end):
+            self.holds = None  # the caller changes the tile in place
+            return (
+                self.memory[: (end - start) * head.shape[0] * head.element_size()]
+                .view(head.dtype)
+                .view(end - start, head.shape[0])
+            )
+        tile = self.tile(end - start, head.shape[0], head.dtype)
+        torch.mm(hidden[start:end].to(head.dtype), head.t(), out=tile)
+        return tile
 
 
 def _blocks(tile: torch.Tensor, chunk: int) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -91,7 +133,12 @@ def _blocks(tile: torch.Tensor, chunk: int) -> Iterator[tuple[int, int, torch.Te
 
 
 def _one_product_forward(
-    ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, outputs: tuple[str, ...]
+    ctx: Any,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    outputs: tuple[str, ...],
+    tiles: _LogitsTile,
 ) -> tuple:
     """TRL's chunked log-probabilities (and the per-token outputs it was asked for) from one product
     with the head per part of the tokens, the log-sum-exp taken about each row's exact maximum."""
@@ -99,13 +146,14 @@ def _one_product_forward(
     scale, inv_t = float(args["logit_scale"]), float(args["inv_t"])
     head = weight.to(dtype)
     n, vocab = hidden.shape[0], weight.shape[0]
+    ctx.tile_token = token = object()
     log_z, target_z = torch.empty(n), torch.empty(n)
     entropy = torch.empty(n) if "entropy" in outputs else None
     log_sum_sq = torch.empty(n) if "log_sum_sq_probs" in outputs else None
     mean_logits = torch.empty(n) if "mean_logits" in outputs else None
     is_top1 = torch.empty(n, dtype=torch.bool) if "is_top1" in outputs else None
     for start, end in _tile_parts(n, vocab, head.element_size()):
-        tile = hidden[start:end].to(dtype) @ head.t()
+        tile = tiles.logits(hidden, head, token, start, end)  # read-only below: the backward may reuse it
         # Positive scales keep the order: the exact maximum and the first argmax are the tile's own.
         top, first_top = tile.max(-1)  # torch returns the first maximum's index, as TRL's is_top1 counts
         top = _scaled(top.float(), scale, inv_t)
@@ -115,7 +163,9 @@ def _one_product_forward(
         sums = torch.zeros(4, end - start)  # sum e, sum e z', sum e^2, sum z' with z' = z - max, e = exp(z')
         for row, _col, block in _blocks(tile, ctx.chunk_size):
             rows = slice(row, row + block.shape[0])
-            z = _scaled(block.float(), scale, inv_t).sub_(top[rows, None])
+            z = _scaled(block.to(torch.float32, copy=True), scale, inv_t).sub_(
+                top[rows, None]
+            )  # a copy: the tile stays the logits
             if mean_logits is not None:
                 sums[3, rows] += z.sum(-1)
             e = torch.exp(z)
@@ -132,12 +182,16 @@ def _one_product_forward(
             log_sum_sq[start:end] = torch.log(sums[2]) - 2 * log_sum
         if mean_logits is not None:
             mean_logits[start:end] = sums[3] / vocab + top
+    tiles.holds = (token, start, end)  # the last tile's logits, until another forward or backward writes
     return target_z - log_z, log_z, entropy, log_sum_sq, mean_logits, is_top1
 
 
-def _one_product_backward(ctx: Any, grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None) -> tuple:
+def _one_product_backward(
+    ctx: Any, grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None, tiles: _LogitsTile
+) -> tuple:
     """TRL's chunked log-probabilities' backward: the logits' gradient over the whole vocabulary
-    (built in place, block by block), then one product with the head for the hidden states'."""
+    (built in place, block by block), then one product with the head for the hidden states'. The
+    parts run last first, so that the forward's last tile, still in `tiles`, is not recomputed."""
     hidden, weight, _bias, targets, log_z, entropy = ctx.saved_tensors
     dtype, args = ctx.compute_dtype, ctx.kernel_args
     scale, inv_t = float(args["logit_scale"]), float(args["inv_t"])
@@ -145,8 +199,8 @@ def _one_product_backward(ctx: Any, grad_logprobs: torch.Tensor | None, grad_ent
     grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype)
     g = None if grad_logprobs is None else grad_logprobs.float()
     ge = None if grad_entropy is None else grad_entropy.float()
-    for start, end in _tile_parts(hidden.shape[0], weight.shape[0], head.element_size()):
-        tile = hidden[start:end].to(dtype) @ head.t()  # the logits again, as TRL's backward recomputes them
+    for start, end in reversed(_tile_parts(hidden.shape[0], weight.shape[0], head.element_size())):
+        tile = tiles.logits(hidden, head, ctx.tile_token, start, end)  # else the logits again, as TRL's backward
         for row, col, block in _blocks(tile, ctx.chunk_size):
             rows = slice(start + row, start + row + block.shape[0])
             log_p = _scaled(block.float(), scale, inv_t).sub_(log_z[rows, None])
@@ -183,7 +237,8 @@ def lm_head_in_one_product() -> Iterator[None]:
     in cache, and the hidden states' gradient is one product with float32 accumulation. The numbers
     are TRL's within float32 rounding, and the gradient is rounded once to the hidden states' dtype
     as TRL rounds it (`test_the_lm_head_in_one_product_gives_trls_numbers`). Other devices and cases
-    run TRL's kernel; with a TRL that lacks it nothing changes. Memory: `LM_HEAD_TILE_BYTES` of logits.
+    run TRL's kernel; with a TRL that lacks it nothing changes. Memory: one tile of logits
+    (`LM_HEAD_TILE_BYTES`) for as long as the block lasts.
     """
     try:
         import trl.trainer.utils as trl_utils
@@ -195,6 +250,7 @@ def lm_head_in_one_product() -> Iterator[None]:
         yield
         return
     default_outputs = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")  # TRL's default
+    tiles = _LogitsTile()  # the block's logits memory
 
     class InOneProduct(kernel):  # type: ignore[misc,valid-type]
         @staticmethod
@@ -222,7 +278,7 @@ def lm_head_in_one_product() -> Iterator[None]:
             ctx.chunk_size = chunk_size
             ctx.kernel_args = {"logit_scale": logit_scale, "inv_t": 1 / temperature}
             logprobs, log_z, entropy, log_sum_sq, mean_logits, is_top1 = _one_product_forward(
-                ctx, hidden, weight, targets, outputs
+                ctx, hidden, weight, targets, outputs, tiles
             )
             ctx.save_for_backward(hidden, weight, bias, targets, log_z, log_z if entropy is None else entropy)
             ctx.mark_non_differentiable(*(x for x in (log_sum_sq, mean_logits, is_top1) if x is not None))
@@ -234,13 +290,14 @@ def lm_head_in_one_product() -> Iterator[None]:
                 return kernel.backward(ctx, grad_logprobs, grad_entropy, *rest)
             if grad_logprobs is None and grad_entropy is None:
                 return (None,) * 9
-            return _one_product_backward(ctx, grad_logprobs, grad_entropy)
+            return _one_product_backward(ctx, grad_logprobs, grad_entropy, tiles)
 
     trl_utils._ChunkedLogProbFunction = InOneProduct
     try:
         yield
     finally:
         trl_utils._ChunkedLogProbFunction = kernel
+        tiles.__init__()  # the buffer goes now, not when the class's reference cycle is collected
 
 
 def _linear_in_input_dtype(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
