@@ -23,6 +23,8 @@ in the machine's load hits both alike; the load average is recorded. Arms:
   each decoder layer compiled as a stage with `compile_layers: true` runs it
   (`semrl.train.cpu.compiled_decoder_layers`: `torch.compile(dynamic=True)`, regional compilation, B).
   The compiled arm's first call, in the warm-up, includes the compilation (`first_call_s`);
+- ``compiled_attention``: that compiled SFT step with SDPA (A) and with eager attention, which
+  inductor then compiles with the rest of the layer (B);
 - ``lm_head``: the SFT step (with `lora_in_weight_dtype`) with TRL's chunked LM head (A) and with
   `semrl.train.cpu.lm_head_in_one_product` (B); `shape.same_weights`: both arms' loss and LoRA gradients on one set of
   weights, and their distance from the same step in float32.
@@ -159,7 +161,7 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
                 lm_head_in_one_product(), lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))
             ),
         }, info
-    if compare == "compile":
+    if compare in ("compile", "compiled_attention"):
         # Both arms with the LM head as `train_stage` runs it (in one product), so the ratio is the
         # layers' alone.
         def step() -> float:
@@ -167,7 +169,15 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
                 lm_head_in_one_product(), lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch))
             )
 
-        return {"eager": step, "compiled_layers": lambda: _in(compiled_decoder_layers(model), step)}, info
+        if compare == "compile":
+            return {"eager": step, "compiled_layers": lambda: _in(compiled_decoder_layers(model), step)}, info
+        base = model.get_base_model()
+        return {
+            implementation: lambda implementation=implementation: _in(
+                attention(base, implementation), lambda: _in(compiled_decoder_layers(model), step)
+            )
+            for implementation in ("sdpa", "eager")
+        }, info
     if compare in ("generation", "merged_generation", "sampling", "packed_generation", "micro_batches"):
         cfg = config.stages.grpo
         tokenizer = trainer.processing_class
@@ -312,6 +322,7 @@ def main() -> None:
             "packed_generation",
             "micro_batches",
             "compile",
+            "compiled_attention",
             "lm_head",
         ],
     )
