@@ -354,11 +354,10 @@ def _fused_head(
     return out, hidden.grad, head.grad
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["blocks", "compiled"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_the_lm_head_in_one_product_gives_trls_numbers(
-    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, temperature: float, compiled: bool
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, temperature: float
 ) -> None:
     pytest.importorskip("trl")
     generator = torch.Generator().manual_seed(0)
@@ -371,7 +370,7 @@ def test_the_lm_head_in_one_product_gives_trls_numbers(
     # Parts of 5 tokens: the tiles, their blocks of rows and the vocabulary chunks all split unevenly.
     monkeypatch.setattr(cpu, "LM_HEAD_TILE_BYTES", 5 * vocab * head.element_size())
     trl_out, trl_grad, _ = _fused_head(hidden, head, targets, temperature, grads)
-    with lm_head_in_one_product(compiled=compiled):
+    with lm_head_in_one_product():
         out, grad, _ = _fused_head(hidden, head, targets, temperature, grads)
     for ours, theirs in zip(out[:4], trl_out[:4]):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=2e-5)

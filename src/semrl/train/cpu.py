@@ -77,13 +77,6 @@ def _scaled(z: torch.Tensor, scale: float, inv_t: float) -> torch.Tensor:
     return z
 
 
-def _times(z: torch.Tensor, scale: float, inv_t: float) -> torch.Tensor:
-    """`_scaled` out of place (a float32 tile's `.float()` is the tile itself)."""
-    if scale != 1.0:
-        z = z * scale
-    return z * inv_t if inv_t != 1.0 else z
-
-
 def _tile_parts(rows: int, vocab: int, itemsize: int) -> list[tuple[int, int]]:
     """Row ranges of at most one tile each, the smaller remainder first: the forward's last tile,
     which the backward reuses (`_LogitsTile`), is then a full one."""
@@ -139,96 +132,6 @@ def _blocks(tile: torch.Tensor, chunk: int) -> Iterator[tuple[int, int, torch.Te
             yield row, col, tile[row : row + LM_HEAD_BLOCK_ROWS, col : col + chunk]
 
 
-def _tile_sums_in_blocks(
-    tile: torch.Tensor, scale: float, inv_t: float, chunk: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each row's maximum z* of the scaled logits z, its first index, and the sums over the row of
-    e, e z', e^2 and z' (z' = z - z*, e = exp(z')), in float32 blocks that stay in cache."""
-    # Positive scales keep the order: the exact maximum and the first argmax are the tile's own.
-    top, first_top = tile.max(-1)  # torch returns the first maximum's index, as TRL's is_top1 counts
-    top = _scaled(top.float(), scale, inv_t)
-    sums = torch.zeros(4, tile.shape[0])
-    for row, _col, block in _blocks(tile, chunk):
-        rows = slice(row, row + block.shape[0])
-        # A copy: the tile stays the logits.
-        z = _scaled(block.to(torch.float32, copy=True), scale, inv_t).sub_(top[rows, None])
-        sums[3, rows] += z.sum(-1)
-        e = torch.exp(z)
-        sums[0, rows] += e.sum(-1)
-        sums[1, rows] += (e * z).sum(-1)
-        sums[2, rows] += (e * e).sum(-1)
-    return top, first_top, sums
-
-
-def _tile_sums(tile: torch.Tensor, scale: float, inv_t: float) -> tuple[torch.Tensor, ...]:
-    """`_tile_sums_in_blocks` as one expression, for torch.compile to fuse into two passes per row."""
-    scaled = _times(tile.float(), scale, inv_t)
-    top, first_top = scaled.max(-1)
-    z = scaled - top[:, None]
-    e = torch.exp(z)
-    return top, first_top, e.sum(-1), (e * z).sum(-1), (e * e).sum(-1), z.sum(-1)
-
-
-def _tile_gradient(
-    tile: torch.Tensor,
-    targets: torch.Tensor,
-    log_z: torch.Tensor,
-    g: torch.Tensor | None,
-    ge: torch.Tensor | None,
-    entropy: torch.Tensor,
-    scale: float,
-    inv_t: float,
-) -> None:
-    """The loss's gradient with respect to the tile's logits, written over them (the blocks'
-    arithmetic of `_one_product_backward` as one expression, for torch.compile to fuse)."""
-    log_p = _times(tile.float(), scale, inv_t) - log_z[:, None]
-    if ge is None:
-        factor = -g[:, None]
-    else:
-        factor = (log_p + entropy[:, None]) * -ge[:, None]
-        factor = factor if g is None else factor - g[:, None]
-    grad = torch.exp(log_p) * factor
-    if g is not None:
-        hit = torch.arange(tile.shape[1], device=tile.device)[None, :] == targets[:, None]
-        grad = grad + torch.where(hit, g[:, None], 0.0)
-    tile.copy_(_times(grad, inv_t, scale))
-
-
-def _tile_gradient_in_blocks(
-    tile: torch.Tensor,
-    targets: torch.Tensor,
-    log_z: torch.Tensor,
-    g: torch.Tensor | None,
-    ge: torch.Tensor | None,
-    entropy: torch.Tensor,
-    scale: float,
-    inv_t: float,
-    chunk: int,
-) -> None:
-    """`_tile_gradient` on float32 blocks that stay in cache, each written back in place."""
-    for row, col, block in _blocks(tile, chunk):
-        rows = slice(row, row + block.shape[0])
-        log_p = _scaled(block.float(), scale, inv_t).sub_(log_z[rows, None])
-        grad = torch.exp(log_p)  # p
-        # d(log p_target)/dz = 1[target] - p and d(entropy)/dz = -p (log p + entropy): both carry p.
-        if ge is None:
-            grad.mul_(-g[rows, None])
-        else:
-            factor = log_p.add_(entropy[rows, None]).mul_(-ge[rows, None])
-            grad.mul_(factor if g is None else factor.sub_(g[rows, None]))
-        if g is not None:
-            local = targets[rows] - col
-            hit = ((local >= 0) & (local < block.shape[1])).nonzero().squeeze(-1)
-            grad[hit, local[hit]] += g[rows][hit]
-        block.copy_(_scaled(grad, inv_t, scale))
-
-
-@functools.cache
-def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
-    # Compiled on first use, once per process; shapes are dynamic (each step's rows differ).
-    return torch.compile(function, dynamic=True)
-
-
 def _one_product_forward(
     ctx: Any,
     hidden: torch.Tensor,
@@ -251,14 +154,25 @@ def _one_product_forward(
     is_top1 = torch.empty(n, dtype=torch.bool) if "is_top1" in outputs else None
     for start, end in _tile_parts(n, vocab, head.element_size()):
         tile = tiles.logits(hidden, head, token, start, end)  # read-only below: the backward may reuse it
+        # Positive scales keep the order: the exact maximum and the first argmax are the tile's own.
+        top, first_top = tile.max(-1)  # torch returns the first maximum's index, as TRL's is_top1 counts
+        top = _scaled(top.float(), scale, inv_t)
         target_z[start:end] = _scaled(tile.gather(-1, targets[start:end, None]).squeeze(-1).float(), scale, inv_t)
-        if ctx.compiled:
-            top, first_top, *columns = _compiled(_tile_sums)(tile, scale, inv_t)
-            sums = torch.stack(columns)
-        else:
-            top, first_top, sums = _tile_sums_in_blocks(tile, scale, inv_t, ctx.chunk_size)
         if is_top1 is not None:
             is_top1[start:end] = first_top == targets[start:end]
+        sums = torch.zeros(4, end - start)  # sum e, sum e z', sum e^2, sum z' with z' = z - max, e = exp(z')
+        for row, _col, block in _blocks(tile, ctx.chunk_size):
+            rows = slice(row, row + block.shape[0])
+            # A copy: the tile stays the logits, which the backward may reuse.
+            z = _scaled(block.to(torch.float32, copy=True), scale, inv_t).sub_(top[rows, None])
+            if mean_logits is not None:
+                sums[3, rows] += z.sum(-1)
+            e = torch.exp(z)
+            sums[0, rows] += e.sum(-1)
+            if entropy is not None:
+                sums[1, rows] += (e * z).sum(-1)
+            if log_sum_sq is not None:
+                sums[2, rows] += (e * e).sum(-1)
         log_sum = torch.log(sums[0])
         log_z[start:end] = top + log_sum
         if entropy is not None:
@@ -286,12 +200,21 @@ def _one_product_backward(
     ge = None if grad_entropy is None else grad_entropy.float()
     for start, end in reversed(_tile_parts(hidden.shape[0], weight.shape[0], head.element_size())):
         tile = tiles.logits(hidden, head, ctx.tile_token, start, end)  # else the logits again, as TRL's backward
-        rows = slice(start, end)
-        parts = (targets[rows], log_z[rows], *(None if x is None else x[rows] for x in (g, ge)), entropy[rows])
-        if ctx.compiled:
-            _compiled(_tile_gradient)(tile, *parts, scale, inv_t)
-        else:
-            _tile_gradient_in_blocks(tile, *parts, scale, inv_t, ctx.chunk_size)
+        for row, col, block in _blocks(tile, ctx.chunk_size):
+            rows = slice(start + row, start + row + block.shape[0])
+            log_p = _scaled(block.float(), scale, inv_t).sub_(log_z[rows, None])
+            grad = torch.exp(log_p)  # p
+            # d(log p_target)/dz = 1[target] - p and d(entropy)/dz = -p (log p + entropy): both carry p.
+            if ge is None:
+                grad.mul_(-g[rows, None])
+            else:
+                factor = log_p.add_(entropy[rows, None]).mul_(-ge[rows, None])
+                grad.mul_(factor if g is None else factor.sub_(g[rows, None]))
+            if g is not None:
+                local = targets[rows] - col
+                hit = ((local >= 0) & (local < block.shape[1])).nonzero().squeeze(-1)
+                grad[hit, local[hit]] += g[rows][hit]
+            block.copy_(_scaled(grad, inv_t, scale))
         # One product over the vocabulary: it accumulates in float32 and rounds once, as TRL's float32
         # sum of chunk products is rounded once to the hidden states' dtype.
         grad_hidden[start:end] = tile @ head
@@ -299,7 +222,7 @@ def _one_product_backward(
 
 
 @contextlib.contextmanager
-def lm_head_in_one_product(compiled: bool = False) -> Iterator[None]:
+def lm_head_in_one_product() -> Iterator[None]:
     """Within this block, TRL's fused LM head runs on CPU as one product with the head per direction.
 
     TRL's tiled log-probability kernel (`trl.kernels.chunked_logprob.ChunkedLogProbFunction`) takes
@@ -315,12 +238,6 @@ def lm_head_in_one_product(compiled: bool = False) -> Iterator[None]:
     as TRL rounds it (`test_the_lm_head_in_one_product_gives_trls_numbers`). Other devices and cases
     run TRL's kernel; with a TRL that lacks it nothing changes. Memory: one tile of logits
     (`LM_HEAD_TILE_BYTES`) for as long as the block lasts.
-
-    With `compiled` (what a stage with compiled decoder layers asks for: torch.compile works there),
-    each tile's element-wise work is one torch.compile'd expression instead of the blocks: two
-    passes over each row, vectorised, the gradient written over the tile (on an Intel Xeon with AMX,
-    512 rows: the statistics 0.13 s instead of 0.19 s, the gradient 0.07 s instead of 0.19 s). Its
-    float32 sums run in another order: the same numbers within float32 rounding.
     """
     try:
         import trl.trainer.utils as trl_utils
@@ -358,7 +275,6 @@ def lm_head_in_one_product(compiled: bool = False) -> Iterator[None]:
             on = torch.is_autocast_enabled("cpu")
             ctx.compute_dtype = torch.get_autocast_dtype("cpu") if on else hidden.dtype
             ctx.chunk_size = chunk_size
-            ctx.compiled = compiled
             ctx.kernel_args = {"logit_scale": logit_scale, "inv_t": 1 / temperature}
             logprobs, log_z, entropy, log_sum_sq, mean_logits, is_top1 = _one_product_forward(
                 ctx, hidden, weight, targets, outputs, tiles

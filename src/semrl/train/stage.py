@@ -423,7 +423,7 @@ def train_stage(
         # They change how the work is done, not what is computed (tests/test_speed_equivalence.py).
         with contextlib.ExitStack() as speedups:
             speedups.enter_context(compact_lm_head_on_cpu())
-            speedups.enter_context(lm_head_in_one_product(compiled=compile_layers))
+            speedups.enter_context(lm_head_in_one_product())
             speedups.enter_context(lora_in_weight_dtype(trainer.model))
             if compile_layers:
                 logger.info("stage %s: decoder layers compiled (%s)", stage, compile_reason)
