@@ -323,7 +323,9 @@ def main() -> None:
             print(f"    {row['op'][:48]:<48} {row['self_s']:>7.3f} s {row['share']:>6.1%} {row['calls']:>7}")
         for row in r["products"][:12]:
             shapes = " @ ".join("x".join(map(str, s)) for s in row["shapes"])
-            print(f"    {row['op']:<10} {shapes:<28} {row['calls']:>5} calls {row['self_s']:>7.3f} s {row['gflops']} GFLOP/s")
+            print(
+                f"    {row['op']:<10} {shapes:<28} {row['calls']:>5} calls {row['self_s']:>7.3f} s {row['gflops']} GFLOP/s"
+            )
     write_json(
         args.out,
         {
