@@ -412,6 +412,9 @@ def test_the_lm_head_in_one_product_reuses_only_the_logits_of_the_forward_being_
             ((out[0] * g[0]).sum() + (out[1] * g[1]).sum()).backward()
     for leaf, own in zip(leaves, alone, strict=True):
         assert torch.equal(leaf.grad, own)
+    with lm_head_in_one_product():  # a batch whose every label is masked has no rows to project
+        out, grad, _ = _fused_head(batches[0][0][:0], head, batches[0][1][:0], 1.0, torch.zeros(2, 0))
+    assert out[0].shape == (0,) and grad.shape == (0, width)
 
 
 def test_the_lm_head_in_one_product_leaves_a_trained_head_to_trl() -> None:

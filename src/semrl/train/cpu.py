@@ -152,6 +152,7 @@ def _one_product_forward(
     log_sum_sq = torch.empty(n) if "log_sum_sq_probs" in outputs else None
     mean_logits = torch.empty(n) if "mean_logits" in outputs else None
     is_top1 = torch.empty(n, dtype=torch.bool) if "is_top1" in outputs else None
+    start = end = 0  # no rows (every label masked): no tile to keep
     for start, end in _tile_parts(n, vocab, head.element_size()):
         tile = tiles.logits(hidden, head, token, start, end)  # read-only below: the backward may reuse it
         # Positive scales keep the order: the exact maximum and the first argmax are the tile's own.
