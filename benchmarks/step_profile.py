@@ -17,7 +17,9 @@ the inputs' gradients plus 2 A per token for the adapters' own (`step_time.layer
 before 2026-12-05's last session A was left out, which at r=64 understated both by ~1.2x); generation is prefill (2 N per prompt token)
 plus one read of every weight per decode step (memory-bound); the optimizer reads and writes
 the trainable parameters, their gradients and Adam's two moments (float32: 28 bytes per
-parameter). The reward (an encoder) and the bookkeeping have no roofline here.
+parameter). The reward (an encoder) and the bookkeeping have no roofline here. Each phase also
+counts the pages the kernel zero-filled for it (`page_faults/<phase>`), and the profiled step's
+matrix products are listed by operand shape with the rate each ran at (`products`).
 
     SEMRL_DATA_DIR=../shared/data python benchmarks/step_profile.py [--config configs/demo.yaml]
         [--steps 3] [--dtype bfloat16] [--out benchmarks/results/step_profile.json]
@@ -29,6 +31,7 @@ import argparse
 import contextlib
 import functools
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -61,11 +64,13 @@ class PhaseClock:
 
     @contextlib.contextmanager
     def phase(self, name: str):
-        start = time.perf_counter()
+        start, faults = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         try:
             yield
         finally:
             self.current[name] += time.perf_counter() - start
+            # Pages the kernel zero-filled for the phase: fresh memory, not reused (see `freed_memory_kept_for_reuse`).
+            self.counts[f"page_faults/{name}"] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
     def wrap(self, obj: Any, attr: str, name: str | Any) -> None:
         """Time every call of `obj.attr` under `name` (a callable of the call's args picks the name)."""
