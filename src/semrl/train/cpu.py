@@ -108,18 +108,17 @@ class _LogitsTile:
         if self.memory.numel() < size:
             self.memory = torch.empty(0, dtype=torch.uint8)  # the old buffer goes before the new one comes
             self.memory = torch.empty(size, dtype=torch.uint8)
-        return self.memory[:size].view(dtype).view(rows, vocab)
+        return self._view(rows, vocab, dtype)
+
+    def _view(self, rows: int, vocab: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.memory[: rows * vocab * dtype.itemsize].view(dtype).view(rows, vocab)
 
     def logits(self, hidden: torch.Tensor, head: torch.Tensor, token: object, start: int, end: int) -> torch.Tensor:
         """Rows `start:end` of the logits `hidden @ head.T`, from the buffer when it still holds
         exactly those of the forward `token` names, else multiplied into it."""
         if self.holds == (token, start, end):
             self.holds = None  # the caller changes the tile in place
-            return (
-                self.memory[: (end - start) * head.shape[0] * head.element_size()]
-                .view(head.dtype)
-                .view(end - start, head.shape[0])
-            )
+            return self._view(end - start, head.shape[0], head.dtype)
         tile = self.tile(end - start, head.shape[0], head.dtype)
         torch.mm(hidden[start:end].to(head.dtype), head.t(), out=tile)
         return tile
