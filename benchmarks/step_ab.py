@@ -23,8 +23,10 @@ in the machine's load hits both alike; the load average is recorded. Arms:
   each decoder layer compiled as a stage with `compile_layers: true` runs it
   (`semrl.train.cpu.compiled_decoder_layers`: `torch.compile(dynamic=True)`, regional compilation, B).
   The compiled arm's first call, in the warm-up, includes the compilation (`first_call_s`);
-- ``compiled_attention``: that compiled SFT step with SDPA (A) and with eager attention, which
-  inductor then compiles with the rest of the layer (B);
+- ``compiled_attention``: that compiled SFT step with SDPA's flash kernel in its layers (A) and with
+  attention as products (`semrl.train.cpu.PRODUCT_ATTENTION_MAX_SCORES`, the default), which inductor
+  fuses with the rest of the layer (B); `shape.same_weights` as for ``lm_head``. Until 2026-12-06 its
+  B arm was transformers' eager attention (`step_ab_compiled_attention.json`);
 - ``lm_head``: the SFT step (with `lora_in_weight_dtype`) with TRL's chunked LM head (A) and with
   `semrl.train.cpu.lm_head_in_one_product` (B); `shape.same_weights`: both arms' loss and LoRA gradients on one set of
   weights, and their distance from the same step in float32.
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import os
 import statistics
 import tempfile
@@ -61,6 +64,7 @@ from semrl.data.prompts import prompt_text
 from semrl.data.splits import load_examples, split_examples
 from semrl.generation import inverse_cdf_sampling_in_generate
 from semrl.models import linear_weights_packed, load_policy
+from semrl.train import cpu
 from semrl.train.cpu import (
     compact_lm_head_on_cpu,
     compiled_decoder_layers,
@@ -84,12 +88,12 @@ def attention(model: Any, implementation: str) -> Iterator[None]:
         model.set_attn_implementation(previous)
 
 
-def sft_trainer(config: Any, splits: Any, tmp: Path) -> tuple[Any, dict]:
+def sft_trainer(config: Any, splits: Any, tmp: Path, batch_index: int = 0) -> tuple[Any, dict]:
     model, tokenizer = load_policy(config.model)
     trainer = build_sft_trainer("cold_start", config, list(splits["cold_start"]), model, tokenizer, tmp, [], {})
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this bypasses
-    batch = next(iter(trainer.get_train_dataloader()))
+    batch = next(itertools.islice(trainer.get_train_dataloader(), batch_index, None))
     return trainer, batch
 
 
@@ -101,41 +105,57 @@ def sft_step(trainer: Any, batch: dict) -> float:
     return time.perf_counter() - start
 
 
-def lm_head_equality(trainer: Any, batch: dict) -> dict[str, float]:
-    """The SFT loss and LoRA gradients on the same weights with TRL's LM head and in one product."""
+def same_weights(trainer: Any, batch: dict, a: tuple[str, Callable], b: tuple[str, Callable]) -> dict[str, float]:
+    """The SFT loss and LoRA gradients on the same weights in arm `a` and arm `b` (each a name and a
+    context factory, with `lora_in_weight_dtype` as `train_stage` trains), and their distance from
+    the same step in float32 (eager, TRL's head): the scale of bfloat16's own rounding."""
     model = trainer.model
 
-    def loss_and_grads(model: Any = model) -> tuple[float, torch.Tensor]:
+    def loss_and_grads(context: Callable = contextlib.nullcontext, model: Any = model) -> tuple[float, torch.Tensor]:
         model.zero_grad()
-        with lora_in_weight_dtype(model):
+        with context(), lora_in_weight_dtype(model):
             loss = trainer.compute_loss(model, dict(batch))
             loss.backward()
         grads = torch.cat([p.grad.flatten().double() for p in model.parameters() if p.requires_grad])
         model.zero_grad()
         return float(loss), grads
 
-    trl_loss, trl_grads = loss_and_grads()
-    with lm_head_in_one_product():
-        loss, grads = loss_and_grads()
-    # The scale of bfloat16's own rounding: the same weights computed in float32 (TRL's head).
-    float32_loss, float32_grads = loss_and_grads(copy.deepcopy(model).float())
+    (name_a, context_a), (name_b, context_b) = a, b
+    loss_a, grads_a = loss_and_grads(context_a)
+    loss_b, grads_b = loss_and_grads(context_b)
+    float32_loss, float32_grads = loss_and_grads(model=copy.deepcopy(model).float())
 
-    def difference(a: torch.Tensor, b: torch.Tensor) -> float:
-        return round(float((a - b).norm() / b.norm()), 6)
+    def difference(x: torch.Tensor, y: torch.Tensor) -> float:
+        return round(float((x - y).norm() / y.norm()), 6)
 
     return {
-        "loss_trl": trl_loss,
-        "loss_one_product": loss,
+        f"loss_{name_a}": loss_a,
+        f"loss_{name_b}": loss_b,
         "loss_float32": float32_loss,
-        "gradient_difference_one_product_vs_trl": difference(grads, trl_grads),
-        "gradient_difference_trl_vs_float32": difference(trl_grads, float32_grads),
-        "gradient_difference_one_product_vs_float32": difference(grads, float32_grads),
+        f"gradient_difference_{name_b}_vs_{name_a}": difference(grads_b, grads_a),
+        f"gradient_difference_{name_a}_vs_float32": difference(grads_a, float32_grads),
+        f"gradient_difference_{name_b}_vs_float32": difference(grads_b, float32_grads),
     }
 
 
-def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, Callable[[], float]], dict]:
-    """The two arms of `compare`: callables that time one step each."""
-    trainer, batch = sft_trainer(config, splits, tmp)
+@contextlib.contextmanager
+def attention_as_products(enabled: bool) -> Iterator[None]:
+    """Compiled layers' attention as products (semrl's default) or, with `enabled` false, SDPA
+    throughout (the bound at 0, as for score matrices beyond it)."""
+    bound = cpu.PRODUCT_ATTENTION_MAX_SCORES
+    cpu.PRODUCT_ATTENTION_MAX_SCORES = bound if enabled else 0
+    try:
+        yield
+    finally:
+        cpu.PRODUCT_ATTENTION_MAX_SCORES = bound
+
+
+def arms(
+    compare: str, config: Any, splits: Any, tmp: Path, batch_index: int = 0
+) -> tuple[dict[str, Callable[[], float]], dict]:
+    """The two arms of `compare`: callables that time one step each (SFT on the cold start's batch
+    `batch_index`; 0, the first, is its longest: TRL groups by length)."""
+    trainer, batch = sft_trainer(config, splits, tmp, batch_index)
     model = trainer.model
     info = {"tokens": int(batch["attention_mask"].sum()), "padded": int(batch["input_ids"].numel())}
     if compare == "lora_dtype":
@@ -154,7 +174,9 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
             ),
         }, info
     if compare == "lm_head":
-        info["same_weights"] = lm_head_equality(trainer, batch)
+        info["same_weights"] = same_weights(
+            trainer, batch, ("trl", contextlib.nullcontext), ("one_product", lm_head_in_one_product)
+        )
         return {
             "trl_chunked_lm_head": lambda: _in(lora_in_weight_dtype(model), lambda: sft_step(trainer, batch)),
             "lm_head_in_one_product": lambda: _in(
@@ -171,12 +193,17 @@ def arms(compare: str, config: Any, splits: Any, tmp: Path) -> tuple[dict[str, C
 
         if compare == "compile":
             return {"eager": step, "compiled_layers": lambda: _in(compiled_decoder_layers(model), step)}, info
-        base = model.get_base_model()
+        info["same_weights"] = same_weights(
+            trainer,
+            batch,
+            ("sdpa", lambda: _both(compiled_decoder_layers(model), attention_as_products(False))),
+            ("products", lambda: _both(compiled_decoder_layers(model), attention_as_products(True))),
+        )
         return {
-            implementation: lambda implementation=implementation: _in(
-                attention(base, implementation), lambda: _in(compiled_decoder_layers(model), step)
+            arm: lambda enabled=enabled: _in(
+                attention_as_products(enabled), lambda: _in(compiled_decoder_layers(model), step)
             )
-            for implementation in ("sdpa", "eager")
+            for arm, enabled in (("sdpa", False), ("products", True))
         }, info
     if compare in ("generation", "merged_generation", "sampling", "packed_generation", "micro_batches"):
         cfg = config.stages.grpo
@@ -299,6 +326,12 @@ def _in(context: Any, fn: Callable[[], float]) -> float:
         return fn()
 
 
+@contextlib.contextmanager
+def _both(outer: Any, inner: Any) -> Iterator[None]:
+    with outer, inner:
+        yield
+
+
 def _timed_in(context: Any, fn: Callable[[], float]) -> float:
     """As `_in`, but the time includes entering and leaving `context`."""
     start = time.perf_counter()
@@ -327,6 +360,7 @@ def main() -> None:
         ],
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=0, help="which cold-start batch (0: the longest)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--data-dir", default=os.environ.get("SEMRL_DATA_DIR"))
     parser.add_argument("--out", type=Path, default=None)
@@ -339,7 +373,7 @@ def main() -> None:
     # As `train_stage` trains: without the block, eager kernels' many large temporaries fault their
     # pages in again each step, which fused (compiled) kernels avoid, and the arms' ratio inflates.
     with tempfile.TemporaryDirectory() as tmp, compact_lm_head_on_cpu(), freed_memory_kept_for_reuse():
-        timed, info = arms(args.compare, config, splits, Path(tmp))
+        timed, info = arms(args.compare, config, splits, Path(tmp), args.batch)
         first_call = {}
         for name, fn in timed.items():  # warm-up: oneDNN picks its kernels (torch.compile compiles) on the first call
             start = time.perf_counter()

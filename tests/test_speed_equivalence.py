@@ -140,6 +140,31 @@ def test_compiled_decoder_layers_match_eager_layers_and_leave_generation_eager(c
     assert all("forward" not in layer.__dict__ for layer in layers)
 
 
+def _flash_attention_calls(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[int, float, torch.Tensor]:
+    with torch.profiler.profile() as profiler:
+        loss, grads = _loss_and_grads(model, batch)
+    calls = sum(e.count for e in profiler.key_averages() if "flash_attention" in e.key)
+    return calls, loss, grads
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_compiled_layers_compute_attention_as_products_up_to_the_bound_and_with_sdpa_beyond(
+    cache: None, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batch is left-padded: the rows that may attend to nothing feed the first real token's loss.
+    model, batch = _lora_policy(dtype)
+    with compiled_decoder_layers(model):
+        products_calls, products_loss, products_grads = _flash_attention_calls(model, batch)
+        monkeypatch.setattr(cpu, "PRODUCT_ATTENTION_MAX_SCORES", 0)  # every score matrix over the bound
+        sdpa_calls, sdpa_loss, sdpa_grads = _flash_attention_calls(model, batch)
+    assert products_calls == 0
+    assert sdpa_calls > 0
+    tolerance = {"float32": 1e-5, "bfloat16": 1e-2}[dtype]
+    assert products_loss == pytest.approx(sdpa_loss, rel=tolerance)
+    difference = float((products_grads - sdpa_grads).norm() / sdpa_grads.norm())
+    assert difference < tolerance
+
+
 def test_lora_in_weight_dtype_leaves_float32_models_alone(cache: None) -> None:
     model, batch = _lora_policy("float32")
     before, _ = _loss_and_grads(model, batch)
