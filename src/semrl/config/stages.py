@@ -154,7 +154,9 @@ class StageCommon(Section):
         "steps compile; on CPU it needs a C++ compiler (g++). 'auto': on for bfloat16 training on a CPU with "
         "AMX when a C++ compiler is on PATH and torch.compile works with it, else off (the stage manifest "
         "records which and why). The demo's longest SFT step (bfloat16, 2 cores): 1.43x faster on an Intel "
-        "Xeon with AMX, 1.09x on an AMD EPYC without AMX.",
+        "Xeon with AMX, 1.09x on an AMD EPYC without AMX. Inside the compiled layers, attention over short "
+        "batches is written out as products (semrl.train.cpu.PRODUCT_ATTENTION_MAX_SCORES; SFT steps another "
+        "1.10x on that Xeon, its score matrices kept for the backward: 0.6 GB at the demo's peak).",
     )
     trl: dict[str, Any] = Field(
         default_factory=dict,
