@@ -488,10 +488,11 @@ def compiled_decoder_layers(model: torch.nn.Module) -> Iterator[None]:
     Inside the compiled layers, attention whose score matrices hold at most
     `PRODUCT_ATTENTION_MAX_SCORES` elements is written out as products and a float32 softmax
     (transformers' SDPA semantics: masks, causality, grouped heads, zeros for rows that see nothing),
-    which inductor fuses with the layer; CPU SDPA's flash kernel ran its backward as thousands of
-    tiny matrix products a step (17,000 on the demo's cold start). The demo's SFT step on a Xeon
-    with AMX: 1.09x on its longest batch, 1.13x on a typical one, 1.10x over six steps alternated with
-    the code before (`step_ab_attention_products_*.json`, `step_time_xeon_attention_products_*.json`);
+    which inductor fuses with the layer; CPU SDPA's flash kernel runs as thousands of tiny matrix
+    products a step (17,280 on the demo's cold start, forward and backward). The demo's SFT step on
+    a Xeon with AMX: 1.09x on its longest batch, 1.13x on a typical one, 1.10x in six-step runs
+    alternated four times with the code before (`step_ab_attention_products_*.json`,
+    `step_time_xeon_attention_products_*.json`);
     the score matrices kept for the backward cost 0.6 GB more at the peak. Larger score matrices
     keep SDPA, which never holds one whole.
     No-grad forwards (generation, GRPO's old and reference log-probabilities) stay eager: a KV cache
