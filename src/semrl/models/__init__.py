@@ -40,6 +40,7 @@ from semrl.models.loading import (
     load_policy,
     load_tokenizer,
     model_source_problem,
+    same_tokenizer_files,
     warn_remote_code,
 )
 from semrl.models.lora import (
@@ -82,6 +83,7 @@ __all__ = [
     "load_policy",
     "load_tokenizer",
     "model_source_problem",
+    "same_tokenizer_files",
     "model_cache_dir",
     "peft_config",
     "resolve_model",

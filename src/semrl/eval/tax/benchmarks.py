@@ -428,9 +428,11 @@ def evaluate_general(
     seed: int,
     batch_size: int = 8,
     *,
+    generation_batch_size: int | None = None,
     work_dir: str | Path | None = None,
 ) -> dict[str, BenchmarkResult]:
-    """Score a model on general benchmarks with lm-evaluation-harness.
+    """Score a model on general benchmarks with lm-evaluation-harness, `batch_size` requests a
+    batch for log-likelihoods and `generation_batch_size` (None: `batch_size`) for generation.
 
     `cmrc2018` (score: (EM+F1)/2, "Avg" as in the paper; EM and F1 in details), `mmlu`
     (accuracy over the letters A-D by log-likelihood, subset stratified by subject) and `gsm8k`
@@ -454,7 +456,7 @@ def evaluate_general(
     harness_tasks = None
     with contextlib.ExitStack() as stack:
         stack.enter_context(_preserved_state(model))  # before HFLM, which switches to eval mode
-        lm = harness_model(model, tokenizer, batch_size)
+        lm = harness_model(model, tokenizer, batch_size, generation_batch_size)
         root = (
             Path(work_dir)
             if work_dir is not None

@@ -6,6 +6,12 @@ of them, then keeps the continuation's few positions: for Gemma 3's 262k-token v
 head and that softmax cost more than the rest of the model on a CPU (MMLU: about 300 positions of
 which one is read). This subclass computes the continuation's positions only; lm-eval's requests,
 tokenisation, truncation, one-forward-per-question grouping and answers are unchanged.
+
+Its generation (CMRC 2018's and GSM8K's answers) runs in batches of its own size: decoding a few
+rows costs a CPU about what decoding one does (the step reads every weight), so GSM8K's 5 demo
+questions at 2 a batch decoded 3 x 64 steps where one batch decodes 64. A batch's prompts are
+prefilled one at a time, each at its own length (`prefill_in_length_chunks`), so the larger batch
+does not pad CMRC 2018's passages of 240-680 tokens to the longest.
 """
 
 from __future__ import annotations
@@ -15,11 +21,33 @@ from typing import Any
 from lm_eval.models.huggingface import HFLM
 
 from semrl.eval.tax.likelihood import scored_continuations
+from semrl.generation import prefill_in_length_chunks
 
 
 class ContinuationOnlyHFLM(HFLM):
     """`HFLM` whose log-likelihood requests compute only the continuations' logits
-    (`logits_to_keep`); generation and everything else is HFLM's."""
+    (`logits_to_keep`), and whose generation runs `generation_batch_size` prompts a batch, each
+    prefilled at its own length; everything else is HFLM's."""
+
+    def __init__(self, *args: Any, generation_batch_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.generation_batch_size = generation_batch_size
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        if self.generation_batch_size is None:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        # HFLM batches generation by its one batch size, the log-likelihoods' (lm-eval's `batch_size`).
+        likelihood_batch, self.batch_size_per_gpu = self.batch_size_per_gpu, self.generation_batch_size
+        try:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self.batch_size_per_gpu = likelihood_batch
+
+    def _model_generate(self, context: Any, max_length: int, stop: list[str], **generation_kwargs: Any) -> Any:
+        mask = generation_kwargs.get("attention_mask")
+        if self.backend == "causal" and mask is not None:
+            generation_kwargs |= prefill_in_length_chunks(self.model, context, mask, rows_per_chunk=1)
+        return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
     # lm-eval's extension point: TemplateLM declares it abstract for every model to implement.
     def _loglikelihood_tokens(
@@ -46,6 +74,9 @@ class ContinuationOnlyHFLM(HFLM):
         return answers
 
 
-def harness_model(model: Any, tokenizer: Any, batch_size: int) -> HFLM:
-    """An lm-eval model over an already loaded model and tokenizer."""
-    return ContinuationOnlyHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+def harness_model(model: Any, tokenizer: Any, batch_size: int, generation_batch_size: int | None = None) -> HFLM:
+    """An lm-eval model over an already loaded model and tokenizer; its generation runs
+    `generation_batch_size` prompts a batch (None: `batch_size`, as HFLM does)."""
+    return ContinuationOnlyHFLM(
+        pretrained=model, tokenizer=tokenizer, batch_size=batch_size, generation_batch_size=generation_batch_size
+    )
