@@ -26,7 +26,7 @@ class GenerationConfig(Section):
         8,
         ge=1,
         description="Prompts per generation batch: the test outputs, the extra tests' and the general benchmarks' "
-        "generated answers (each prompt of a benchmark's batch prefilled at its own length).",
+        "generated answers (on CPU each prompt of a benchmark's batch prefilled at its own length).",
     )
 
 

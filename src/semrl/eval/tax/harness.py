@@ -11,7 +11,8 @@ Its generation (CMRC 2018's and GSM8K's answers) runs in batches of its own size
 rows costs a CPU about what decoding one does (the step reads every weight), so GSM8K's 5 demo
 questions at 2 a batch decoded 3 x 64 steps where one batch decodes 64. A batch's prompts are
 prefilled one at a time, each at its own length (`prefill_in_length_chunks`), so the larger batch
-does not pad CMRC 2018's passages of 240-680 tokens to the longest.
+does not pad CMRC 2018's passages of 240-680 tokens to the longest (on CPU; a GPU prefills the
+padded batch).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from semrl.generation import prefill_in_length_chunks
 class ContinuationOnlyHFLM(HFLM):
     """`HFLM` whose log-likelihood requests compute only the continuations' logits
     (`logits_to_keep`), and whose generation runs `generation_batch_size` prompts a batch, each
-    prefilled at its own length; everything else is HFLM's."""
+    prefilled at its own length on CPU; everything else is HFLM's."""
 
     def __init__(self, *args: Any, generation_batch_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -45,7 +46,8 @@ class ContinuationOnlyHFLM(HFLM):
 
     def _model_generate(self, context: Any, max_length: int, stop: list[str], **generation_kwargs: Any) -> Any:
         mask = generation_kwargs.get("attention_mask")
-        if self.backend == "causal" and mask is not None:
+        # On a CPU padding costs its full compute; a GPU prefills a padded batch faster than its rows one by one.
+        if self.backend == "causal" and mask is not None and context.device.type == "cpu":
             generation_kwargs |= prefill_in_length_chunks(self.model, context, mask, rows_per_chunk=1)
         return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
